@@ -1,0 +1,155 @@
+"""Secure-sum protocols as explicit stages (DESIGN.md, "The one flow", step 3).
+
+A protocol gives key holders (and, if its spec says so, the aggregator) the weighted sum
+``Σ_i values_i`` and ``Σ_i weight_i`` of the sites' inputs. Each party is a small state
+machine: ``step(stage, inbox) -> outbox``. No party knows how messages travel: the local
+engine and the Flower engine both drive the same objects.
+
+Routing contract, shared by every engine:
+
+* Stages run in the order of :attr:`SecureSum.stages`. At a stage whose ``actor`` is
+  ``"sites"``, every live site steps once; at an ``"aggregator"`` stage, the aggregator does.
+* A message is delivered into its receiver's inbox for the receiver's *next* step.
+  Every message passes through the aggregator (sites have no direct channel), so the engine
+  records each one as an aggregator *view* with its :class:`ViewKind`.
+* A site that drops out simply stops stepping; protocols must tolerate missing messages.
+* A site's step may raise :class:`~secure_fl.errors.SiteRejected` (or any error): the engine
+  drops that site for the round and records why. The aggregator reports refused inputs in
+  :attr:`AggregatorParty.rejected` and raises :class:`~secure_fl.errors.RoundAborted` only
+  when nothing correct can be released.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "AGGREGATOR",
+    "ViewKind",
+    "Message",
+    "Stage",
+    "SumResult",
+    "SiteParty",
+    "AggregatorParty",
+    "SecureSum",
+]
+
+AGGREGATOR = "aggregator"
+
+
+class ViewKind(str, enum.Enum):
+    """What a message reveals to whoever carries or receives it."""
+
+    PLAIN = "plain"  # the value itself
+    NOISED = "noised"  # the value plus DP noise that alone meets the site's guarantee
+    CIPHERTEXT = "ciphertext"  # encrypted under a key the receiver does not hold
+    MASKED = "masked"  # one-time-padded (pairwise + self masks), uniform to the receiver
+    PUBLIC = "public"  # key material, commitments, counts that the threat model allows
+    AGGREGATE = "aggregate"  # a sum over several sites (released result)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message on the wire. ``payload`` is exactly what would be sent: its length is the cost."""
+
+    round: int
+    stage: str
+    sender: str
+    receiver: str
+    payload: bytes
+    kind: ViewKind
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.payload)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    actor: Literal["sites", "aggregator"]
+
+
+@dataclass
+class SumResult:
+    """The released weighted sum. ``mean`` is what the server step uses."""
+
+    total: np.ndarray
+    weight: float
+    contributors: tuple[str, ...]
+
+    @property
+    def mean(self) -> np.ndarray:
+        if self.weight <= 0:
+            raise ValueError(f"cannot average: total weight is {self.weight}")
+        return self.total / self.weight
+
+
+class SiteParty(ABC):
+    """A site's side of one round."""
+
+    site_id: str
+
+    @abstractmethod
+    def step(self, stage: str, inbox: Sequence[Message]) -> list[Message]:
+        """Consume the messages addressed to this site since its last step; return its outbox."""
+
+    def result(self) -> SumResult | None:
+        """The released sum, when this site holds the key that opens it; ``None`` otherwise."""
+        return None
+
+
+class AggregatorParty(ABC):
+    """The aggregator's side of one round. It holds only public material."""
+
+    def __init__(self) -> None:
+        self.rejected: dict[str, str] = {}
+
+    @abstractmethod
+    def step(self, stage: str, inbox: Sequence[Message]) -> list[Message]:
+        """Consume the messages sent to the aggregator; return messages for sites."""
+
+    def result(self) -> SumResult | None:
+        """The sum, when the protocol releases it to the aggregator; ``None`` otherwise."""
+        return None
+
+
+@dataclass
+class SecureSum(ABC):
+    """A secure-sum protocol: the factory of its parties for each round.
+
+    Subclasses are built from the ``[secure_sum]`` table of a protocol spec by
+    ``from_params`` and must validate every key there (see :mod:`secure_fl.protocol.spec`).
+    """
+
+    name: str = field(init=False, default="")
+    #: what the aggregator sees of one site's input
+    view_kind: ViewKind = field(init=False, default=ViewKind.PLAIN)
+    #: whether this protocol releases the sum to the aggregator
+    releases_to_aggregator: bool = field(init=False, default=True)
+
+    @property
+    @abstractmethod
+    def stages(self) -> tuple[Stage, ...]: ...
+
+    @classmethod
+    @abstractmethod
+    def from_params(cls, params: Mapping[str, Any], where: str) -> "SecureSum":
+        """Build from a spec table; raise SpecError naming ``where`` and the key otherwise."""
+
+    def setup(self, site_ids: Sequence[str], dim: int) -> None:
+        """Once per run, before round 0 (key provisioning, ...). Default: nothing."""
+
+    @abstractmethod
+    def site(self, site_id: str, round: int, values: np.ndarray, weight: float) -> SiteParty:
+        """The party of ``site_id`` holding ``values`` (already weighted) and ``weight``."""
+
+    @abstractmethod
+    def aggregator(self, round: int, site_ids: Sequence[str], dim: int) -> AggregatorParty:
+        """The aggregator party for a round among ``site_ids`` with vectors of length ``dim``."""
