@@ -1,0 +1,107 @@
+"""What a task is: sites with their data, a model factory, and metrics."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .metrics import accuracy, roc_auc, topk_accuracy
+
+__all__ = ["SiteData", "Task"]
+
+
+@dataclass
+class SiteData:
+    """One site's local data. It never leaves the site in a federated protocol."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    @property
+    def n_train(self) -> int:
+        return int(self.y_train.shape[0])
+
+    @property
+    def n_test(self) -> int:
+        return int(self.y_test.shape[0])
+
+
+@dataclass
+class Task(ABC):
+    """A learning task across sites. Subclasses fill ``sites`` and implement ``make_model``."""
+
+    name: str
+    num_classes: int
+    sites: list[SiteData]
+    info: dict[str, object] = field(default_factory=dict)
+
+    @abstractmethod
+    def make_model(self, seed: int) -> nn.Module:
+        """A fresh model, initialised deterministically from ``seed``."""
+
+    def loss_fn(self) -> nn.Module:
+        return nn.CrossEntropyLoss()
+
+    @property
+    def primary_metric(self) -> str:
+        return "auc" if self.num_classes == 2 else "accuracy"
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        model.eval()
+        outs = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        return torch.cat(outs) if outs else torch.empty(0, self.num_classes)
+
+    def metrics(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        logits = self.predict(model, x).double()
+        yn = y.numpy()
+        out = {"accuracy": accuracy(logits.numpy(), yn), "n": float(len(yn))}
+        if self.num_classes == 2:
+            out["auc"] = roc_auc(torch.softmax(logits, 1)[:, 1].numpy(), yn)
+        else:
+            out["top5"] = topk_accuracy(logits.numpy(), yn, 5)
+        return out
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Per-site and pooled test metrics, as a flat dict (``pooled/accuracy``, ``Cleveland/auc``, ...)."""
+        out: dict[str, float] = {}
+        for site in self.sites:
+            if site.n_test:
+                for k, v in self.metrics(model, site.x_test, site.y_test).items():
+                    if k != "n":
+                        out[f"{site.name}/{k}"] = v
+        x = torch.cat([s.x_test for s in self.sites])
+        y = torch.cat([s.y_test for s in self.sites])
+        for k, v in self.metrics(model, x, y).items():
+            if k != "n":
+                out[f"pooled/{k}"] = v
+        out.update(self.extra_metrics(model))
+        return out
+
+    def extra_metrics(self, model: nn.Module) -> dict[str, float]:
+        return {}
+
+    def pooled(self) -> SiteData:
+        """All sites' training data in one place: the centralised reference point."""
+        return SiteData(
+            "pooled",
+            torch.cat([s.x_train for s in self.sites]),
+            torch.cat([s.y_train for s in self.sites]),
+            torch.cat([s.x_test for s in self.sites]),
+            torch.cat([s.y_test for s in self.sites]),
+        )
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{s.name}: {s.n_train}/{s.n_test}" for s in self.sites)
+        return f"{self.name} ({self.num_classes} classes; train/test per site: {parts})"
+
+
+def seeded_generator(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)

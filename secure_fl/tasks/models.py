@@ -1,0 +1,51 @@
+"""Small models. No BatchNorm anywhere (DP-SGD needs per-example gradients; Opacus refuses it)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["LogisticRegression", "MLP", "FaceEncoder"]
+
+
+class LogisticRegression(nn.Module):
+    def __init__(self, n_features: int, num_classes: int = 2) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+class MLP(nn.Module):
+    def __init__(self, n_features: int, num_classes: int = 2, hidden: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class FaceEncoder(nn.Module):
+    """A CNN encoder producing an embedding, plus a classification head over training identities.
+
+    ``embed(x)`` gives the L2-comparable embedding used for gallery matching of identities never
+    seen in training (the GestaltMatcher set-up); ``forward(x)`` gives class logits.
+    """
+
+    def __init__(self, num_classes: int, embedding_dim: int = 64, channels: tuple[int, int, int] = (16, 32, 64)) -> None:
+        super().__init__()
+        c1, c2, c3 = channels
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d((4, 4)),
+        )
+        self.embedding = nn.Linear(c3 * 16, embedding_dim)
+        self.head = nn.Linear(embedding_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding(torch.flatten(self.features(x), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.embed(x)))

@@ -1,0 +1,83 @@
+"""Local training at one site: the global model trained on the site's data, returned as a delta.
+
+Deterministic under a seed: the same global model, data, config and seed give the same delta.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from .config import TrainingConfig
+from .flat import flatten
+
+__all__ = ["LocalResult", "train_local", "make_optimizer"]
+
+
+@dataclass
+class LocalResult:
+    delta: np.ndarray  # flat float32, new_local - global
+    n_examples: int
+    steps: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def train_local(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainingConfig,
+    loss_fn: nn.Module,
+    seed: int,
+    hook: Any | None = None,
+) -> LocalResult:
+    """Train ``model`` in place on (x, y) and return the delta from its starting weights.
+
+    ``hook`` (e.g. Opacus DP-SGD, see :mod:`secure_fl.protocol.pipeline`) may wrap the model,
+    optimiser and loader; deltas are read from the original module's parameters, which the
+    wrappers share.
+    """
+    start = flatten(model)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    loader: Any = DataLoader(TensorDataset(x, y), batch_size=min(cfg.batch_size, len(y)), shuffle=True, generator=gen)
+    optimizer = make_optimizer(model, cfg)
+    trained: nn.Module = model
+    if hook is not None:
+        trained, optimizer, loader = hook.wrap(model, optimizer, loader)
+    trained.train()
+    steps, loss_sum, seen = 0, 0.0, 0
+    target_steps = cfg.local_steps if cfg.local_steps is not None else None
+    epochs = cfg.local_epochs if target_steps is None else 10**9
+    for _ in range(epochs):
+        for xb, yb in loader:
+            if len(yb) == 0:  # Poisson sampling may draw an empty batch
+                continue
+            optimizer.zero_grad()
+            loss = loss_fn(trained(xb), yb)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            loss_sum += float(loss.detach()) * len(yb)
+            seen += len(yb)
+            if target_steps is not None and steps >= target_steps:
+                break
+        if target_steps is not None and steps >= target_steps:
+            break
+    if hook is not None:
+        hook.after_training(trained, optimizer, steps)
+    delta = flatten(model) - start
+    return LocalResult(delta, int(len(y)), steps, {"train_loss": loss_sum / max(seen, 1)})
