@@ -17,8 +17,9 @@ and ``manifest.json``, all mode 0600 in a 0700 directory. A context file is::
     b"SFLCKKS1"  | u32 little-endian header length | header (UTF-8 JSON) | TenSEAL context bytes
 
 with header ``{"kind": "secret"|"public", "preset": ..., "key_id": hex, "fingerprint": hex,
-"params": {...}}``. Loading checks the magic, the kind the caller asked for, that the
-TenSEAL context agrees with the declared kind, and the fingerprint.
+"params": {...}, "body_sha256": hex}``. Loading checks the magic, the kind the caller asked
+for, the body digest, that the TenSEAL context agrees with the declared kind, the
+fingerprint, and that a secret file is not readable by others.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 import tenseal as ts
 
+from ..errors import SecureFLError
 from .ckks_params import CkksParamError, CkksPreset, get_preset
 
 __all__ = [
@@ -59,7 +61,7 @@ MAGIC = b"SFLCKKS1"
 ContextKind = Literal["secret", "public"]
 
 
-class CkksKeyError(ValueError):
+class CkksKeyError(SecureFLError, ValueError):
     """A context file or key set is unusable for the role it was handed to."""
 
 
@@ -157,7 +159,14 @@ def _write_private(path: Path, data: bytes) -> None:
 
 def _pack(kind: ContextKind, keys: CkksKeys, body: bytes) -> bytes:
     header = json.dumps(
-        {"kind": kind, "preset": keys.preset.name, "key_id": keys.key_id.hex(), "fingerprint": keys.fingerprint, "params": keys.preset.describe()},
+        {
+            "kind": kind,
+            "preset": keys.preset.name,
+            "key_id": keys.key_id.hex(),
+            "fingerprint": keys.fingerprint,
+            "params": keys.preset.describe(),
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+        },
         sort_keys=True,
     ).encode()
     return MAGIC + struct.pack("<I", len(header)) + header + body
@@ -247,6 +256,8 @@ def load_context(path: Path | str, expect: ContextKind) -> CkksContext:
     if expect == "secret" and kind == "public":
         raise CkksKeyError(f"{path}: this is a PUBLIC context without the secret key; a site that decrypts needs its site-*.secret.ckks file")
     preset = get_preset(str(header.get("preset")), where=f"{path}: preset")
+    if hashlib.sha256(body).hexdigest() != header.get("body_sha256"):
+        raise CkksKeyError(f"{path}: the context bytes do not match the header's digest (file altered or truncated)")
     try:
         ctx = ts.context_from(body)
     except Exception as exc:
