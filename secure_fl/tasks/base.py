@@ -60,13 +60,41 @@ class Task(ABC):
         return torch.cat(outs) if outs else torch.empty(0, self.num_classes)
 
     def metrics(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        logits = self.predict(model, x).double()
+        return self.metrics_from_logits(self.predict(model, x), y)
+
+    def metrics_from_logits(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        logits = logits.double()
         yn = y.numpy()
         out = {"accuracy": accuracy(logits.numpy(), yn), "n": float(len(yn))}
         if self.num_classes == 2:
             out["auc"] = roc_auc(torch.softmax(logits, 1)[:, 1].numpy(), yn)
         else:
             out["top5"] = topk_accuracy(logits.numpy(), yn, 5)
+        return out
+
+    def evaluate_local_models(self, models: dict[str, nn.Module]) -> dict[str, float]:
+        """Each site's own model on its own test set (the local-only reference point).
+
+        ``pooled/*`` pools the predictions of every site's model on its own test set; extra
+        metrics (e.g. gallery matching) are averaged over the sites' models.
+        """
+        out: dict[str, float] = {}
+        logits, ys = [], []
+        for site in self.sites:
+            if not site.n_test:
+                continue
+            lg = self.predict(models[site.name], site.x_test)
+            logits.append(lg)
+            ys.append(site.y_test)
+            for k, v in self.metrics_from_logits(lg, site.y_test).items():
+                if k != "n":
+                    out[f"{site.name}/{k}"] = v
+        for k, v in self.metrics_from_logits(torch.cat(logits), torch.cat(ys)).items():
+            if k != "n":
+                out[f"pooled/{k}"] = v
+        extras = [self.extra_metrics(m) for m in models.values()]
+        for k in extras[0] if extras else {}:
+            out[k] = float(np.mean([e[k] for e in extras]))
         return out
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:

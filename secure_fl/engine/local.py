@@ -1,0 +1,128 @@
+"""The in-process carrier: drives a secure-sum protocol's parties and measures every message.
+
+It follows the routing contract of :mod:`secure_fl.protocol.base`: stages in order; a message
+reaches its receiver's inbox for the receiver's next step; everything travels through the
+aggregator, so every message is recorded as an aggregator *view*. A site whose step fails is
+dropped for the round with its reason; the others carry on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import RoundAborted, SiteRejected
+from ..protocol.base import AGGREGATOR, Message, SecureSum, SumResult
+
+__all__ = ["View", "RoundOutcome", "drive_round"]
+
+
+@dataclass(frozen=True)
+class View:
+    """What the aggregator saw (or carried) in one message: metadata, not the payload."""
+
+    round: int
+    stage: str
+    sender: str
+    receiver: str
+    kind: str
+    nbytes: int
+
+    def to_json(self) -> dict[str, object]:
+        return self.__dict__.copy()
+
+
+@dataclass
+class RoundOutcome:
+    result: SumResult | None
+    aborted: str | None
+    dropped: dict[str, str] = field(default_factory=dict)
+    views: list[View] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    bytes_up: dict[str, int] = field(default_factory=dict)
+    bytes_down: dict[str, int] = field(default_factory=dict)
+
+
+def drive_round(
+    protocol: SecureSum,
+    round: int,
+    inputs: Mapping[str, tuple[np.ndarray, float]],
+    dim: int,
+    drop_before: Mapping[str, str] | None = None,
+) -> RoundOutcome:
+    """Run one secure-sum round in process.
+
+    ``inputs`` maps each participating site to its (weighted values, weight). ``drop_before``
+    maps a site to the stage before which it disappears (simulated dropout).
+    """
+    drop_before = dict(drop_before or {})
+    site_ids = list(inputs)
+    out = RoundOutcome(result=None, aborted=None)
+    out.bytes_up = {s: 0 for s in site_ids}
+    out.bytes_down = {s: 0 for s in site_ids}
+    parties = {}
+    for s in site_ids:
+        values, weight = inputs[s]
+        parties[s] = protocol.site(s, round, values, weight)
+    aggregator = protocol.aggregator(round, site_ids, dim)
+    inbox: dict[str, list[Message]] = defaultdict(list)
+    alive = set(site_ids)
+
+    def deliver(messages: Sequence[Message], sender: str) -> None:
+        for m in messages:
+            if m.sender != sender:
+                raise SiteRejected(sender, f"message claims sender {m.sender!r}")
+            out.views.append(View(m.round, m.stage, m.sender, m.receiver, m.kind.value, m.nbytes))
+            if m.sender in out.bytes_up:
+                out.bytes_up[m.sender] += m.nbytes
+            if m.receiver in out.bytes_down:
+                out.bytes_down[m.receiver] += m.nbytes
+            inbox[m.receiver].append(m)
+
+    try:
+        for stage in protocol.stages:
+            t0 = time.perf_counter()
+            if stage.actor == "sites":
+                for s in site_ids:
+                    if s not in alive:
+                        continue
+                    if drop_before.get(s) == stage.name:
+                        alive.discard(s)
+                        out.dropped[s] = f"dropped out before stage {stage.name!r} (simulated)"
+                        continue
+                    messages = inbox.pop(s, [])
+                    try:
+                        sent = parties[s].step(stage.name, messages)
+                        deliver(sent, s)
+                    except SiteRejected as exc:
+                        alive.discard(s)
+                        out.dropped[s] = exc.reason
+                    except Exception as exc:  # one broken site never costs the others their round
+                        alive.discard(s)
+                        out.dropped[s] = f"{type(exc).__name__} at stage {stage.name!r}: {exc}"
+            else:
+                messages = inbox.pop(AGGREGATOR, [])
+                deliver(aggregator.step(stage.name, messages), AGGREGATOR)
+            out.stage_seconds[stage.name] = out.stage_seconds.get(stage.name, 0.0) + time.perf_counter() - t0
+    except RoundAborted as exc:
+        out.aborted = str(exc)
+        out.dropped.update({s: r for s, r in aggregator.rejected.items() if s not in out.dropped})
+        return out
+    for s, reason in aggregator.rejected.items():
+        out.dropped.setdefault(s, reason)
+    # key holders decrypt/unmask at their last step; take the released sum from them, else from the aggregator
+    for s in site_ids:
+        if s in alive:
+            res = parties[s].result()
+            if res is not None:
+                out.result = res
+                break
+    if out.result is None:
+        out.result = aggregator.result()
+    if out.result is None:
+        out.aborted = "the protocol released no result"
+    return out

@@ -1,0 +1,179 @@
+"""Experiment specs: task × protocols × sites × rounds × seeds (× sweep), from ``experiments/*.toml``.
+
+Layout::
+
+    name = "quickstart"
+    summary = "..."
+    protocols = ["plain-fedavg", "pooled", "local-only"]   # catalogue names, paths, or references
+    seeds = [0, 1, 2]
+    rounds = 20
+    [task]            name = "heart-disease", then the task's own keys
+    [federation]      fraction, dropout, min_sites
+    [training]        local_epochs, local_steps, batch_size, lr, optimizer, momentum, weight_decay
+    [sweep]           "privacy.target_epsilon" = [1, 2, 4, 8]   (dotted keys into protocol specs)
+
+``pooled`` (centralised training on the union of the sites' data) and ``local-only`` (each site
+alone) are the two reference points every comparison needs; they are not protocols.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import SpecError
+from ..protocol.spec import ProtocolSpec, load_protocol, parse_protocol, PROTOCOLS_DIR
+from ..speccheck import check_keys, get, get_table, in_range
+from ..training.config import TrainingConfig
+
+__all__ = ["REFERENCES", "FederationConfig", "Experiment", "Variant", "load_experiment", "parse_experiment", "EXPERIMENTS_DIR"]
+
+REFERENCES = ("pooled", "local-only")
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    fraction: float = 1.0
+    dropout: float = 0.0
+    min_sites: int = 1
+
+    @classmethod
+    def from_table(cls, t: Mapping[str, Any], where: str) -> "FederationConfig":
+        check_keys(t, ["fraction", "dropout", "min_sites"], where)
+        return cls(
+            fraction=get(t, "fraction", float, where, 1.0, in_range(0, 1, lo_open=True)),
+            dropout=get(t, "dropout", float, where, 0.0, in_range(0, 1, hi_open=True)),
+            min_sites=get(t, "min_sites", int, where, 1, in_range(1)),
+        )
+
+
+@dataclass
+class Variant:
+    """One column of a comparison: a protocol spec (or a reference point) with its overrides."""
+
+    label: str
+    spec: ProtocolSpec | None  # None for the references
+    reference: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Experiment:
+    name: str
+    summary: str
+    task_name: str
+    task_params: dict[str, Any]
+    variants: list[Variant]
+    seeds: list[int]
+    rounds: int
+    federation: FederationConfig
+    training: TrainingConfig
+    source: str
+    raw: dict[str, Any]
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any, where: str) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        child = node.get(p)
+        if child is None:
+            child = node[p] = {}
+        if not isinstance(child, dict):
+            raise SpecError(f"{where}: {dotted!r} goes through {p!r}, which is not a table")
+        node = child
+    node[parts[-1]] = value
+
+
+def _resolve_protocol(name: str, where: str, base_dir: Path) -> tuple[dict[str, Any], str]:
+    path = Path(name)
+    if path.suffix == ".toml":
+        path = path if path.is_absolute() else (base_dir / path)
+    else:
+        path = PROTOCOLS_DIR / f"{name}.toml"
+    if not path.exists():
+        from ..protocol.spec import list_protocols
+
+        raise SpecError(f"{where}: unknown protocol {name!r}; the catalogue has {list_protocols()} plus references {list(REFERENCES)}")
+    try:
+        return tomllib.loads(path.read_text()), str(path.name)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: not valid TOML ({exc})") from exc
+
+
+def parse_experiment(data: Mapping[str, Any], source: str = "<memory>", base_dir: Path | None = None) -> Experiment:
+    where = source
+    base_dir = base_dir or Path.cwd()
+    check_keys(data, ["name", "summary", "protocols", "seeds", "rounds", "task", "federation", "training", "sweep"], where)
+    name = get(data, "name", str, where)
+    if not name or "/" in name or name.startswith("."):
+        raise SpecError(f"{where}.name: must be a plain folder name, found {name!r}")
+    protocols = get(data, "protocols", list, where)
+    if not protocols:
+        raise SpecError(f"{where}.protocols: list at least one protocol")
+    seeds = get(data, "seeds", list, where, [0])
+    for i, s in enumerate(seeds):
+        if not isinstance(s, int) or isinstance(s, bool):
+            raise SpecError(f"{where}.seeds[{i}]: expected an integer, found {s!r}")
+    if not seeds:
+        raise SpecError(f"{where}.seeds: list at least one seed")
+    task = get_table(data, "task", where)
+    task_name = get(task, "name", str, f"{where} [task]")
+    sweep = get_table(data, "sweep", where, {})
+    if len(sweep) > 1:
+        raise SpecError(f"{where} [sweep]: sweep one key at a time, found {sorted(sweep)}")
+    for key, vals in sweep.items():
+        if not isinstance(vals, list) or not vals:
+            raise SpecError(f"{where} [sweep].{key}: expected a non-empty list of values, found {vals!r}")
+    variants: list[Variant] = []
+    for i, p in enumerate(protocols):
+        if not isinstance(p, str):
+            raise SpecError(f"{where}.protocols[{i}]: expected a protocol name, found {p!r}")
+        if p in REFERENCES:
+            variants.append(Variant(p, None, reference=p))
+            continue
+        raw, fname = _resolve_protocol(p, f"{where}.protocols[{i}]", base_dir)
+        # a sweep applies to the protocols that have the table it patches (e.g. [privacy])
+        swept = [(k, v) for k, vals in sweep.items() for v in vals if k.split(".")[0] in raw]
+        if not swept:
+            variants.append(Variant(str(raw.get("name", p)), parse_protocol(raw, fname)))
+        for key, value in swept:
+            patched = copy.deepcopy(raw)
+            _set_dotted(patched, key, value, f"{where} [sweep]")
+            spec = parse_protocol(patched, f"{fname} with {key} = {value!r}")
+            variants.append(Variant(f"{spec.name}[{key.split('.')[-1]}={value}]", spec, overrides={key: value}))
+    labels = [v.label for v in variants]
+    if len(set(labels)) != len(labels):
+        raise SpecError(f"{where}.protocols: listed twice: {sorted({l for l in labels if labels.count(l) > 1})}")
+    return Experiment(
+        name=name,
+        summary=get(data, "summary", str, where, ""),
+        task_name=task_name,
+        task_params={k: v for k, v in task.items() if k != "name"},
+        variants=variants,
+        seeds=list(seeds),
+        rounds=get(data, "rounds", int, where, 10, in_range(1)),
+        federation=FederationConfig.from_table(get_table(data, "federation", where, {}), f"{where} [federation]"),
+        training=TrainingConfig.from_table(get_table(data, "training", where, {}), f"{where} [training]"),
+        source=source,
+        raw=dict(data),
+    )
+
+
+def load_experiment(path_or_name: str | Path) -> Experiment:
+    path = Path(path_or_name)
+    if not path.exists() and not path.suffix:
+        path = EXPERIMENTS_DIR / f"{path_or_name}.toml"
+    if not path.exists():
+        known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.toml"))
+        raise SpecError(f"experiment spec not found: {path_or_name} (experiments/ has {known})")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: not valid TOML ({exc})") from exc
+    return parse_experiment(data, source=str(path), base_dir=path.parent)
