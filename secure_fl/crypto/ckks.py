@@ -30,7 +30,7 @@ import os
 import secrets
 import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -111,9 +111,9 @@ class CkksKeys:
     """One key set in memory: the secret context for sites, the public one for the aggregator."""
 
     preset: CkksPreset
-    key_id: bytes
-    secret_bytes: bytes
-    public_bytes: bytes
+    key_id: bytes = field(repr=False)
+    secret_bytes: bytes = field(repr=False)
+    public_bytes: bytes = field(repr=False)
 
     @property
     def fingerprint(self) -> str:
@@ -297,11 +297,19 @@ def chunk_count(length: int, slots: int) -> int:
 def encrypt_chunks(ctx: CkksContext, flat: np.ndarray) -> list[bytes]:
     """Encrypt a flat float vector as slot-sized chunks (no layer is ever too large).
 
-    Every chunk is encoded at the preset's scale; returns the serialised ciphertexts.
+    Every chunk is encoded at the preset's scale, so ``|values|`` must not exceed
+    ``2**(data_bits - 2 - scale_bits)`` (1 for the default scales); returns the
+    serialised ciphertexts.
     """
     if not ctx.can_decrypt and ctx.preset.encryption == "symmetric":
         raise CkksKeyError("a symmetric preset encrypts with the secret key; this public context cannot encrypt")
     x = np.asarray(flat, dtype=np.float64).ravel()
+    if x.size == 0:
+        raise ValueError("nothing to encrypt: the vector is empty")
+    limit = 2.0 ** (ctx.preset.data_bits - 2 - ctx.preset.scale)
+    peak = float(np.max(np.abs(x), initial=0.0))
+    if not peak <= limit:  # also catches NaN
+        raise ValueError(f"values up to {peak:g} exceed {limit:g}, the largest magnitude preset {ctx.preset.name!r} encodes at scale 2^{ctx.preset.scale}; normalise by a power of two first")
     slots = ctx.preset.slots
     out = []
     for i in range(chunk_count(x.size, slots)):
