@@ -39,15 +39,15 @@ def decode_plain(payload: bytes, dim: int) -> tuple[np.ndarray, float]:
 
 
 class _PlainSite(SiteParty):
-    def __init__(self, site_id: str, round: int, values: np.ndarray, weight: float) -> None:
-        self.site_id, self.round = site_id, round
+    def __init__(self, site_id: str, round: int, values: np.ndarray, weight: float, kind: ViewKind) -> None:
+        self.site_id, self.round, self.kind = site_id, round, kind
         self._values, self._weight = values, weight
         self._result: SumResult | None = None
 
     def step(self, stage: str, inbox: Sequence[Message]) -> list[Message]:
         if stage == SUBMIT:
             payload = encode_plain(self._values, self._weight)
-            return [Message(self.round, SUBMIT, self.site_id, AGGREGATOR, payload, ViewKind.PLAIN)]
+            return [Message(self.round, SUBMIT, self.site_id, AGGREGATOR, payload, self.kind)]
         raise SiteRejected(self.site_id, f"unexpected stage {stage!r}")
 
     def result(self) -> SumResult | None:
@@ -97,6 +97,14 @@ class _PlainAggregator(AggregatorParty):
 
 @dataclass
 class PlainSum(SecureSum):
+    """Sites send their inputs in the clear.
+
+    ``input_kind`` says what those inputs are: PLAIN, or NOISED when a DP layer noised them at
+    the site before they left (set from the protocol spec, see ProtocolSpec.build_secure_sum).
+    """
+
+    input_kind: ViewKind = ViewKind.PLAIN
+
     def __post_init__(self) -> None:
         self.name = "plain"
         self.view_kind = ViewKind.PLAIN
@@ -112,7 +120,7 @@ class PlainSum(SecureSum):
         return cls()
 
     def site(self, site_id: str, round: int, values: np.ndarray, weight: float) -> SiteParty:
-        return _PlainSite(site_id, round, values, weight)
+        return _PlainSite(site_id, round, values, weight, self.input_kind)
 
     def aggregator(self, round: int, site_ids: Sequence[str], dim: int) -> AggregatorParty:
         return _PlainAggregator(round, site_ids, dim)

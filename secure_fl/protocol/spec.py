@@ -103,7 +103,11 @@ class ProtocolSpec:
     def build_secure_sum(self) -> SecureSum:
         where = f"{self.source} [secure_sum]"
         cls = secure_sum_class(self.secure_sum_kind, where)
-        return cls.from_params(self.secure_sum_table, where)
+        secure_sum = cls.from_params(self.secure_sum_table, where)
+        view = getattr(self.privacy, "aggregator_view", None)
+        if view is not None and hasattr(secure_sum, "input_kind"):
+            secure_sum.input_kind = ViewKind(view)  # e.g. locally noised inputs over a plain channel
+        return secure_sum
 
     @property
     def spec_hash(self) -> str:

