@@ -1,0 +1,363 @@
+"""CkksSum: the aggregator adds ciphertexts it cannot decrypt; bad inputs drop one site or abort.
+
+Rounds are driven by a tiny in-test driver that follows the routing contract of
+:mod:`secure_fl.protocol.base` (the engine does the same).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import pytest
+import tenseal as ts
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from secure_fl.crypto.ckks_frame import FrameKind, pack_frame, unpack_frame
+from secure_fl.errors import ProtocolError, RoundAborted, SiteRejected, SpecError
+from secure_fl.protocol.base import AGGREGATOR, Message, ViewKind
+from secure_fl.protocol.ckks import BOUNDS, SUBMIT, CkksSum, update_layout
+from secure_fl.protocol.spec import load_protocol, parse_protocol
+
+Tamper = Callable[[Message], list[Message]]
+TOL = 1e-4  # relative to the largest |mean| coordinate
+
+
+def run_round(
+    proto: CkksSum,
+    values: Mapping[str, np.ndarray],
+    weights: Mapping[str, float],
+    round: int = 0,
+    tamper: Tamper | None = None,
+    dim: int | None = None,
+):
+    """Drive one round: stages in order, messages delivered for the receiver's next step."""
+    ids = list(values)
+    dim = dim if dim is not None else len(next(iter(values.values())))
+    sites = {s: proto.site(s, round, values[s], weights[s]) for s in ids}
+    agg = proto.aggregator(round, ids, dim)
+    inbox: dict[str, list[Message]] = {s: [] for s in ids}
+    agg_inbox: list[Message] = []
+    views: list[Message] = []
+    dropped: dict[str, str] = {}
+    for stage in proto.stages:
+        if stage.actor == "sites":
+            for s, party in sites.items():
+                if s in dropped:
+                    continue
+                try:
+                    out = party.step(stage.name, inbox[s])
+                except SiteRejected as exc:
+                    dropped[s] = exc.reason
+                    continue
+                inbox[s] = []
+                for msg in out:
+                    for m in tamper(msg) if tamper else [msg]:
+                        views.append(m)
+                        agg_inbox.append(m)
+        else:
+            out = agg.step(stage.name, agg_inbox)
+            agg_inbox = []
+            for msg in out:
+                views.append(msg)
+                inbox[msg.receiver].append(msg)
+    return sites, agg, views, dropped
+
+
+def make(n: int, dim: int, seed: int = 0, **kw) -> tuple[CkksSum, dict[str, np.ndarray], dict[str, float]]:
+    rng = np.random.default_rng(seed)
+    proto = CkksSum(preset=kw.pop("preset", "small"), **kw)
+    ids = [f"site-{i:02d}" for i in range(n)]
+    proto.setup(ids, dim)
+    weights = {s: float(rng.integers(1, 2000)) for s in ids}
+    base = rng.normal(size=dim) * 0.05
+    values = {s: (base + rng.normal(size=dim) * 0.05) * weights[s] for s in ids}
+    return proto, values, weights
+
+
+def plain_mean(values: Mapping[str, np.ndarray], weights: Mapping[str, float], only=None) -> np.ndarray:
+    keep = [s for s in values if only is None or s in only]
+    return sum(values[s] for s in keep) / sum(weights[s] for s in keep)
+
+
+def rel_err(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+
+
+# --- keys stay where they belong ------------------------------------------------------------
+
+
+def test_aggregator_holds_only_the_public_context_and_cannot_decrypt() -> None:
+    proto, values, weights = make(3, 50)
+    sites, agg, views, _ = run_round(proto, values, weights)
+    ctx = agg.context
+    assert ctx.kind == "public" and not ctx.can_decrypt
+    assert not ctx.context.is_private() and not ctx.context.has_secret_key()
+    # every site -> aggregator message is a ciphertext, and the aggregator cannot open it
+    to_agg = [m for m in views if m.receiver == AGGREGATOR]
+    assert to_agg and all(m.kind is ViewKind.CIPHERTEXT for m in to_agg)
+    submit = next(m for m in to_agg if m.stage == SUBMIT)
+    frame = unpack_frame(submit.payload, kind=FrameKind.UPDATE, fingerprint=ctx.fingerprint, round=0)
+    vec = ts.ckks_vector_from(ctx.context, frame.chunks[0])
+    with pytest.raises(ValueError, match="secret"):
+        vec.decrypt()
+    assert agg.result() is None  # release = "sites": nothing for the aggregator
+    assert all(s.result() is not None for s in sites.values())
+
+
+def test_aggregator_refuses_a_secret_context() -> None:
+    proto, _, _ = make(2, 4)
+    proto._public = proto._secret  # a mis-wired deployment
+    with pytest.raises(ProtocolError, match="secret key"):
+        proto.aggregator(0, ["site-00", "site-01"], 4)
+
+
+def test_rounds_need_setup() -> None:
+    with pytest.raises(ProtocolError, match="setup"):
+        CkksSum().site("a", 0, np.zeros(2), 1.0)
+
+
+# --- correctness ----------------------------------------------------------------------------
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    n=st.integers(min_value=1, max_value=5),
+    dim=st.integers(min_value=1, max_value=4200),
+    seed=st.integers(min_value=0, max_value=2**31),
+    magnitude=st.sampled_from([1e-6, 1e-2, 1.0, 1e3]),
+)
+def test_decrypted_weighted_mean_matches_plaintext(n: int, dim: int, seed: int, magnitude: float) -> None:
+    proto, values, weights = make(n, dim, seed)
+    values = {s: v * magnitude for s, v in values.items()}
+    sites, agg, views, dropped = run_round(proto, values, weights)
+    assert not dropped and not agg.rejected
+    want = plain_mean(values, weights)
+    for site in sites.values():
+        res = site.result()
+        assert res is not None and res.contributors == tuple(sorted(values))
+        assert rel_err(res.mean, want) < TOL
+        assert abs(res.weight - sum(weights.values())) / sum(weights.values()) < TOL
+    submits = [m for m in views if m.stage == SUBMIT]
+    assert len(submits) == n  # whole-model packing: one message per site, chunks inside
+    frame = unpack_frame(submits[0].payload, kind=FrameKind.UPDATE, fingerprint=proto.fingerprint, round=0)
+    assert len(frame.chunks) == len(update_layout(dim, 2048))
+
+
+def test_one_hundred_sites_meet_the_tolerance() -> None:
+    proto, values, weights = make(100, 300, seed=1, preset="compact")
+    sites, agg, _, _ = run_round(proto, values, weights)
+    res = sites["site-42"].result()
+    assert res is not None and len(res.contributors) == 100
+    assert rel_err(res.mean, plain_mean(values, weights)) < TOL
+
+
+def test_layers_larger_than_the_slots_are_packed() -> None:
+    # 3 x 2048 slots + the weight: a "layer" longer than one ciphertext never fails
+    proto, values, weights = make(2, 3 * 2048 + 5)
+    sites, _, _, _ = run_round(proto, values, weights)
+    assert rel_err(sites["site-00"].result().mean, plain_mean(values, weights)) < TOL
+
+
+def test_same_setup_serves_several_rounds() -> None:
+    proto, values, weights = make(3, 20)
+    for rnd in range(3):
+        sites, agg, _, _ = run_round(proto, values, weights, round=rnd)
+        assert rel_err(sites["site-01"].result().mean, plain_mean(values, weights)) < TOL
+
+
+# --- bad inputs -----------------------------------------------------------------------------
+
+
+def _retarget(victim: str, stage: str, change: Callable[[bytes], bytes]) -> Tamper:
+    def tamper(msg: Message) -> list[Message]:
+        if msg.sender == victim and msg.stage == stage:
+            return [Message(msg.round, msg.stage, msg.sender, msg.receiver, change(msg.payload), msg.kind)]
+        return [msg]
+
+    return tamper
+
+
+def _reframe(proto: CkksSum, change_chunk: Callable[[bytes], bytes], n_chunks: int | None = None) -> Callable[[bytes], bytes]:
+    """A site that frames a broken ciphertext correctly (the digest cannot catch it)."""
+
+    def change(payload: bytes) -> bytes:
+        frame = unpack_frame(payload, kind=FrameKind.UPDATE, fingerprint=proto.fingerprint, round=0)
+        chunks = [change_chunk(c) for c in frame.chunks]
+        if n_chunks is not None:
+            chunks = (chunks * n_chunks)[:n_chunks]
+        return pack_frame(FrameKind.UPDATE, proto.fingerprint, 0, chunks, frame.meta)
+
+    return change
+
+
+def _foreign(dim: int) -> Callable[[bytes], bytes]:
+    other, ov, ow = make(4, dim, seed=9)
+    _, _, views, _ = run_round(other, ov, ow)
+    payload = next(m.payload for m in views if m.stage == SUBMIT)
+    return lambda _: payload
+
+
+BAD = {
+    "another key set": lambda proto, dim: _foreign(dim),
+    "truncated or padded": lambda proto, dim: (lambda p: p[: len(p) - 1000]),
+    "digest does not match": lambda proto, dim: (lambda p: p[:-300] + bytes([p[-300] ^ 0x40]) + p[-299:]),
+    "not a valid ciphertext": lambda proto, dim: _reframe(proto, lambda c: c[: len(c) // 2]),
+    "layout of this round needs 1": lambda proto, dim: _reframe(proto, lambda c: c, n_chunks=2),
+    "shorter than a frame header": lambda proto, dim: (lambda p: b"\x00" * 7),
+}
+
+
+@pytest.mark.parametrize("needle", sorted(BAD))
+def test_bad_ciphertext_drops_only_its_sender(needle: str) -> None:
+    dim = 40
+    proto, values, weights = make(4, dim)
+    tamper = _retarget("site-02", SUBMIT, BAD[needle](proto, dim))
+    sites, agg, _, dropped = run_round(proto, values, weights, tamper=tamper)
+    assert needle in agg.rejected["site-02"]
+    assert set(agg.rejected) == {"site-02"}
+    honest = {"site-00", "site-01", "site-03"}
+    res = sites["site-00"].result()
+    assert res is not None and set(res.contributors) == honest
+    assert rel_err(res.mean, plain_mean(values, weights, only=honest)) < TOL
+    # the dropped site is told nothing: it gets no sum to decrypt
+    assert "site-02" in dropped and sites["site-02"].result() is None
+
+
+@pytest.mark.parametrize("needle", sorted(BAD))
+def test_bad_ciphertext_aborts_when_the_spec_says_so(needle: str) -> None:
+    dim = 40
+    proto, values, weights = make(4, dim, on_bad_input="abort")
+    tamper = _retarget("site-01", SUBMIT, BAD[needle](proto, dim))
+    with pytest.raises(RoundAborted, match=f"site 'site-01'.*{needle}"):
+        run_round(proto, values, weights, tamper=tamper)
+
+
+def test_a_site_sending_twice_is_dropped_entirely() -> None:
+    proto, values, weights = make(3, 10)
+
+    def twice(msg: Message) -> list[Message]:
+        return [msg, msg] if msg.sender == "site-01" and msg.stage == SUBMIT else [msg]
+
+    sites, agg, _, _ = run_round(proto, values, weights, tamper=twice)
+    assert "sent 2 messages" in agg.rejected["site-01"]
+    res = sites["site-00"].result()
+    assert res is not None and res.contributors == ("site-00", "site-02")
+    assert rel_err(res.mean, plain_mean(values, weights, only=res.contributors)) < TOL
+    proto, values, weights = make(3, 10, on_bad_input="abort")
+    with pytest.raises(RoundAborted, match="site 'site-01'.*sent 2 messages"):
+        run_round(proto, values, weights, tamper=twice)
+
+
+def test_bad_bounds_message_drops_the_site_before_the_sum() -> None:
+    proto, values, weights = make(3, 10)
+    sites, agg, _, dropped = run_round(proto, values, weights, tamper=_retarget("site-00", BOUNDS, lambda p: p[:100]))
+    assert "truncated" in agg.rejected["site-00"] and "site-00" in dropped
+    res = sites["site-01"].result()
+    assert res.contributors == ("site-01", "site-02")
+    assert rel_err(res.mean, plain_mean(values, weights, only=res.contributors)) < TOL
+
+
+def test_wrong_dimension_is_refused_by_layout() -> None:
+    proto, values, weights = make(3, 3000)
+    values["site-01"] = values["site-01"][:1000]  # one chunk instead of two
+    sites, agg, _, _ = run_round(proto, values, weights, dim=3000)
+    assert "needs 2" in agg.rejected["site-01"]
+
+
+def test_non_finite_or_negative_input_is_refused_at_its_site() -> None:
+    proto, values, weights = make(3, 10)
+    values["site-00"] = values["site-00"].copy()
+    values["site-00"][3] = np.nan
+    weights["site-02"] = -1.0
+    sites, agg, _, dropped = run_round(proto, values, weights)
+    assert "non-finite" in dropped["site-00"] and "weight" in dropped["site-02"]
+    assert sites["site-01"].result().contributors == ("site-01",)
+
+
+def test_nothing_valid_aborts_the_round() -> None:
+    proto, values, weights = make(2, 10)
+    with pytest.raises(RoundAborted, match="no valid update"):
+        run_round(proto, values, weights, tamper=lambda m: [] if m.stage == SUBMIT else [m])
+
+
+# --- release to the aggregator ----------------------------------------------------------------
+
+
+def test_release_to_aggregator_is_flooded_once_and_within_tolerance() -> None:
+    proto, values, weights = make(5, 200, preset="release", release="aggregator", rng=np.random.default_rng(3))
+    sites, agg, views, _ = run_round(proto, values, weights)
+    released = [m for m in views if m.kind is ViewKind.AGGREGATE]
+    assert len(released) == 1 and released[0].sender == "site-00"  # one designated site
+    got, exact = agg.result(), sites["site-03"].result()
+    want = plain_mean(values, weights)
+    assert rel_err(got.mean, want) < TOL
+    assert not np.array_equal(got.total, exact.total)  # noise was added before release
+    # the noise is 2^20 x the decryption error: far above it, far below the tolerance
+    assert 1e-12 < rel_err(got.mean, exact.mean) < TOL
+    # seeded generator: the same noise again
+    proto2, _, _ = make(5, 200, preset="release", release="aggregator", rng=np.random.default_rng(3))
+    proto2._keys, proto2._secret, proto2._public = proto._keys, proto._secret, proto._public
+    sites2, agg2, _, _ = run_round(proto2, values, weights)
+    noise2 = agg2.result().total - sites2["site-03"].result().total
+    np.testing.assert_allclose(noise2, got.total - exact.total, rtol=1e-6)
+
+
+def test_release_by_rounding() -> None:
+    proto, values, weights = make(3, 100, preset="release", release="aggregator", mitigation="round")
+    sites, agg, _, _ = run_round(proto, values, weights)
+    got = agg.result()
+    assert rel_err(got.mean, plain_mean(values, weights)) < TOL
+    # every released value sits on one power-of-two grid, coarser than the decryption error
+    grid = 2.0 ** np.max([np.frexp(np.float64(x))[1] for x in np.diff(np.unique(got.total))] )
+    while not np.all(np.mod(got.total, grid) == 0):
+        grid /= 2
+    err = np.max(np.abs(sites["site-01"].result().total - plain_mean(values, weights) * sum(weights.values())))
+    assert grid > 1e3 * err
+
+
+def test_release_needs_room_for_the_mitigation() -> None:
+    with pytest.raises(SpecError, match="mitigation_bits = 20.*use preset 'release'"):
+        make(3, 10, preset="compact", release="aggregator")
+    make(3, 10, preset="compact", release="aggregator", mitigation_bits=8)
+
+
+def test_releaser_dropping_out_aborts_the_release() -> None:
+    proto, values, weights = make(3, 10, preset="release", release="aggregator")
+    with pytest.raises(RoundAborted, match="releasing site 'site-00'"):
+        run_round(proto, values, weights, tamper=lambda m: [] if m.kind is ViewKind.AGGREGATE else [m])
+
+
+# --- spec -----------------------------------------------------------------------------------
+
+
+def test_catalogue_spec_builds_a_ckks_sum() -> None:
+    spec = load_protocol("ckks-fedavg")
+    ss = spec.build_secure_sum()
+    assert isinstance(ss, CkksSum) and ss.view_kind is ViewKind.CIPHERTEXT
+    assert spec.threat_model.aggregator_sees == "ciphertext"
+    assert not ss.releases_to_aggregator and ss.preset == "compact"
+
+
+@pytest.mark.parametrize(
+    ("table", "needle"),
+    [
+        ({"kind": "ckks", "preset": "huge"}, "preset: expected one of"),
+        ({"kind": "ckks", "release": "everyone"}, "release: expected one of"),
+        ({"kind": "ckks", "on_bad_input": "ignore"}, "on_bad_input: expected one of"),
+        ({"kind": "ckks", "mitigation": "none"}, "mitigation: expected one of"),
+        ({"kind": "ckks", "mitigation_bits": 99}, "mitigation_bits: must be <= 40"),
+        ({"kind": "ckks", "poly_degree": 4096}, "unknown key"),
+    ],
+)
+def test_bad_spec_tables_are_refused(table: dict, needle: str) -> None:
+    with pytest.raises(SpecError, match=needle):
+        CkksSum.from_params(table, "protocols/x.toml [secure_sum]")
+
+
+def test_spec_cannot_claim_the_aggregator_sees_less() -> None:
+    spec = load_protocol("ckks-fedavg").raw
+    data = {**spec, "threat_model": {**spec["threat_model"], "aggregator_sees": "masked"}}
+    with pytest.raises(SpecError, match="aggregator_sees"):
+        parse_protocol(data, "x.toml")
