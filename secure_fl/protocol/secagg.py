@@ -376,7 +376,11 @@ class SecAggSite(SiteParty):
         return handler(inbox)
 
     def _from_aggregator(self, inbox: Sequence[Message], stage: str) -> Message:
-        found = [m for m in inbox if m.sender == AGGREGATOR and m.stage == stage and m.round == self.round and m.receiver == self.site_id]
+        found = [
+            m
+            for m in inbox
+            if m.sender == AGGREGATOR and m.stage == stage and m.round == self.round and m.receiver == self.site_id and m.kind is ViewKind.PUBLIC
+        ]
         if len(found) != 1:
             raise self._reject(f"expected one {stage!r} message from the aggregator for round {self.round}, got {len(found)}")
         return found[0]
@@ -444,25 +448,29 @@ class SecAggSite(SiteParty):
         if len(peers) + 1 < self._t:
             raise self._reject(f"only {len(peers)} neighbours shared keys: {len(peers) + 1} < threshold t = {self._t}; refusing to send a masked input")
         self._peers = peers
-        by_sender: dict[str, list[Message]] = {}
+        by_origin: dict[str, list[tuple[Message, bytes]]] = {}
         for m in inbox:
-            if m.sender == AGGREGATOR:
+            if m.kind is not ViewKind.CIPHERTEXT:
                 continue
-            by_sender.setdefault(m.sender, []).append(m)
-        for sender in sorted(set(by_sender) - set(peers)):
-            self.refused[sender] = "sent a share but is not a peer of this round"
+            try:
+                origin, sealed = wire.decode_relay(m.payload)
+            except ValueError:
+                continue  # no origin to blame: the missing share is reported below
+            by_origin.setdefault(origin, []).append((m, sealed))
+        for origin in sorted(set(by_origin) - set(peers)):
+            self.refused[origin] = "a share arrived from a site that is not a peer of this round"
         for peer in peers:
-            got = by_sender.get(peer, [])
+            got = by_origin.get(peer, [])
             if len(got) != 1:
                 self.refused[peer] = "no share ciphertext arrived" if not got else f"{len(got)} share ciphertexts arrived (replay)"
                 continue
-            m = got[0]
+            m, sealed = got[0]
             if m.round != self.round or m.stage != ROUTE_SHARES or m.receiver != self.site_id:
                 self.refused[peer] = f"share message labelled round {m.round}, stage {m.stage!r}, receiver {m.receiver!r}"
                 continue
             key = _share_key(self._c.private, self._neighbour_keys[peer][0], self.proto.name, self.round)
             try:
-                plain = aead.open_sealed(key, m.payload, _share_ad(self.proto.name, self.round, peer, self.site_id))
+                plain = aead.open_sealed(key, sealed, _share_ad(self.proto.name, self.round, peer, self.site_id))
             except aead.AuthenticationError as exc:
                 self.refused[peer] = str(exc)
                 continue
@@ -590,8 +598,8 @@ class SecAggAggregator(AggregatorParty):
         handler = {ROUTE_KEYS: self._route_keys, ROUTE_SHARES: self._route_shares, REQUEST_UNMASK: self._request_unmask, RELEASE: self._release}[stage]
         return handler(inbox)
 
-    def _send(self, stage: str, receiver: str, payload: bytes, kind: ViewKind, sender: str = AGGREGATOR) -> Message:
-        return Message(self.round, stage, sender, receiver, payload, kind)
+    def _send(self, stage: str, receiver: str, payload: bytes, kind: ViewKind) -> Message:
+        return Message(self.round, stage, AGGREGATOR, receiver, payload, kind)
 
     # 2. route keys
     def _route_keys(self, inbox: Sequence[Message]) -> list[Message]:
@@ -655,7 +663,7 @@ class SecAggAggregator(AggregatorParty):
         for u in self.u2:
             for v, sealed in sorted(self._relay[u].items()):
                 if v in u2:
-                    out.append(self._send(ROUTE_SHARES, v, sealed, ViewKind.CIPHERTEXT, sender=u))
+                    out.append(self._send(ROUTE_SHARES, v, wire.encode_relay(u, sealed), ViewKind.CIPHERTEXT))
         self._relay.clear()
         return out
 

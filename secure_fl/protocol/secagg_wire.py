@@ -9,7 +9,7 @@ advertise_keys        site -> aggregator, PUBLIC  c_pk key || s_pk key || SHA-25
 route_keys            aggregator -> site, PUBLIC  u32 m, then m x (str id || c_pk || s_pk || commit)
 share_keys            site -> aggregator, CIPHER  str receiver || AES-GCM(share of b || share of s_sk)
 route_shares          aggregator -> site          PUBLIC: u32 m, m x str (peers that shared keys);
-                                                  CIPHERTEXT: the sealed shares, sender = origin site
+                                                  CIPHERTEXT: str origin || sealed share (one each)
 masked_input          site -> aggregator, MASKED  u32 m, m x (str peer || str reason) (refused
                                                   shares), then the masked vector, ceil(k/8) bytes
                                                   per value
