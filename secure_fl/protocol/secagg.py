@@ -347,7 +347,8 @@ class SecAggSite(SiteParty):
 
     def __init__(self, proto: SecAggSum, site_id: str, round: int, values: np.ndarray, weight: float, rng: np.random.Generator) -> None:
         self.proto, self.site_id, self.round = proto, site_id, round
-        self._values, self._weight, self._rng = values, weight, rng
+        self._values: np.ndarray | None = values
+        self._weight, self._rng = weight, rng
         self._next = 0
         self._t = proto.threshold_value
         self._quantizer = proto._require_setup()
@@ -394,6 +395,7 @@ class SecAggSite(SiteParty):
             self._encoded = self._quantizer.encode(self._values, self._weight, self._rng, self.proto.integer_noise)
         except ValueError as exc:
             raise self._reject(f"input refused by the quantizer: {exc}") from exc
+        self._values = None  # only the quantized vector is kept
         if self._encoded.shape[0] != self.proto.dim + 1:
             raise self._reject(f"update has {self._encoded.shape[0] - 1} values, the run expects dim = {self.proto.dim}")
         self._c, self._s = kex.generate_keypair(), kex.generate_keypair()
@@ -551,6 +553,7 @@ class SecAggAggregator(AggregatorParty):
         self._relay: dict[str, dict[str, bytes]] = {}
         self._peers: dict[str, frozenset[str]] = {}
         self._masked: dict[str, np.ndarray] = {}
+        self._total: np.ndarray | None = None
         self._result: SumResult | None = None
         #: the unmasked slot sum modulo 2^k (quantized values then the weight), after release
         self.integer_sum: np.ndarray | None = None
@@ -559,6 +562,7 @@ class SecAggAggregator(AggregatorParty):
     def _abort(self, reason: str) -> RoundAborted:
         self.abort_reason = reason
         self._masked.clear()
+        self._total = None
         return RoundAborted(f"{self.proto.name} round {self.round} aborted: {reason}")
 
     def _drop(self, site: str, reason: str) -> None:
@@ -689,6 +693,9 @@ class SecAggAggregator(AggregatorParty):
             self._masked.pop(peer, None)
         self.u3 = sorted(self._masked)
         self._require(len(self.u3), "sites with an accepted masked input")
+        self._total = np.zeros(self.dim, dtype=q.dtype)  # fold the inputs now: keep one vector, not n
+        for v in self.u3:
+            self._total += self._masked.pop(v)
         u3 = set(self.u3)
         # every survivor's self-mask seed and every dropped peer's mask key must be recoverable
         for v in self.u3:
@@ -736,9 +743,8 @@ class SecAggAggregator(AggregatorParty):
         self.u4 = responders
         self._require(len(self.u4), "sites that sent unmasking shares")
         q = self.quantizer
-        total = np.zeros(self.dim, dtype=q.dtype)
-        for v in self.u3:
-            total += self._masked[v]
+        total, self._total = self._total, None
+        assert total is not None
         for v in self.u3:
             b = self._reconstruct(v, seeds.get(v, []), lambda s, v=v: seed_commitment(s) == self._keys[v][2], "self-mask seed")
             total -= prg.expand_mask(_self_seed(b, self.round), self.dim, q.modulus_bits)
@@ -754,7 +760,6 @@ class SecAggAggregator(AggregatorParty):
                 else:
                     total += mask
         total &= q.dtype.type(q.modulus_mask)
-        self._masked.clear()
         try:
             values, weight = q.decode(total, len(self.u3))
         except ValueError as exc:
