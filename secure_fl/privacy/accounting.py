@@ -1,0 +1,200 @@
+"""Privacy accounting on Google's ``dp_accounting``: mechanisms as events, accountants count them.
+
+Every mechanism secure-fl runs is described as an immutable :class:`dp_accounting.DpEvent`
+(a Poisson-subsampled Gaussian, self-composed over steps, composed over rounds), and that
+event is what the ledger stores and what any accountant reads. Two accountants of
+``dp_accounting`` give ε for a δ:
+
+* ``"rdp"``: Rényi DP (Mironov 2017; subsampled Gaussian by Mironov, Talwar, Zhang 2019),
+  converted to (ε, δ) with the improved conversion of Canonne, Kamath, Steinke 2020.
+* ``"pld"``: privacy-loss distributions (Meiser & Mohammadi 2018; Koskela et al. 2020;
+  Doroshenko et al. 2022), pessimistic discretisation, so still an upper bound; usually the
+  tightest of the two.
+
+All events use the add-or-remove-one neighbouring relation, the one DP-SGD's
+Poisson-subsampled Gaussian is analysed under. There is no accountant math in this file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import attr
+import dp_accounting
+from dp_accounting import dp_event
+from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.rdp import rdp_privacy_accountant
+
+__all__ = [
+    "ACCOUNTANTS",
+    "PLD_DISCRETIZATION",
+    "gaussian_event",
+    "poisson_gaussian_event",
+    "dp_sgd_event",
+    "compose",
+    "epsilon",
+    "epsilons",
+    "calibrate_noise_multiplier",
+    "event_to_json",
+    "event_from_json",
+]
+
+ACCOUNTANTS = ("rdp", "pld")
+
+#: PLD grid step. dp_accounting's default is 1e-4; 1e-3 is ~8x faster (0.2 s instead of 1.7 s for
+#: 50 subsampled steps) and, the discretisation being pessimistic, still an upper bound on ε
+#: (it differs from 1e-4 by < 1e-4 in ε on the pinned cases of tests/test_dp_accounting.py).
+PLD_DISCRETIZATION = 1e-3
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0. Found {value!r}.")
+
+
+def _check_rate(value: float) -> None:
+    if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+        raise ValueError(f"Sampling rate must be in [0, 1]. Found {value!r}.")
+
+
+def _check_count(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0. Found {value!r}.")
+
+
+def gaussian_event(noise_multiplier: float) -> dp_event.DpEvent:
+    """One Gaussian mechanism with sensitivity 1 and noise std ``noise_multiplier``."""
+    _check_positive("noise multiplier", noise_multiplier)
+    return dp_event.GaussianDpEvent(float(noise_multiplier))
+
+
+def poisson_gaussian_event(noise_multiplier: float, sample_rate: float) -> dp_event.DpEvent:
+    """One step of a Poisson-subsampled Gaussian (each record in the batch with prob ``sample_rate``)."""
+    _check_rate(sample_rate)
+    return dp_event.PoissonSampledDpEvent(float(sample_rate), gaussian_event(noise_multiplier))
+
+
+def dp_sgd_event(noise_multiplier: float, sample_rate: float, steps: int) -> dp_event.DpEvent:
+    """``steps`` DP-SGD steps (Abadi et al. 2016): Poisson sampling, clipping, Gaussian noise."""
+    _check_count("steps", steps)
+    if steps == 0:
+        return dp_event.NoOpDpEvent()
+    return dp_event.SelfComposedDpEvent(poisson_gaussian_event(noise_multiplier, sample_rate), steps)
+
+
+def compose(events: Iterable[dp_event.DpEvent]) -> dp_event.DpEvent:
+    """Sequential composition. Equal events are merged into one self-composition (same ε, faster PLD)."""
+    counts: Counter[dp_event.DpEvent] = Counter()
+    order: list[dp_event.DpEvent] = []
+    for event in events:
+        if not isinstance(event, dp_event.DpEvent):
+            raise TypeError(f"expected a dp_accounting DpEvent, found {type(event).__name__}")
+        if isinstance(event, dp_event.NoOpDpEvent):
+            continue
+        inner, times = event, 1
+        if isinstance(event, dp_event.SelfComposedDpEvent):
+            inner, times = event.event, event.count
+        if inner not in counts:
+            order.append(inner)
+        counts[inner] += times
+    parts = [e if counts[e] == 1 else dp_event.SelfComposedDpEvent(e, counts[e]) for e in order]
+    if not parts:
+        return dp_event.NoOpDpEvent()
+    return parts[0] if len(parts) == 1 else dp_event.ComposedDpEvent(parts)
+
+
+def _accountant(kind: str) -> dp_accounting.PrivacyAccountant:
+    if kind == "rdp":
+        return rdp_privacy_accountant.RdpAccountant()
+    if kind == "pld":
+        return pld_privacy_accountant.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
+    raise ValueError(f"unknown accountant {kind!r}; known accountants are {list(ACCOUNTANTS)}")
+
+
+def epsilon(event: dp_event.DpEvent, delta: float, accountant: str = "rdp") -> float:
+    """ε of ``event`` at ``delta`` by the named ``dp_accounting`` accountant."""
+    if not (isinstance(delta, (int, float)) and 0.0 < delta < 1.0):
+        raise ValueError(f"delta must be in (0, 1). Found {delta!r}.")
+    acc = _accountant(accountant)
+    if not acc.supports(event):
+        raise ValueError(f"the {accountant} accountant cannot count {type(event).__name__}")
+    acc.compose(event)
+    return float(acc.get_epsilon(delta))
+
+
+def epsilons(event: dp_event.DpEvent, delta: float, accountants: Sequence[str] = ACCOUNTANTS) -> dict[str, float]:
+    """ε by each accountant, e.g. ``{"rdp": 1.9, "pld": 1.4}``."""
+    return {name: epsilon(event, delta, name) for name in accountants}
+
+
+def calibrate_noise_multiplier(
+    target_epsilon: float,
+    delta: float,
+    make_event: Callable[[float], dp_event.DpEvent],
+    accountant: str = "rdp",
+    tol: float = 1e-3,
+) -> float:
+    """Smallest noise multiplier σ with ε(make_event(σ), δ) ≤ target (``dp_accounting`` calibration).
+
+    ``make_event`` builds the *whole* planned mechanism from σ (e.g. all steps of all rounds),
+    so the target is met for the entire run, not per round.
+    """
+    _check_positive("target epsilon", target_epsilon)
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be in (0, 1). Found {delta!r}.")
+    sigma = dp_accounting.calibrate_dp_mechanism(
+        lambda: _accountant(accountant),
+        make_event,
+        target_epsilon,
+        delta,
+        dp_accounting.LowerEndpointAndGuess(1e-2, 1.0),
+        tol=tol,
+    )
+    # Brent returns a value within tol of the optimum on either side: step up to the safe side.
+    sigma = float(sigma)
+    while epsilon(make_event(sigma), delta, accountant) > target_epsilon:
+        sigma += tol
+    return sigma
+
+
+# -- serialisation ---------------------------------------------------------------------------
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dp_event.DpEvent):
+        fields = {f.name: _to_plain(getattr(value, f.name)) for f in attr.fields(type(value))}
+        return {"__class__": type(value).__name__, **fields}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    raise TypeError(f"cannot serialise {type(value).__name__} inside a DpEvent")
+
+
+def _from_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        name = value.get("__class__")
+        cls = getattr(dp_event, str(name), None)
+        # only classes of dp_accounting.dp_event: a ledger row never names a module to import
+        if not (isinstance(cls, type) and issubclass(cls, dp_event.DpEvent)):
+            raise ValueError(f"unknown DpEvent class {name!r} in serialised event")
+        return cls(**{k: _from_plain(v) for k, v in value.items() if k != "__class__"})
+    if isinstance(value, list):
+        return [_from_plain(v) for v in value]
+    return value
+
+
+def event_to_json(event: dp_event.DpEvent) -> str:
+    """Stable JSON of an event, e.g. ``{"__class__": "GaussianDpEvent", "noise_multiplier": 1.1}``."""
+    return json.dumps(_to_plain(event), sort_keys=True)
+
+
+def event_from_json(text: str) -> dp_event.DpEvent:
+    """Inverse of :func:`event_to_json`; refuses classes outside ``dp_accounting.dp_event``."""
+    event = _from_plain(json.loads(text))
+    if not isinstance(event, dp_event.DpEvent):
+        raise ValueError("serialised value is not a DpEvent")
+    return event

@@ -1,0 +1,163 @@
+"""Clipping and Gaussian noise: the pure math of DP-FedAvg and of distributed noise.
+
+References:
+
+* McMahan, Ramage, Talwar, Zhang, "Learning Differentially Private Recurrent Language
+  Models", ICLR 2018 (DP-FedAvg: clip each update to an L2 bound, add Gaussian noise to the
+  sum, divide by a fixed denominator).
+* Andrew, Thakkar, McMahan, Ramaswamy, "Differentially Private Learning with Adaptive
+  Clipping", NeurIPS 2021 (Algorithm 1: geometric update of the clip norm towards a target
+  quantile of update norms, from a noised count of unclipped updates; Theorem 1: how the
+  noise multiplier is split between the update and the count).
+* Kairouz, Liu, Steinke, "The Distributed Discrete Gaussian Mechanism for Federated
+  Learning with Secure Aggregation", ICML 2021 (each of n sites adds a 1/n share of the
+  noise variance so that the *sum* carries the full noise; discrete noise for integer
+  secure sums).
+
+Nothing here knows about sites, rounds or transports (DESIGN.md, "Math is separate").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .noise import NoiseSource
+
+__all__ = [
+    "clip_l2",
+    "gaussian_noise",
+    "share_std",
+    "effective_noise_multiplier",
+    "split_noise_multiplier",
+    "AdaptiveClip",
+    "discrete_gaussian_share",
+]
+
+
+def _positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, found {value!r}")
+
+
+def clip_l2(vector: np.ndarray, bound: float) -> tuple[np.ndarray, float]:
+    """Scale ``vector`` so its L2 norm is at most ``bound``; return it with the norm *before* clipping.
+
+    ``x · min(1, C / ||x||)``: the clipped vector lies in the ball of radius C, so changing
+    one contributor changes a sum of clipped vectors by at most C (add/remove) or 2C
+    (replace). A non-finite vector is refused rather than silently clipped to NaN.
+    """
+    _positive("clip bound", bound)
+    v = np.asarray(vector, dtype=np.float64)
+    if not np.all(np.isfinite(v)):
+        raise ValueError("cannot clip a vector with non-finite entries")
+    norm = float(np.linalg.norm(v))
+    if norm <= bound:
+        return v.copy(), norm
+    return v * (bound / norm), norm
+
+
+def gaussian_noise(source: NoiseSource, std: float, dim: int) -> np.ndarray:
+    """``dim`` independent N(0, std²) draws from ``source`` (see :mod:`.noise` for which source when)."""
+    return source.normal(std, dim)
+
+
+def share_std(noise_multiplier: float, clip: float, min_sites: int) -> float:
+    """Standard deviation of one site's share of distributed Gaussian noise: ``σ·C/√m``.
+
+    The sum of the shares of any ``m = min_sites`` sites has variance ``m·(σC)²/m = (σC)²``,
+    the noise a central Gaussian mechanism with multiplier σ and sensitivity C would add
+    (Kairouz et al. 2021, §3, continuous analogue). One share alone is weak noise: it must
+    only ever be seen inside a secure sum.
+    """
+    _positive("noise multiplier", noise_multiplier)
+    _positive("clip bound", clip)
+    if not isinstance(min_sites, int) or min_sites < 1:
+        raise ValueError(f"min_sites must be an integer >= 1, found {min_sites!r}")
+    return noise_multiplier * clip / math.sqrt(min_sites)
+
+
+def effective_noise_multiplier(noise_multiplier: float, contributors: int, min_sites: int) -> float:
+    """Noise multiplier the released sum actually carries when ``contributors`` shares were added.
+
+    ``σ·√(min(k, m)/m)``: with ``k ≥ m`` honest shares the sum has at least the planned noise
+    (extra shares are not counted, since colluding sites know their own shares); with
+    ``k < m`` it has only ``k/m`` of the planned variance, a weaker guarantee.
+    """
+    _positive("noise multiplier", noise_multiplier)
+    if contributors < 0 or min_sites < 1:
+        raise ValueError(f"need contributors >= 0 and min_sites >= 1, found {contributors} and {min_sites}")
+    return noise_multiplier * math.sqrt(min(contributors, min_sites) / min_sites)
+
+
+def split_noise_multiplier(noise_multiplier: float, count_stddev: float) -> float:
+    """Noise multiplier left for the update when the clip count is also noised (Andrew et al. 2021, Thm 1).
+
+    Releasing the noised update sum (sensitivity 1 in units of C, multiplier ``z_Δ``) and the
+    noised count of centred bits ``b - 1/2`` (sensitivity 1/2, std ``σ_b``) together is as
+    private as one Gaussian with multiplier ``z`` where ``z⁻² = z_Δ⁻² + (2σ_b)⁻²``.
+    """
+    _positive("noise multiplier", noise_multiplier)
+    _positive("clip count stddev", count_stddev)
+    rest = noise_multiplier**-2 - (2.0 * count_stddev) ** -2
+    if rest <= 0:
+        raise ValueError(
+            f"clip count stddev {count_stddev} is too small for noise multiplier {noise_multiplier}: "
+            f"need 2*stddev > {noise_multiplier} so that the update keeps some of the budget"
+        )
+    return rest**-0.5
+
+
+@dataclass
+class AdaptiveClip:
+    """Quantile-tracking clip norm (Andrew et al. 2021, Algorithm 1, geometric update).
+
+    Each round every contributor reports ``b = 1[||Δ|| ≤ C]``; the server gets the noised sum
+    of the bits, estimates the unclipped fraction ``b̄`` and sets
+    ``C ← C · exp(-η (b̄ - γ))`` so that C moves towards the γ-quantile of update norms.
+    """
+
+    clip: float
+    target_quantile: float = 0.5
+    learning_rate: float = 0.2
+    count_stddev: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive("initial clip", self.clip)
+        if not 0.0 < self.target_quantile < 1.0:
+            raise ValueError(f"target quantile must be in (0, 1), found {self.target_quantile}")
+        _positive("clip learning rate", self.learning_rate)
+        if self.count_stddev < 0:
+            raise ValueError(f"clip count stddev must be >= 0, found {self.count_stddev}")
+
+    def bit(self, norm: float) -> float:
+        """The clip indicator a contributor reports for an update of L2 norm ``norm``."""
+        return 1.0 if norm <= self.clip else 0.0
+
+    def update(self, bit_sum: float, contributors: int, source: NoiseSource) -> float:
+        """Move the clip norm from the (noised) count of unclipped updates; return the new norm."""
+        if contributors <= 0:
+            return self.clip
+        noised = bit_sum + float(source.normal(self.count_stddev, 1)[0]) if self.count_stddev > 0 else bit_sum
+        fraction = noised / contributors
+        self.clip = self.clip * math.exp(-self.learning_rate * (fraction - self.target_quantile))
+        return self.clip
+
+
+def discrete_gaussian_share(
+    values: np.ndarray, *, scale: float, noise_multiplier: float, clip: float, min_sites: int, source: NoiseSource
+) -> np.ndarray:
+    """Integer noise share for the masking secure sum (distributed discrete Gaussian, Kairouz et al. 2021).
+
+    Masked sums work modulo 2^b on integers, so continuous shares cannot be used: each site
+    must quantize ``values`` (randomized rounding after a random rotation) and add a
+    discrete Gaussian share of variance ``(σ C scale)² / min_sites``, and the accountant must
+    charge the distributed discrete Gaussian's guarantee (their Theorem 1), not the
+    continuous one. Not implemented: the quantizer lives in ``secure_fl/crypto/quantize.py``.
+    """
+    raise NotImplementedError(
+        "distributed noise is not yet implemented for secagg: needs discrete Gaussian shares "
+        "(Kairouz, Liu, Steinke 2021) on the integer grid of secure_fl.crypto.quantize"
+    )

@@ -1,0 +1,96 @@
+"""Where DP noise comes from: an injected seeded generator (tests, experiments) or the OS CSPRNG.
+
+Every random draw that a DP guarantee rests on (Gaussian noise, Poisson sampling of
+patients) goes through a :class:`NoiseSource`, so the choice is made in one place:
+
+* ``NoiseSource.seeded(rng)`` wraps an injected :class:`numpy.random.Generator`. Runs are
+  reproducible; this is what tests and ``secure_noise = false`` experiments use. The noise
+  is *statistically* right but predictable to whoever knows the seed, so it gives no
+  guarantee against an adversary who can guess it.
+* ``NoiseSource.secure()`` reads ``os.urandom`` (the kernel CSPRNG) and turns the bytes into
+  uniforms with 53 random bits and Gaussians by the Box–Muller transform in float64. This
+  is what ``secure_noise = true`` uses. Opacus's own ``secure_mode`` needs ``torchcsprng``,
+  which is not installable here; this source plays that role for every mechanism of
+  secure-fl, including DP-SGD (see :mod:`secure_fl.training.dp_sgd`).
+
+Floating-point attacks on naively sampled Gaussians (Mironov, CCS 2012; Jin et al.,
+"Are we there yet? Timing and floating-point attacks on DP systems", S&P 2022) exploit
+the low-order bits of float noise. The secure source samples in float64 and releases
+float32 values (model updates are float32 on the wire), which discards the 29 low bits
+an attacker would need; it follows the same idea as Opacus's secure mode (Holohan &
+Braghin 2021, sum of several Gaussians) without claiming exact discrete sampling. Exact
+integer noise for the masking secure sum is the job of the discrete Gaussian
+(Canonne, Kamath, Steinke 2020), see :func:`secure_fl.privacy.mechanisms.discrete_gaussian_share`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["NoiseSource"]
+
+_TWO_PI = 2.0 * np.pi
+
+
+@dataclass(frozen=True)
+class NoiseSource:
+    """Uniforms and Gaussians from either a seeded generator or the OS CSPRNG.
+
+    Build with :meth:`seeded` or :meth:`secure`; ``rng`` is ``None`` for the secure source.
+    """
+
+    rng: np.random.Generator | None = None
+
+    @classmethod
+    def seeded(cls, rng: np.random.Generator) -> "NoiseSource":
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"noise rng must be a numpy.random.Generator, found {type(rng).__name__}")
+        return cls(rng)
+
+    @classmethod
+    def secure(cls) -> "NoiseSource":
+        return cls(None)
+
+    @property
+    def is_secure(self) -> bool:
+        return self.rng is None
+
+    @property
+    def description(self) -> str:
+        return "os.urandom (CSPRNG), Box-Muller in float64" if self.is_secure else "seeded numpy Generator (reproducible, not secret)"
+
+    def uniform(self, n: int) -> np.ndarray:
+        """``n`` floats in [0, 1) with 53 random bits each."""
+        if n < 0:
+            raise ValueError(f"number of uniforms must be >= 0, found {n}")
+        if self.rng is not None:
+            return self.rng.random(n)
+        words = np.frombuffer(os.urandom(8 * n), dtype="<u8")
+        return (words >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+    def normal(self, std: float, shape: int | tuple[int, ...]) -> np.ndarray:
+        """Centred Gaussian noise of standard deviation ``std`` (float64)."""
+        if not np.isfinite(std) or std < 0:
+            raise ValueError(f"noise standard deviation must be finite and >= 0, found {std}")
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        size = int(np.prod(shape, dtype=np.int64))
+        if std == 0:
+            return np.zeros(shape)
+        if self.rng is not None:
+            return self.rng.normal(0.0, std, size=shape)
+        # Box-Muller: u1 in (0, 1] so that log(u1) is finite.
+        half = (size + 1) // 2
+        u1 = self.uniform(half) + 2.0**-53
+        u2 = self.uniform(half)
+        radius = np.sqrt(-2.0 * np.log(u1))
+        z = np.concatenate([radius * np.cos(_TWO_PI * u2), radius * np.sin(_TWO_PI * u2)])[:size]
+        return (std * z).reshape(shape)
+
+    def bernoulli(self, p: float, n: int) -> np.ndarray:
+        """``n`` independent draws of Bernoulli(``p``) as a boolean mask (Poisson sampling)."""
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"sampling rate must be in [0, 1], found {p}")
+        return self.uniform(n) < p
