@@ -77,7 +77,9 @@ def stochastic_round(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     low = np.floor(x)
     up = rng.random(x.shape) < (x - low)
-    return low.astype(np.int64) + up
+    out = low.astype(np.int64)
+    out += up
+    return out
 
 
 def wire_bytes_per_value(modulus_bits: int) -> int:
@@ -190,10 +192,14 @@ class Quantizer:
             raise ValueError(f"values must be a 1-D vector, got shape {x.shape}")
         if not np.all(np.isfinite(x)):
             raise ValueError(f"values contain {int(np.sum(~np.isfinite(x)))} non-finite entries")
-        delta = x / w if w > 0 else np.zeros_like(x)
-        q = stochastic_round((clip(delta, self.clip_range) + self.clip_range) / self.step, rng)
+        scaled = clip(x / w, self.clip_range) if w > 0 else np.zeros_like(x)
+        scaled += self.clip_range
+        scaled *= 1.0 / self.step
+        q = stochastic_round(scaled, rng)
         np.clip(q, 0, self.levels, out=q)  # float error at the top edge cannot leave the range
-        slots = q * w + self.noise_bound
+        if w != 1:
+            q *= w
+        slots = q + self.noise_bound if self.noise_bound else q
         if add_integer_noise is not None:
             z = np.asarray(add_integer_noise(x.shape[0], rng))
             if z.shape != x.shape or not np.issubdtype(z.dtype, np.integer):
