@@ -96,7 +96,7 @@ def _mean_sd(values: list[float]) -> str:
 
 def table_rows(result: CompareResult) -> tuple[list[str], list[list[str]]]:
     task = result.task
-    metric_keys = [f"pooled/{task.primary_metric}"]
+    metric_keys = [f"pooled/{task.primary_metric}", f"site-mean/{task.primary_metric}"]
     if task.primary_metric != "accuracy":
         metric_keys.append("pooled/accuracy")
     extra = sorted({k for r in result.runs for k in r.metrics if k.startswith("gallery/")})

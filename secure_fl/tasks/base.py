@@ -95,7 +95,7 @@ class Task(ABC):
         extras = [self.extra_metrics(m) for m in models.values()]
         for k in extras[0] if extras else {}:
             out[k] = float(np.mean([e[k] for e in extras]))
-        return out
+        return _with_site_means(out, [s.name for s in self.sites])
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Per-site and pooled test metrics, as a flat dict (``pooled/accuracy``, ``Cleveland/auc``, ...)."""
@@ -111,7 +111,7 @@ class Task(ABC):
             if k != "n":
                 out[f"pooled/{k}"] = v
         out.update(self.extra_metrics(model))
-        return out
+        return _with_site_means(out, [s.name for s in self.sites])
 
     def extra_metrics(self, model: nn.Module) -> dict[str, float]:
         return {}
@@ -129,6 +129,15 @@ class Task(ABC):
     def describe(self) -> str:
         parts = ", ".join(f"{s.name}: {s.n_train}/{s.n_test}" for s in self.sites)
         return f"{self.name} ({self.num_classes} classes; train/test per site: {parts})"
+
+
+def _with_site_means(out: dict[str, float], sites: list[str]) -> dict[str, float]:
+    """Add ``site-mean/<metric>``: the unweighted mean over sites (NaN-free sites only)."""
+    for metric in ("accuracy", "auc", "top5"):
+        vals = [out[f"{s}/{metric}"] for s in sites if f"{s}/{metric}" in out and not np.isnan(out[f"{s}/{metric}"])]
+        if vals:
+            out[f"site-mean/{metric}"] = float(np.mean(vals))
+    return out
 
 
 def seeded_generator(seed: int) -> np.random.Generator:
