@@ -525,3 +525,17 @@ def test_protocol_specs_in_the_catalogue_load() -> None:
         assert type(ss) is cls and ss.view_kind is ViewKind.MASKED and ss.releases_to_aggregator
         assert spec.threat_model.aggregator_sees == "masked"
         assert any("t" in a for a in spec.threat_model.assumptions)
+
+
+def test_integer_noise_hook_flows_through_the_round() -> None:
+    proto = SecAggSum(bits=12, clip_range=1.0, max_weight=20, threshold=3, rng=np.random.default_rng(40))
+    proto.set_integer_noise(lambda dim, rng: np.full(dim, 3, dtype=np.int64), bound=3)
+    proto.setup([f"site-{i:02d}" for i in range(5)], DIM)
+    inputs = make_inputs(5, DIM, seed=41)
+    r = drive(proto, inputs)
+    res = r.result
+    true = sum(v for v, _ in inputs.values())
+    noise = 5 * 3 * proto.quantizer.step  # type: ignore[union-attr]
+    assert np.all(np.abs(res.total - (true + noise)) <= res.weight * proto.quantizer.step)  # type: ignore[union-attr]
+    with pytest.raises(ProtocolError, match="before setup"):
+        proto.set_integer_noise(None, 0)

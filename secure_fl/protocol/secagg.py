@@ -52,7 +52,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,6 +172,19 @@ class SecAggSum(SecureSum):
         Quantizer(self.bits, self.clip_range, self.max_weight, 1, self.noise_bound)
         if self.rng is None:
             self.rng = np.random.default_rng()
+
+    def set_integer_noise(self, noise: IntegerNoise | None, bound: int) -> None:
+        """Distributed-DP hook: each site adds ``noise(dim, rng)`` (integers, ``|z| <= bound``,
+        in units of the quantization step ``2 clip_range / (2^bits - 1)``) to its quantized
+        update before masking, e.g. its share of a distributed discrete Gaussian (Kairouz,
+        Liu, Steinke, ICML 2021). Call before :meth:`setup`: the modulus makes room for the bound.
+        """
+        if self.quantizer is not None:
+            raise ProtocolError(f"{self.name}: set_integer_noise must be called before setup(): the modulus is already fixed")
+        if isinstance(bound, bool) or not isinstance(bound, int) or bound < 0:
+            raise ValueError(f"noise bound must be an integer >= 0, got {bound!r}")
+        Quantizer(self.bits, self.clip_range, self.max_weight, 1, bound)  # refuses a bound that cannot fit
+        self.integer_noise, self.noise_bound = noise, bound
 
     # ---- spec
     _KEYS = ["kind", "threshold", "threshold_fraction", "bits", "clip_range", "max_weight"]
@@ -768,7 +781,7 @@ class SecAggAggregator(AggregatorParty):
         self._result = SumResult(values, float(weight), tuple(self.u3))
         return []
 
-    def _reconstruct(self, owner: str, shares: list[tuple[str, shamir.Share]], check: Any, what: str) -> bytes:
+    def _reconstruct(self, owner: str, shares: list[tuple[str, shamir.Share]], check: Callable[[bytes], bool], what: str) -> bytes:
         """Combine t shares; on a commitment mismatch, retry leaving one share out (one bad holder)."""
         if len(shares) < self.t:
             raise self._abort(f"only {len(shares)} shares of site {owner!r}'s {what} arrived < threshold t = {self.t}")
