@@ -1,0 +1,218 @@
+"""Patient-level DP-SGD inside a site's local training, on Opacus building blocks.
+
+DP-SGD (Abadi et al., "Deep Learning with Differential Privacy", CCS 2016): each step
+samples patients by Poisson sampling with rate ``q``, clips every per-example gradient to
+L2 norm ``C``, sums them, adds N(0, (σC)²) and divides by the expected batch size ``qN``.
+One step is a Poisson-subsampled Gaussian; a round of ``s`` steps is that event
+self-composed ``s`` times (:func:`secure_fl.privacy.accounting.dp_sgd_event`).
+
+What comes from Opacus and what does not:
+
+* per-example gradients: :class:`opacus.GradSampleModule`; clipping and the noisy step:
+  :class:`opacus.optimizers.DPOptimizer` (its ``add_noise`` reads a
+  :class:`~secure_fl.privacy.noise.NoiseSource` here, so ``secure_noise = true`` uses the OS
+  CSPRNG: Opacus's own ``secure_mode`` needs ``torchcsprng``, not available for this torch);
+* Poisson sampling: :class:`PoissonBatchSampler` below draws from the same NoiseSource
+  (the sampled subset is secret too: amplification by sampling assumes nobody can predict it);
+* accounting: the DpEvent of each round goes to the site's ledger (``dp_accounting``);
+  an Opacus RDP accountant is kept beside it as an independent opinion.
+
+Why the hook object lives as long as the site (Opacus issue #688): Opacus charges privacy
+through a hook that its ``PrivacyEngine`` attaches to each optimizer it wraps. Building a
+fresh ``PrivacyEngine`` each federated round silently restarts the accountant at ε = 0.
+Here the per-site :class:`DpSgdHook` keeps one Opacus accountant and a step count for the
+whole run, attaches it to every round's optimizer, and every round's event is written to
+the persistent ledger before the update leaves the site.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from dp_accounting import dp_event
+from opacus import GradSampleModule
+from opacus.accountants import RDPAccountant
+from opacus.data_loader import dtype_safe, shape_safe, wrap_collate_with_empty
+from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+from opacus.validators import ModuleValidator
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from torch.utils.data._utils.collate import default_collate
+
+from ..errors import SecureFLError
+from ..privacy.accounting import calibrate_noise_multiplier, dp_sgd_event
+from ..privacy.noise import NoiseSource
+
+__all__ = [
+    "IncompatibleModel",
+    "check_dp_compatible",
+    "PoissonBatchSampler",
+    "SourcedDPOptimizer",
+    "DpSgdHook",
+    "calibrate_dp_sgd",
+]
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+class IncompatibleModel(SecureFLError, ValueError):
+    """The model cannot be trained with per-example DP; the message names the offending layer."""
+
+
+def check_dp_compatible(model: nn.Module) -> None:
+    """Refuse models whose layers break per-example privacy, naming each offending layer.
+
+    BatchNorm mixes the examples of a batch (each output depends on the batch statistics),
+    so per-example gradients, and with them the clipping bound, lose their meaning. Opacus's
+    :class:`ModuleValidator` knows the full list of unsupported layers; its messages do not
+    name the layer, so it is run module by module here. Replace BatchNorm by GroupNorm
+    (``opacus.validators.ModuleValidator.fix``) or LayerNorm.
+    """
+    problems: list[str] = []
+    for name, module in model.named_modules():
+        label = name or "<root>"
+        if isinstance(module, _BATCH_NORMS):
+            problems.append(f"layer {label!r} ({type(module).__name__}): BatchNorm mixes examples of a batch")
+            continue
+        validator = ModuleValidator.VALIDATORS.get(type(module))
+        if validator is not None:
+            for err in validator(module):
+                problems.append(f"layer {label!r} ({type(module).__name__}): {str(err).splitlines()[0]}")
+    if problems:
+        raise IncompatibleModel(
+            "model is not compatible with patient-level DP-SGD: " + "; ".join(problems)
+            + ". Use GroupNorm/LayerNorm instead of BatchNorm (opacus ModuleValidator.fix does it)"
+        )
+
+
+def calibrate_dp_sgd(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp") -> float:
+    """Noise multiplier for ``steps`` DP-SGD steps at rate ``sample_rate`` to reach (ε, δ) overall."""
+    if steps < 1:
+        raise ValueError(f"need at least one planned step to calibrate, found {steps}")
+    return calibrate_noise_multiplier(target_epsilon, delta, lambda s: dp_sgd_event(s, sample_rate, steps), accountant)
+
+
+class PoissonBatchSampler(Sampler[list[int]]):
+    """``steps`` batches; each example is in each batch independently with probability ``sample_rate``."""
+
+    def __init__(self, num_examples: int, sample_rate: float, steps: int, source: NoiseSource) -> None:
+        if num_examples < 1:
+            raise ValueError(f"cannot sample from {num_examples} examples")
+        if not 0 < sample_rate <= 1:
+            raise ValueError(f"sample rate must be in (0, 1], found {sample_rate}")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, found {steps}")
+        self.num_examples, self.sample_rate, self.steps, self.source = num_examples, sample_rate, steps, source
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _ in range(self.steps):
+            yield np.flatnonzero(self.source.bernoulli(self.sample_rate, self.num_examples)).tolist()
+
+
+class SourcedDPOptimizer(DPOptimizer):
+    """Opacus's DPOptimizer whose Gaussian noise comes from a :class:`NoiseSource`.
+
+    Clipping, accumulation and scaling are Opacus's; only ``add_noise`` is replaced, so
+    that noise can come from ``os.urandom`` (production) or a seeded generator (tests).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, noise_multiplier: float, max_grad_norm: float,
+                 expected_batch_size: int, source: NoiseSource) -> None:
+        super().__init__(
+            optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size, loss_reduction="mean",
+        )
+        self.source = source
+
+    def add_noise(self) -> None:
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)
+            draw = self.source.normal(std, tuple(p.summed_grad.shape))
+            noise = torch.from_numpy(draw).to(dtype=p.summed_grad.dtype, device=p.summed_grad.device)
+            p.grad = (p.summed_grad + noise).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+
+class DpSgdHook:
+    """The per-site DP-SGD wrapper handed to local training (``TrainingHook`` of pipeline.py).
+
+    ``wrap`` returns (GradSampleModule sharing the model's parameters, DP optimizer over the
+    given optimizer, Poisson-sampled loader over the same dataset). Train with the returned
+    objects; the original ``model`` holds the trained weights (parameters are shared), so
+    read the delta from it. ``after_training`` removes Opacus's hooks and closes the round;
+    :meth:`round_event` is the DpEvent of the steps actually taken.
+    """
+
+    def __init__(self, *, noise_multiplier: float, max_grad_norm: float, sample_rate: float, source: NoiseSource) -> None:
+        if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
+            raise ValueError(f"noise multiplier must be > 0, found {noise_multiplier}")
+        if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm must be > 0, found {max_grad_norm}")
+        if not 0 < sample_rate <= 1:
+            raise ValueError(f"sample rate must be in (0, 1], found {sample_rate}")
+        self.noise_multiplier, self.max_grad_norm, self.sample_rate = noise_multiplier, max_grad_norm, sample_rate
+        self.source = source
+        #: Opacus's accountant, alive for the whole run (third, independent opinion on ε)
+        self.opacus_accountant = RDPAccountant()
+        self.total_steps = 0
+        self.round_steps = 0
+        self._gsm: GradSampleModule | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, round(1.0 / self.sample_rate))
+
+    def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader) -> tuple[Any, Any, Any]:
+        check_dp_compatible(model)
+        if not model.training:
+            model.train()
+        self.round_steps = 0
+        gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+        self._gsm = gsm
+        dataset = loader.dataset
+        n = len(dataset)  # type: ignore[arg-type]
+        first = dataset[0]
+        items = first if isinstance(first, (tuple, list)) else (first,)
+        collate = wrap_collate_with_empty(
+            collate_fn=loader.collate_fn or default_collate,
+            sample_empty_shapes=[(0, *shape_safe(x)) for x in items],
+            dtypes=[dtype_safe(x) for x in items],
+        )
+        sampler = PoissonBatchSampler(n, self.sample_rate, self.steps_per_epoch, self.source)
+        dp_loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+        dp_opt = SourcedDPOptimizer(
+            optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm,
+            expected_batch_size=max(1, round(self.sample_rate * n)), source=self.source,
+        )
+        opacus_hook = self.opacus_accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate)
+
+        def on_step(optim: DPOptimizer) -> None:
+            self.round_steps += 1
+            self.total_steps += 1
+            opacus_hook(optim)
+
+        dp_opt.attach_step_hook(on_step)
+        return gsm, dp_opt, dp_loader
+
+    def after_training(self, model: Any, optimizer: Any, steps: int) -> None:
+        """Close the round: detach Opacus's hooks (the model is plain again). ``steps`` is the
+        engine's count; the charge uses the count of noisy steps actually taken."""
+        if self._gsm is not None:
+            self._gsm._close()
+            self._gsm = None
+
+    def round_event(self) -> dp_event.DpEvent:
+        return dp_sgd_event(self.noise_multiplier, self.sample_rate, self.round_steps)
+
+    def opacus_epsilon(self, delta: float) -> float:
+        """ε by Opacus's own RDP accountant over every step this site took (0 before any)."""
+        return float(self.opacus_accountant.get_epsilon(delta)) if self.opacus_accountant.history else 0.0
