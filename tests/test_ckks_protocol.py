@@ -286,7 +286,7 @@ def test_nothing_valid_aborts_the_round() -> None:
 
 
 def test_release_to_aggregator_is_flooded_once_and_within_tolerance() -> None:
-    proto, values, weights = make(5, 200, preset="release", release="aggregator", rng=np.random.default_rng(3))
+    proto, values, weights = make(5, 200, preset="wide", release="aggregator", rng=np.random.default_rng(3))
     sites, agg, views, _ = run_round(proto, values, weights)
     released = [m for m in views if m.kind is ViewKind.AGGREGATE]
     assert len(released) == 1 and released[0].sender == "site-00"  # one designated site
@@ -297,7 +297,7 @@ def test_release_to_aggregator_is_flooded_once_and_within_tolerance() -> None:
     # the noise is 2^20 x the decryption error: far above it, far below the tolerance
     assert 1e-12 < rel_err(got.mean, exact.mean) < TOL
     # seeded generator: the same noise again
-    proto2, _, _ = make(5, 200, preset="release", release="aggregator", rng=np.random.default_rng(3))
+    proto2, _, _ = make(5, 200, preset="wide", release="aggregator", rng=np.random.default_rng(3))
     proto2._keys, proto2._secret, proto2._public = proto._keys, proto._secret, proto._public
     sites2, agg2, _, _ = run_round(proto2, values, weights)
     noise2 = agg2.result().total - sites2["site-03"].result().total
@@ -305,7 +305,7 @@ def test_release_to_aggregator_is_flooded_once_and_within_tolerance() -> None:
 
 
 def test_release_by_rounding() -> None:
-    proto, values, weights = make(3, 100, preset="release", release="aggregator", mitigation="round")
+    proto, values, weights = make(3, 100, preset="wide", release="aggregator", mitigation="round")
     sites, agg, _, _ = run_round(proto, values, weights)
     got = agg.result()
     assert rel_err(got.mean, plain_mean(values, weights)) < TOL
@@ -318,13 +318,13 @@ def test_release_by_rounding() -> None:
 
 
 def test_release_needs_room_for_the_mitigation() -> None:
-    with pytest.raises(SpecError, match="mitigation_bits = 20.*use preset 'release'"):
+    with pytest.raises(SpecError, match="mitigation_bits = 20.*use preset 'wide'"):
         make(3, 10, preset="compact", release="aggregator")
     make(3, 10, preset="compact", release="aggregator", mitigation_bits=8)
 
 
 def test_releaser_dropping_out_aborts_the_release() -> None:
-    proto, values, weights = make(3, 10, preset="release", release="aggregator")
+    proto, values, weights = make(3, 10, preset="wide", release="aggregator")
     with pytest.raises(RoundAborted, match="releasing site 'site-00'"):
         run_round(proto, values, weights, tamper=lambda m: [] if m.kind is ViewKind.AGGREGATE else [m])
 

@@ -17,9 +17,11 @@ Precision: values are normalised by public powers of two so that the encoded sum
 ``scale_bits <= bits(q0) - 2`` (one bit of sign, one of headroom for the noise). The
 decryption error of a fresh symmetric encryption has, per slot, a standard deviation of
 about ``sigma * sqrt(N / 2)`` in scaled units (``sigma = 3.2``, the RLWE error of SEAL),
-it grows as ``sqrt(n)`` over a sum of ``n`` ciphertexts, and public-key encryption adds
-the rounding of the final division by the special prime (Kim, Polyakov, Zucca, "Revisiting
-Homomorphic Encryption Schemes for Finite Fields", 2021, sec. 2; measured here: about 10x).
+it grows as ``sqrt(n)`` over a sum of ``n`` ciphertexts (independent errors), and
+public-key encryption adds ``e*u + e1 + e2*s`` and the rounding of the division by the
+special prime (Cheon, Kim, Kim, Song, "Homomorphic Encryption for Arithmetic of
+Approximate Numbers", ASIACRYPT 2017, Lemma 1 bounds the fresh error; measured here the
+public-key error is about 12x the symmetric one, ``benchmarks/ckks_table.py``).
 """
 
 from __future__ import annotations
@@ -198,10 +200,10 @@ PRESETS: dict[str, CkksPreset] = {
             "small",
             4096,
             (32, 32),
-            note="one 32-bit data prime: zstd packs it in 4 bytes; 256-bit secure; coarser precision",
+            note="one 32-bit data prime: zstd packs it in 4 bytes; 192-bit secure; coarser precision",
         ),
         CkksPreset(
-            "release",
+            "wide",
             8192,
             (60, 40),
             note="one 60-bit data prime: room for noise flooding when the sum is released to the aggregator",

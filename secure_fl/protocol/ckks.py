@@ -357,7 +357,7 @@ class CkksSum(SecureSum):
                 raise SpecError(
                     f"[secure_sum]: release = 'aggregator' with mitigation_bits = {self.mitigation_bits} leaves {room:.1f} bits of precision "
                     f"with preset {p.name!r} (scale 2^{p.scale}, noise ~2^{noise_bits:.1f} for {len(self._site_ids)} sites); need {_MIN_RELEASE_BITS}: "
-                    f"use preset 'release' or lower mitigation_bits to <= {int(p.scale - noise_bits - _MIN_RELEASE_BITS)}"
+                    f"use preset 'wide' or lower mitigation_bits to <= {int(p.scale - noise_bits - _MIN_RELEASE_BITS)}"
                 )
         self._keys = keys if keys is not None else generate_keys(p)
         if self._keys.preset != p:
