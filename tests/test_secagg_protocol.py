@@ -299,43 +299,26 @@ def test_no_site_reveals_both_kinds_of_share_for_one_peer() -> None:
     assert kinds["site-02"] == {wire.SHARE_OF_KEY} and kinds["site-04"] == {wire.SHARE_OF_SEED}
 
 
-def test_site_refuses_an_unmask_request_for_both_kinds_or_its_own_key() -> None:
-    proto = secagg(N, DIM, seed=18)
-    inputs = make_inputs(N, DIM, seed=18)
-    captured: dict[str, object] = {}
+@pytest.mark.parametrize(
+    "survivors,dropped,reason",
+    [
+        (["site-00", "site-01", "site-02", "site-03"], ["site-01"], "twice or as both survivor and dropped"),
+        (["site-01", "site-02", "site-03", "site-04"], ["site-00"], "does not list this site as a survivor"),
+        (["site-00", "site-01"], ["site-02"], "2 survivors in this neighbourhood < threshold t = 4"),
+    ],
+)
+def test_site_refuses_a_malicious_unmask_request(survivors: list[str], dropped: list[str], reason: str) -> None:
+    """A request for both kinds of share of one peer, for the site's own key, or below t is refused."""
+    inputs, proto = make_inputs(N, DIM, seed=18), secagg(N, DIM, seed=19)
+    forged = wire.encode_request(survivors, dropped)
 
-    def spy(m: Message) -> Message:
-        if m.stage == REQUEST_UNMASK:
-            captured.setdefault("request", m)
-        return m
+    def forge(m: Message) -> Message:
+        return replace(m, payload=forged) if m.stage == REQUEST_UNMASK and m.receiver == "site-00" else m
 
-    r = drive(proto, inputs, transit=spy)
-    assert r.error is None
-    # replay a malicious request to a fresh site party at its unmask stage
-    site = proto.site("site-00", 5, *inputs["site-00"])
-    others = [s for s in proto.roster if s != "site-00"]
-
-    def fake_round() -> None:
-        agg = proto.aggregator(5, list(proto.roster), DIM)
-        parties = {s: proto.site(s, 5, *inputs[s]) for s in others}
-        parties["site-00"] = site
-        box: dict[str, list[Message]] = {s: [] for s in proto.roster}
-        abox: list[Message] = []
-        for stage in proto.stages[:5]:
-            if stage.actor == "sites":
-                for s, p in parties.items():
-                    for m in p.step(stage.name, box[s]):
-                        (abox if m.receiver == AGGREGATOR else box[m.receiver]).append(m)
-                    box[s] = []
-            else:
-                for m in agg.step(stage.name, abox):
-                    box[m.receiver].append(m)
-                abox = []
-
-    fake_round()
-    both = wire.encode_request(["site-00", "site-01", "site-02", "site-03"], ["site-01"])
-    with pytest.raises(SiteRejected, match="twice or as both survivor and dropped"):
-        site.step(UNMASK, [Message(5, REQUEST_UNMASK, AGGREGATOR, "site-00", both, ViewKind.PUBLIC)])
+    r = drive(proto, inputs, transit=forge)
+    assert reason in r.dropped["site-00"]
+    assert not any(m.stage == UNMASK and m.sender == "site-00" for m in r.views)  # it revealed nothing
+    check_exact(proto, 19, inputs, r)  # the others still unmask site-00's input, which it sent
 
 
 # ----------------------------------------------------------------- replayed, redirected, tampered
