@@ -93,7 +93,7 @@ def cmd_protocols(args: argparse.Namespace) -> int:
         table.add_row(spec.name, spec.secure_sum_kind, spec.threat_model.aggregator_sees, dp, spec.summary)
     for ref in REFERENCES:
         table.add_row(ref, "–", "–", "–", "reference point (not a protocol): " + ("centralised training on all sites' data" if ref == "pooled" else "each site trains alone"))
-    Console().print(table)
+    Console(width=max(Console().width, 160)).print(table)
     return 0
 
 
