@@ -18,6 +18,7 @@ Poisson-subsampled Gaussian is analysed under. There is no accountant math in th
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -146,14 +147,21 @@ def calibrate_noise_multiplier(
     _check_positive("target epsilon", target_epsilon)
     if not 0.0 < delta < 1.0:
         raise ValueError(f"delta must be in (0, 1). Found {delta!r}.")
-    sigma = dp_accounting.calibrate_dp_mechanism(
-        lambda: _accountant(accountant),
-        make_event,
-        target_epsilon,
-        delta,
-        dp_accounting.LowerEndpointAndGuess(1e-2, 1.0),
-        tol=tol,
-    )
+    # the bracket search probes tiny σ where RDP's series do not converge; absl warns for each order it drops
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        sigma = dp_accounting.calibrate_dp_mechanism(
+            lambda: _accountant(accountant),
+            make_event,
+            target_epsilon,
+            delta,
+            dp_accounting.LowerEndpointAndGuess(1e-2, 1.0),
+            tol=tol,
+        )
+    finally:
+        absl_logger.setLevel(level)
     # Brent returns a value within tol of the optimum on either side: step up to the safe side.
     sigma = float(sigma)
     while epsilon(make_event(sigma), delta, accountant) > target_epsilon:

@@ -1,0 +1,102 @@
+"""ε of the DP events secure-fl charges, by dp_accounting's RDP and PLD accountants, pinned, and
+cross-checked against Opacus's RDP and PRV accountants (an independent implementation)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from dp_accounting import dp_event
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opacus.accountants import PRVAccountant, RDPAccountant
+
+from secure_fl.privacy import accounting as A
+
+# (noise multiplier, sampling rate, steps, delta) -> pinned ε by RDP and PLD (PLD grid 1e-3, pessimistic)
+PINNED = [
+    ((1.1, 256 / 60000, 6000, 1e-5), 1.651553016255594, 1.5085877493530273),  # Abadi et al. MNIST setting
+    ((1.0, 0.01, 1000, 1e-5), 2.101366525420273, 1.8289344124594729),
+    ((0.8, 0.05, 300, 1e-6), 11.771938092916692, 10.610505613686735),
+    ((2.0, 1.0, 10, 1e-5), 8.079406222420491, 7.511278973084005),  # no sampling: plain Gaussian composed
+]
+
+
+@pytest.mark.parametrize(("params", "eps_rdp", "eps_pld"), PINNED)
+def test_pinned_epsilons_and_pld_is_tightest(params, eps_rdp, eps_pld):
+    sigma, q, steps, delta = params
+    event = A.dp_sgd_event(sigma, q, steps)
+    got = A.epsilons(event, delta)
+    assert got["rdp"] == pytest.approx(eps_rdp, rel=1e-6)
+    assert got["pld"] == pytest.approx(eps_pld, rel=1e-6)
+    assert got["pld"] < got["rdp"]
+
+
+@pytest.mark.parametrize(("params", "eps_rdp", "eps_pld"), PINNED)
+def test_opacus_accountants_agree(params, eps_rdp, eps_pld):
+    sigma, q, steps, delta = params
+    rdp = RDPAccountant()
+    rdp.history = [(sigma, q, steps)]
+    assert rdp.get_epsilon(delta) == pytest.approx(eps_rdp, rel=5e-3)  # different RDP order grids
+    prv = PRVAccountant()
+    prv.history = [(sigma, q, steps)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        eps_prv = prv.get_epsilon(delta)
+    # PRV (Gopi et al. 2021) and PLD are both numerical privacy-loss methods: within 1%, both below RDP
+    assert eps_prv == pytest.approx(eps_pld, rel=1e-2)
+    assert eps_prv < eps_rdp
+
+
+def test_composition_over_rounds_equals_one_long_run():
+    per_round = A.dp_sgd_event(1.0, 0.02, 50)
+    rounds = A.compose([per_round] * 8)
+    assert rounds == dp_event.SelfComposedDpEvent(A.poisson_gaussian_event(1.0, 0.02), 400)
+    assert A.epsilon(rounds, 1e-5, "rdp") == pytest.approx(A.epsilon(A.dp_sgd_event(1.0, 0.02, 400), 1e-5, "rdp"))
+    assert A.epsilon(A.compose([per_round] * 16), 1e-5) > A.epsilon(rounds, 1e-5)
+
+
+def test_compose_keeps_different_events_apart():
+    a, b = A.dp_sgd_event(1.0, 0.02, 5), A.gaussian_event(3.0)
+    both = A.compose([a, b, a])
+    assert isinstance(both, dp_event.ComposedDpEvent)
+    assert A.epsilon(both, 1e-5) > max(A.epsilon(a, 1e-5), A.epsilon(b, 1e-5))
+    assert isinstance(A.compose([]), dp_event.NoOpDpEvent)
+
+
+def test_calibration_meets_the_target_tightly():
+    make = lambda s: A.dp_sgd_event(s, 0.01, 1000)  # noqa: E731
+    sigma = A.calibrate_noise_multiplier(2.0, 1e-5, make)
+    assert A.epsilon(make(sigma), 1e-5, "rdp") <= 2.0
+    assert A.epsilon(make(sigma - 0.01), 1e-5, "rdp") > 2.0
+    assert sigma == pytest.approx(1.0225, abs=2e-3)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: A.poisson_gaussian_event(1.0, 1.3), "Sampling rate must be in [0, 1]. Found 1.3."),
+        (lambda: A.gaussian_event(-1.0), "noise multiplier must be a finite number > 0. Found -1.0."),
+        (lambda: A.dp_sgd_event(1.0, 0.1, -2), "steps must be an integer >= 0. Found -2."),
+        (lambda: A.epsilon(A.gaussian_event(1.0), 0.0), "delta must be in (0, 1). Found 0.0."),
+        (lambda: A.epsilon(A.gaussian_event(1.0), 1e-5, "moments"), "unknown accountant 'moments'"),
+    ],
+)
+def test_bad_inputs_name_the_value(call, message):
+    with pytest.raises(ValueError) as err:
+        call()
+    assert message in str(err.value)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sigma=st.floats(0.1, 50), q=st.floats(0, 1), steps=st.integers(0, 10_000), rounds=st.integers(1, 5)
+)
+def test_event_json_round_trip(sigma, q, steps, rounds):
+    event = A.compose([A.dp_sgd_event(sigma, q, steps), A.gaussian_event(sigma)] * rounds)
+    assert A.event_from_json(A.event_to_json(event)) == event
+
+
+def test_event_json_refuses_foreign_classes():
+    with pytest.raises(ValueError, match="unknown DpEvent class 'Popen'"):
+        A.event_from_json('{"__class__": "Popen", "args": ["rm"]}')
