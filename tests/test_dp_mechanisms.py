@@ -1,0 +1,147 @@
+"""Noise statistics, distributed noise shares, clipping and adaptive clipping."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from secure_fl.privacy.mechanisms import (
+    AdaptiveClip,
+    clip_l2,
+    discrete_gaussian_share,
+    effective_noise_multiplier,
+    gaussian_noise,
+    share_std,
+    split_noise_multiplier,
+)
+from secure_fl.privacy.noise import NoiseSource
+
+N = 200_000
+
+
+def _check_gaussian(x: np.ndarray, std: float) -> None:
+    # mean within 5 standard errors, variance within 5 standard errors of the sample variance
+    n = x.size
+    assert abs(x.mean()) < 5 * std / math.sqrt(n)
+    assert abs(x.var() - std**2) < 5 * std**2 * math.sqrt(2 / n)
+    # 4th moment of a Gaussian: 3σ⁴ (catches uniform or Laplace noise of the right variance)
+    assert abs(np.mean(x**4) / std**4 - 3.0) < 0.1
+
+
+@pytest.mark.parametrize("source", [NoiseSource.seeded(np.random.default_rng(1)), NoiseSource.secure()], ids=["seeded", "csprng"])
+def test_gaussian_noise_has_the_right_distribution(source):
+    _check_gaussian(gaussian_noise(source, 2.5, N), 2.5)
+
+
+def test_secure_uniforms_are_uniform_and_fresh():
+    src = NoiseSource.secure()
+    u = src.uniform(N)
+    assert u.min() >= 0 and u.max() < 1
+    assert abs(u.mean() - 0.5) < 5 * math.sqrt(1 / 12 / N)
+    counts = np.histogram(u, bins=10, range=(0, 1))[0]
+    chi2 = float(((counts - N / 10) ** 2 / (N / 10)).sum())
+    assert chi2 < 40  # 9 degrees of freedom: p < 1e-5 for a fair source
+    assert not np.array_equal(src.uniform(16), src.uniform(16))
+    assert src.is_secure and "urandom" in src.description
+
+
+def test_seeded_noise_is_reproducible_and_odd_sizes_work():
+    a = NoiseSource.seeded(np.random.default_rng(7)).normal(1.0, (3, 5))
+    b = NoiseSource.seeded(np.random.default_rng(7)).normal(1.0, (3, 5))
+    assert a.shape == (3, 5) and np.array_equal(a, b)
+    assert NoiseSource.secure().normal(1.0, 7).shape == (7,)
+    assert np.array_equal(NoiseSource.secure().normal(0.0, 4), np.zeros(4))
+    with pytest.raises(ValueError, match="standard deviation must be finite and >= 0, found -1"):
+        NoiseSource.secure().normal(-1.0, 3)
+    with pytest.raises(TypeError, match="numpy.random.Generator, found RandomState"):
+        NoiseSource.seeded(np.random.RandomState(0))  # type: ignore[arg-type]
+
+
+def test_poisson_sampling_rate():
+    mask = NoiseSource.secure().bernoulli(0.05, N)
+    assert abs(mask.mean() - 0.05) < 5 * math.sqrt(0.05 * 0.95 / N)
+    with pytest.raises(ValueError, match=r"sampling rate must be in \[0, 1\], found 1.5"):
+        NoiseSource.secure().bernoulli(1.5, 3)
+
+
+@pytest.mark.parametrize("min_sites", [1, 3, 5])
+def test_sum_of_min_sites_shares_has_the_central_variance(min_sites):
+    sigma, clip = 1.3, 0.7
+    rng = np.random.default_rng(min_sites)
+    std = share_std(sigma, clip, min_sites)
+    assert std == pytest.approx(sigma * clip / math.sqrt(min_sites))
+    shares = [gaussian_noise(NoiseSource.seeded(rng), std, N) for _ in range(min_sites)]
+    _check_gaussian(np.sum(shares, axis=0), sigma * clip)
+    # one share alone is too weak whenever min_sites > 1
+    if min_sites > 1:
+        assert shares[0].std() < 0.9 * sigma * clip
+
+
+def test_effective_noise_multiplier():
+    assert effective_noise_multiplier(2.0, 5, 5) == pytest.approx(2.0)
+    assert effective_noise_multiplier(2.0, 8, 5) == pytest.approx(2.0)  # extra shares are not counted
+    assert effective_noise_multiplier(2.0, 2, 8) == pytest.approx(1.0)
+    assert effective_noise_multiplier(2.0, 0, 8) == 0.0
+
+
+def test_clip_l2_known_answers():
+    v, norm = clip_l2(np.array([3.0, 4.0]), 1.0)
+    assert norm == pytest.approx(5.0) and np.allclose(v, [0.6, 0.8])
+    small = np.array([0.1, -0.2])
+    v, norm = clip_l2(small, 1.0)
+    assert np.array_equal(v, small) and v is not small
+    with pytest.raises(ValueError, match="non-finite"):
+        clip_l2(np.array([np.nan, 1.0]), 1.0)
+    with pytest.raises(ValueError, match="clip bound must be a finite number > 0, found 0"):
+        clip_l2(np.ones(2), 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, st.integers(1, 50), elements=st.floats(-1e6, 1e6)), st.floats(1e-3, 1e3))
+def test_clip_l2_bounds_the_norm_and_keeps_direction(vector, bound):
+    clipped, norm = clip_l2(vector, bound)
+    assert np.linalg.norm(clipped) <= bound * (1 + 1e-9)
+    assert norm == pytest.approx(np.linalg.norm(vector))
+    if norm > 0:
+        assert np.allclose(clipped * norm, vector * np.linalg.norm(clipped), rtol=1e-9, atol=1e-6 * max(norm, 1))
+
+
+def test_adaptive_clip_tracks_the_target_quantile():
+    rng = np.random.default_rng(3)
+    src = NoiseSource.seeded(rng)
+    clip = AdaptiveClip(clip=0.01, target_quantile=0.5, learning_rate=0.2, count_stddev=0.5)
+    norms_dist = lambda k: np.exp(rng.normal(0.0, 0.5, size=k))  # noqa: E731  median 1.0
+    for _ in range(400):
+        norms = norms_dist(50)
+        clip.update(sum(clip.bit(n) for n in norms), 50, src)
+    assert clip.clip == pytest.approx(1.0, rel=0.25)
+    # geometric update (Andrew et al. 2021, Alg. 1): all unclipped -> shrink by exp(-η(1-γ))
+    c = AdaptiveClip(clip=2.0, target_quantile=0.3, learning_rate=0.5)
+    assert c.update(10, 10, src) == pytest.approx(2.0 * math.exp(-0.5 * 0.7))
+    assert c.update(0, 0, src) == pytest.approx(2.0 * math.exp(-0.5 * 0.7))  # no contributors: unchanged
+
+
+def test_adaptive_clip_rejects_bad_parameters():
+    with pytest.raises(ValueError, match=r"target quantile must be in \(0, 1\), found 1.2"):
+        AdaptiveClip(clip=1.0, target_quantile=1.2)
+    with pytest.raises(ValueError, match="initial clip must be a finite number > 0"):
+        AdaptiveClip(clip=-1.0)
+
+
+def test_split_noise_multiplier_theorem_1():
+    z, sb = 1.0, 5.0
+    zd = split_noise_multiplier(z, sb)
+    assert zd**-2 + (2 * sb) ** -2 == pytest.approx(z**-2)
+    assert zd > z
+    with pytest.raises(ValueError, match="too small for noise multiplier 3.0"):
+        split_noise_multiplier(3.0, 1.0)
+
+
+def test_secagg_hook_says_what_is_missing():
+    with pytest.raises(NotImplementedError, match="not yet implemented for secagg: needs discrete Gaussian shares"):
+        discrete_gaussian_share(np.zeros(3), scale=1.0, noise_multiplier=1.0, clip=1.0, min_sites=2, source=NoiseSource.secure())
