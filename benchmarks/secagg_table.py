@@ -211,7 +211,7 @@ def run_flower(plus: bool, n: int, d: int, dropout: float, bits: int = 16, seed:
     # stage 0, setup: the server builds the ring of num_shares; each client makes two EC key pairs
     def build_graph() -> dict[int, set[int]]:
         order = nids[:]
-        random.Random(seed).shuffle(order)
+        random.Random(f"graph-{seed}").shuffle(order)  # independent of the choice of dropped sites
         half = num_shares >> 1
         return {u: {order[(i + off) % n] for off in range(-half, half + 1)} for i, u in enumerate(order)}
 
@@ -409,7 +409,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--max-pairs", type=int, default=0,
                     help="skip complete-graph configurations with n*(n-1)*d/1e6 above this (0: run all)")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    ap.add_argument("--render", nargs="+", default=None, metavar="JSON",
+                    help="measure nothing: print the tables of rows saved with --json (later files replace earlier rows)")
     args = ap.parse_args(argv)
+    if args.render:
+        merged: dict[tuple, Row] = {}
+        for path in args.render:
+            with open(path) as fh:
+                for r in json.load(fh)["rows"]:
+                    row = Row(**r)
+                    merged[(row.impl, row.n, row.d, row.dropout)] = row
+        order = {impl: i for i, impl in enumerate(IMPLS)}
+        rows_ = sorted(merged.values(), key=lambda r: (r.d, r.n, r.dropout, order[r.impl]))
+        print(render(rows_))
+        print()
+        print(render_comparison(rows_))
+        return
     rows: list[Row] = []
     skipped: list[str] = []
     for d in args.d:
