@@ -7,7 +7,6 @@ layer of protocol/), the secure sum (driven by a carrier from engine/), the serv
 
 from __future__ import annotations
 
-import copy
 import time
 import traceback
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from ..training.local import train_local
 from .experiment import Experiment, Variant
 from .records import RunFolder
 
-__all__ = ["RunSummary", "run_variant", "derive_seed"]
+__all__ = ["RunSummary", "Federation", "run_variant", "derive_seed"]
 
 ProgressFn = Callable[[int, dict[str, Any]], None]
 
@@ -104,104 +103,132 @@ def run_variant(exp: Experiment, task: Task, variant: Variant, seed: int, run_di
     return summary
 
 
-def _run_protocol(exp: Experiment, task: Task, variant: Variant, seed: int, folder: RunFolder, summary: RunSummary, progress: ProgressFn | None) -> None:
-    spec = variant.spec
-    assert spec is not None
-    model = task.make_model(seed)
-    weights = flatten(model)
-    dim = weights.size
-    loss_fn = task.loss_fn()
-    protocol: SecureSum = spec.build_secure_sum()
-    site_ids = [s.name for s in task.sites]
-    protocol.setup(site_ids, dim)
-    privacy = _privacy_layer(variant, exp, task, folder.path, seed)
-    server = make_server(spec.aggregation.server, spec.aggregation.server_lr, spec.aggregation.beta1, spec.aggregation.beta2, spec.aggregation.tau)
-    rng = np.random.default_rng(derive_seed(seed, 0x5E1))
-    site_stages = [st.name for st in protocol.stages if st.actor == "sites"]
-    up, down, secs, stage_tot = [], [], [], {}
-    for r in range(exp.rounds):
-        t_round = time.perf_counter()
-        n_pick = max(1, int(round(exp.federation.fraction * len(task.sites))))
-        picked = sorted(rng.choice(len(task.sites), size=n_pick, replace=False).tolist())
+class Federation:
+    """The state of one federated run between rounds: global weights, protocol, privacy layer.
+
+    ``round(r)`` runs one whole round (site selection, local training, update transforms and
+    ledger, the secure sum through the in-process carrier, release, server step, evaluation)
+    and returns its record. Benchmarks time exactly this.
+    """
+
+    def __init__(self, exp: Experiment, task: Task, variant: Variant, seed: int, run_dir: Path) -> None:
+        spec = variant.spec
+        if spec is None:
+            raise ValueError(f"{variant.label!r} is a reference point, not a protocol")
+        self.exp, self.task, self.seed = exp, task, seed
+        self.model = task.make_model(seed)
+        self.weights = flatten(self.model)
+        self.dim = self.weights.size
+        self.loss_fn = task.loss_fn()
+        self.protocol: SecureSum = spec.build_secure_sum()
+        self.protocol.setup([s.name for s in task.sites], self.dim)
+        self.privacy = _privacy_layer(variant, exp, task, run_dir, seed)
+        agg = spec.aggregation
+        self.server = make_server(agg.server, agg.server_lr, agg.beta1, agg.beta2, agg.tau)
+        self.rng = np.random.default_rng(derive_seed(seed, 0x5E1))
+        self.site_stages = [st.name for st in self.protocol.stages if st.actor == "sites"]
+        self.last_views: list[Any] = []
+
+    def _pick(self) -> tuple[list[int], dict[str, str]]:
+        fed, sites = self.exp.federation, self.task.sites
+        n_pick = max(1, int(round(fed.fraction * len(sites))))
+        picked = sorted(self.rng.choice(len(sites), size=n_pick, replace=False).tolist())
         drop_before = {}
         for i in picked:
-            if rng.random() < exp.federation.dropout:
-                drop_before[task.sites[i].name] = site_stages[int(rng.integers(len(site_stages)))]
+            if self.rng.random() < fed.dropout:
+                drop_before[sites[i].name] = self.site_stages[int(self.rng.integers(len(self.site_stages)))]
+        return picked, drop_before
+
+    def _site_update(self, i: int, r: int) -> tuple[np.ndarray, float, dict[str, float]]:
+        """What site ``i`` sends into the secure sum this round (raises SiteRejected on a budget refusal)."""
+        site = self.task.sites[i]
+        sp = self.privacy.site(site.name)
+        sp.before_round(r)
+        load_flat(self.model, self.weights)
+        local_update = getattr(sp, "local_update", None)
+        contribution = local_update(self.model, site.x_train, site.y_train, self.loss_fn, r) if local_update else None
+        metrics: dict[str, float] = {}
+        if contribution is None:
+            res = train_local(self.model, site.x_train, site.y_train, self.exp.training, self.loss_fn, derive_seed(self.seed, r, i), sp.training_hook())
+            values, weight = sp.transform(res.delta, res.n_examples, r)
+            metrics = res.metrics
+        else:
+            values, weight = contribution
+        sp.charge(r)  # the ledger is written before the update leaves the site
+        return values, weight, metrics
+
+    def round(self, r: int) -> dict[str, Any]:
+        t_round = time.perf_counter()
+        picked, drop_before = self._pick()
         inputs: dict[str, tuple[np.ndarray, float]] = {}
         refused: dict[str, str] = {}
         train_metrics: dict[str, dict[str, float]] = {}
         t0 = time.perf_counter()
         for i in picked:
-            site = task.sites[i]
-            sp = privacy.site(site.name)
+            name = self.task.sites[i].name
             try:
-                sp.before_round(r)
+                values, weight, train_metrics[name] = self._site_update(i, r)
             except SiteRejected as exc:
-                refused[site.name] = exc.reason
+                refused[name] = exc.reason
                 continue
-            load_flat(model, weights)
-            local_update = getattr(sp, "local_update", None)
-            contribution = local_update(model, site.x_train, site.y_train, loss_fn, r) if local_update else None
-            if contribution is None:
-                res = train_local(model, site.x_train, site.y_train, exp.training, loss_fn, derive_seed(seed, r, i), sp.training_hook())
-                values, weight = sp.transform(res.delta, res.n_examples, r)
-                train_metrics[site.name] = res.metrics
-            else:
-                values, weight = contribution
-            sp.charge(r)  # the ledger is written before the update leaves the site
-            inputs[site.name] = (values, weight)
+            inputs[name] = (values, weight)
         stage_seconds = {"local_training": time.perf_counter() - t0}
-        outcome = drive_round(protocol, r, inputs, dim, drop_before)
+        outcome = drive_round(self.protocol, r, inputs, self.dim, drop_before)
+        self.last_views = outcome.views
         stage_seconds.update(outcome.stage_seconds)
-        dropped = {**refused, **outcome.dropped}
-        applied = False
-        aborted = outcome.aborted
+        applied, aborted = False, outcome.aborted
         if outcome.result is not None and aborted is None:
-            if len(outcome.result.contributors) < exp.federation.min_sites:
-                aborted = f"only {len(outcome.result.contributors)} site(s) contributed; min_sites is {exp.federation.min_sites}"
+            if len(outcome.result.contributors) < self.exp.federation.min_sites:
+                aborted = f"only {len(outcome.result.contributors)} site(s) contributed; min_sites is {self.exp.federation.min_sites}"
             else:
                 t0 = time.perf_counter()
                 try:
-                    mean = privacy.release(outcome.result, r, list(inputs))
-                    weights = server.step(weights, mean)
+                    mean = self.privacy.release(outcome.result, r, list(inputs))
+                    self.weights = self.server.step(self.weights, mean)
                     applied = True
                 except Exception as exc:  # RoundAborted from the privacy layer, e.g. too few noise shares
                     aborted = f"{type(exc).__name__}: {exc}"
                 stage_seconds["release_and_server_step"] = time.perf_counter() - t0
-        if not applied:
-            summary.aborted_rounds += 1
-        load_flat(model, weights)
+        load_flat(self.model, self.weights)
         t0 = time.perf_counter()
-        metrics = task.evaluate(model)
+        metrics = self.task.evaluate(self.model)
         stage_seconds["evaluation"] = time.perf_counter() - t0
-        seconds = time.perf_counter() - t_round
         participants = list(outcome.result.contributors) if outcome.result is not None else []
-        b_up = [outcome.bytes_up[s] for s in participants] or [0]
-        b_down = [outcome.bytes_down[s] + 4 * dim for s in participants] or [0]  # + the new global model
-        up.append(float(np.mean(b_up)))
-        down.append(float(np.mean(b_down)))
-        secs.append(seconds)
-        for k, v in stage_seconds.items():
-            stage_tot[k] = stage_tot.get(k, 0.0) + v
-        spent = {s.name: privacy.site(s.name).spent() for s in task.sites}
-        record = {
-            "round": r, "applied": applied, "aborted": aborted, "participants": participants, "dropped": dropped,
-            "metrics": metrics, "train": train_metrics, "bytes_up_per_site": up[-1], "bytes_down_per_site": down[-1],
-            "seconds": seconds, "stage_seconds": stage_seconds, "privacy_spent": {k: v for k, v in spent.items() if v},
+        # when the aggregator holds the new model it sends it back in the clear; otherwise the
+        # sites derive it from the sum they decrypted, already counted in bytes_down
+        broadcast = 4 * self.dim if self.protocol.releases_to_aggregator else 0
+        spent = {s.name: self.privacy.site(s.name).spent() for s in self.task.sites}
+        return {
+            "round": r, "applied": applied, "aborted": aborted, "participants": participants,
+            "dropped": {**refused, **outcome.dropped}, "metrics": metrics, "train": train_metrics,
+            "bytes_up_per_site": float(np.mean([outcome.bytes_up[s] for s in participants] or [0])),
+            "bytes_down_per_site": float(np.mean([outcome.bytes_down[s] + broadcast for s in participants] or [0])),
+            "seconds": time.perf_counter() - t_round, "stage_seconds": stage_seconds,
+            "privacy_spent": {k: v for k, v in spent.items() if v},
         }
+
+
+def _run_protocol(exp: Experiment, task: Task, variant: Variant, seed: int, folder: RunFolder, summary: RunSummary, progress: ProgressFn | None) -> None:
+    fed = Federation(exp, task, variant, seed, folder.path)
+    records = []
+    for r in range(exp.rounds):
+        record = fed.round(r)
+        records.append(record)
         folder.append("rounds.jsonl", record)
-        for v in outcome.views:
+        for v in fed.last_views:
             folder.append("views.jsonl", v.to_json())
         summary.rounds_done = r + 1
-        summary.metrics = metrics
+        summary.metrics = record["metrics"]
         summary.epsilon = record["privacy_spent"]
+        summary.aborted_rounds += not record["applied"]
         if progress:
             progress(r, record)
-    torch.save({"weights": torch.from_numpy(weights), "layout": None}, folder.path / "model.pt")
-    summary.bytes_up_per_site_round = float(np.mean(up))
-    summary.bytes_down_per_site_round = float(np.mean(down))
-    summary.seconds_per_round = float(np.mean(secs))
-    summary.stage_seconds = {k: v / exp.rounds for k, v in stage_tot.items()}
+    torch.save({"weights": torch.from_numpy(fed.weights)}, folder.path / "model.pt")
+    summary.bytes_up_per_site_round = float(np.mean([r["bytes_up_per_site"] for r in records]))
+    summary.bytes_down_per_site_round = float(np.mean([r["bytes_down_per_site"] for r in records]))
+    summary.seconds_per_round = float(np.mean([r["seconds"] for r in records]))
+    stages = {k for r in records for k in r["stage_seconds"]}
+    summary.stage_seconds = {k: sum(r["stage_seconds"].get(k, 0.0) for r in records) / len(records) for k in stages}
 
 
 def _run_reference(exp: Experiment, task: Task, reference: str, seed: int, folder: RunFolder, summary: RunSummary, progress: ProgressFn | None) -> None:
