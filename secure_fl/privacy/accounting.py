@@ -17,11 +17,12 @@ Poisson-subsampled Gaussian is analysed under. There is no accountant math in th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import attr
@@ -116,6 +117,19 @@ def _accountant(kind: str) -> dp_accounting.PrivacyAccountant:
     raise ValueError(f"unknown accountant {kind!r}; known accountants are {list(ACCOUNTANTS)}")
 
 
+@contextlib.contextmanager
+def _quiet_absl() -> Iterator[None]:
+    """RDP's series for fractional orders near 1 may not converge for large q; dp_accounting then
+    drops that order (the bound stays valid) and logs a warning per order. Keep those quiet."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def epsilon(event: dp_event.DpEvent, delta: float, accountant: str = "rdp") -> float:
     """ε of ``event`` at ``delta`` by the named ``dp_accounting`` accountant."""
     if not (isinstance(delta, (int, float)) and 0.0 < delta < 1.0):
@@ -123,8 +137,9 @@ def epsilon(event: dp_event.DpEvent, delta: float, accountant: str = "rdp") -> f
     acc = _accountant(accountant)
     if not acc.supports(event):
         raise ValueError(f"the {accountant} accountant cannot count {type(event).__name__}")
-    acc.compose(event)
-    return float(acc.get_epsilon(delta))
+    with _quiet_absl():
+        acc.compose(event)
+        return float(acc.get_epsilon(delta))
 
 
 def epsilons(event: dp_event.DpEvent, delta: float, accountants: Sequence[str] = ACCOUNTANTS) -> dict[str, float]:
@@ -147,11 +162,7 @@ def calibrate_noise_multiplier(
     _check_positive("target epsilon", target_epsilon)
     if not 0.0 < delta < 1.0:
         raise ValueError(f"delta must be in (0, 1). Found {delta!r}.")
-    # the bracket search probes tiny σ where RDP's series do not converge; absl warns for each order it drops
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)
-    try:
+    with _quiet_absl():  # the bracket search probes tiny σ where RDP's series do not converge
         sigma = dp_accounting.calibrate_dp_mechanism(
             lambda: _accountant(accountant),
             make_event,
@@ -160,8 +171,6 @@ def calibrate_noise_multiplier(
             dp_accounting.LowerEndpointAndGuess(1e-2, 1.0),
             tol=tol,
         )
-    finally:
-        absl_logger.setLevel(level)
     # Brent returns a value within tol of the optimum on either side: step up to the safe side.
     sigma = float(sigma)
     while epsilon(make_event(sigma), delta, accountant) > target_epsilon:
