@@ -145,3 +145,71 @@ def test_split_noise_multiplier_theorem_1():
 def test_secagg_hook_says_what_is_missing():
     with pytest.raises(NotImplementedError, match="not yet implemented for secagg: needs discrete Gaussian shares"):
         discrete_gaussian_share(np.zeros(3), scale=1.0, noise_multiplier=1.0, clip=1.0, min_sites=2, source=NoiseSource.secure())
+
+
+# -- DP-FedAvg through the privacy layer ------------------------------------------------------------
+
+def _fedavg_layer(tmp_path, **privacy):
+    from secure_fl.protocol.dp import build_privacy_layer, parse_privacy
+    from secure_fl.protocol.plain import PlainSum
+    from secure_fl.training.config import RunPlan, TrainingConfig
+
+    table = {"mechanism": "dp-fedavg", "delta": 1e-5, "noise_multiplier": 2.0, "max_grad_norm": 1.0,
+             "secure_noise": False, **privacy}
+    cfg = parse_privacy(table, "[privacy]", PlainSum())
+    plan = RunPlan(rounds=3, fraction=1.0, training=TrainingConfig())
+    return build_privacy_layer(cfg, weighting="uniform", plan=plan, site_sizes={"A": 10, "B": 20, "C": 30},
+                               run_dir=tmp_path, noise_rng=np.random.default_rng(4), protocol_name="p", spec_hash="h")
+
+
+def test_local_update_noise_is_clip_plus_full_gaussian(tmp_path):
+    from secure_fl.privacy.accounting import gaussian_event
+
+    layer = _fedavg_layer(tmp_path, noise="local")
+    sp = layer.site("A")
+    sp.before_round(0)
+    delta = np.full(N, 10.0 / math.sqrt(N))  # norm 10 -> clipped to norm 1
+    values, weight = sp.transform(delta, 10, 0)
+    assert weight == 1.0
+    _check_gaussian(values - delta / 10.0, 2.0)
+    sp.charge(0)
+    # sensitivity 2C for what one site sends: charged as a Gaussian with multiplier σ/2
+    assert sp.ledger.events() == [gaussian_event(1.0)]
+
+
+def test_central_noise_is_added_once_after_the_sum(tmp_path):
+    from secure_fl.privacy.accounting import gaussian_event
+    from secure_fl.protocol.base import SumResult
+
+    layer = _fedavg_layer(tmp_path, noise="central", noise_adder="aggregator")
+    dim = 50_000
+    total = np.zeros(dim)
+    for s in ("A", "B", "C"):
+        sp = layer.site(s)
+        sp.before_round(0)
+        values, _ = sp.transform(np.full(dim, 0.5 / math.sqrt(dim)), 10, 0)  # norm 0.5: not clipped
+        assert np.allclose(values, 0.5 / math.sqrt(dim))  # no noise at the site
+        sp.charge(0)
+        assert sp.ledger.events() == [gaussian_event(2.0)]
+        total += values
+    mean = layer.release(SumResult(total, 3.0, ("A", "B", "C")), 0, ["A", "B", "C"])
+    _check_gaussian(mean * 3 - total, 2.0 * 1.0)  # noise std σC on the sum, divided by the fixed denominator 3
+
+
+def test_adaptive_clipping_through_the_layer(tmp_path):
+    from secure_fl.protocol.base import SumResult
+
+    layer = _fedavg_layer(tmp_path, noise="central", noise_adder="aggregator", clipping="adaptive",
+                          target_quantile=0.5, clip_learning_rate=0.5, clip_count_stddev=10.0)
+    assert layer.clip == 1.0
+    dim = 8
+    for r in range(3):
+        total = np.zeros(dim)
+        for s in ("A", "B", "C"):
+            sp = layer.site(s)
+            values, _ = sp.transform(np.full(dim, 0.01), 10, r)  # tiny updates: never clipped
+            total += values
+        layer.release(SumResult(total, 3.0, ("A", "B", "C")), r, ["A", "B", "C"])
+    assert layer.clip < 1.0  # all updates unclipped, target quantile 0.5: the clip shrinks
+    # the update's share of the noise is what Theorem 1 of Andrew et al. leaves: (σ⁻² - (2σ_b)⁻²)^(-1/2)
+    assert layer.last_release["noise_std"] == pytest.approx(split_noise_multiplier(2.0, 10.0) * layer.last_release["clip"])

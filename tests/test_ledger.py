@@ -84,3 +84,32 @@ def test_bad_inputs(tmp_path):
         Budget(1.0, 1e-5, "gdp")
     with pytest.raises(TypeError, match="must be a dp_accounting DpEvent, found dict"):
         PrivacyLedger(tmp_path / "l.sqlite", "A").charge(0, {"eps": 1}, 1e-5, **KW)  # type: ignore[arg-type]
+
+
+def test_charge_is_on_disk_before_the_update_leaves(tmp_path):
+    """The engine's order: transform -> charge -> secure sum -> release. A crash after charge over-counts."""
+    import numpy as np
+
+    from secure_fl.protocol.dp import build_privacy_layer, parse_privacy
+    from secure_fl.protocol.plain import PlainSum
+    from secure_fl.training.config import RunPlan, TrainingConfig
+
+    table = {"mechanism": "dp-fedavg", "noise": "local", "delta": 1e-5, "noise_multiplier": 4.0,
+             "max_grad_norm": 1.0, "secure_noise": False}
+    layer = build_privacy_layer(
+        parse_privacy(table, "[privacy]", PlainSum()), weighting="uniform",
+        plan=RunPlan(rounds=2, fraction=1.0, training=TrainingConfig()), site_sizes={"A": 5}, run_dir=tmp_path,
+        noise_rng=np.random.default_rng(0), protocol_name="dp-fedavg-local", spec_hash="feed",
+    )
+    sp = layer.site("A")
+    sp.before_round(0)
+    sp.transform(np.ones(3), 5, 0)
+    returned = sp.charge(0)
+    # "crash" here: nothing released yet, yet a fresh reader of the file sees the charge
+    rows = PrivacyLedger(tmp_path / "sites" / "A" / "ledger.sqlite", "A").records()
+    assert [(r.round, r.protocol, r.spec_hash, r.mechanism) for r in rows] == [(0, "dp-fedavg-local", "feed", "dp-fedavg")]
+    assert rows[0].event == A.gaussian_event(2.0)
+    assert returned["epsilon"] == pytest.approx(rows[0].epsilon_pld) and returned["delta"] == 1e-5
+    sp.before_round(1)
+    with pytest.raises(RuntimeError, match=r"charge\(1\) before the round's update was computed"):
+        sp.charge(1)
