@@ -113,3 +113,33 @@ def test_charge_is_on_disk_before_the_update_leaves(tmp_path):
     sp.before_round(1)
     with pytest.raises(RuntimeError, match=r"charge\(1\) before the round's update was computed"):
         sp.charge(1)
+
+
+def test_cli_ledger_shows_spend_over_time(tmp_path, capsys):
+    import argparse
+    import json
+
+    from secure_fl.cli_ledger import add_parser
+    from secure_fl.errors import DataError
+
+    site = tmp_path / "run" / "sites" / "Cleveland"
+    ledger = PrivacyLedger(site / "ledger.sqlite", "Cleveland", Budget(5.0, 1e-5))
+    for r in range(2):
+        ledger.charge(r, ROUND, 1e-5, **KW)
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+
+    def run(*argv: str) -> str:
+        args = parser.parse_args(["ledger", *argv])
+        assert args.func(args) == 0
+        return capsys.readouterr().out
+
+    out = run(str(site))
+    assert "site Cleveland: budget ε_max=5 at δ=1e-05" in out and "Poisson(q=0.05)·Gaussian(σ=1) ×50" in out
+    assert "2.6704" in out and "3.5022" in out
+    rows = [json.loads(line) for line in run(str(tmp_path / "run"), "--json", "--delta", "1e-6").splitlines()]
+    assert [r["round"] for r in rows] == [0, 1] and all(r["delta"] == 1e-6 for r in rows)
+    assert rows[1]["epsilon_pld"] > 3.5022  # smaller δ, larger ε
+    with pytest.raises(DataError, match="no privacy ledger here"):
+        args = parser.parse_args(["ledger", str(tmp_path / "nothing")])
+        args.func(args)

@@ -43,6 +43,7 @@ __all__ = [
     "calibrate_noise_multiplier",
     "event_to_json",
     "event_from_json",
+    "describe_event",
 ]
 
 ACCOUNTANTS = ("rdp", "pld")
@@ -215,3 +216,18 @@ def event_from_json(text: str) -> dp_event.DpEvent:
     if not isinstance(event, dp_event.DpEvent):
         raise ValueError("serialised value is not a DpEvent")
     return event
+
+
+def describe_event(event: dp_event.DpEvent) -> str:
+    """Short human form, e.g. ``Poisson(q=0.05)·Gaussian(σ=1.2) ×50``."""
+    if isinstance(event, dp_event.GaussianDpEvent):
+        return f"Gaussian(σ={event.noise_multiplier:.4g})"
+    if isinstance(event, dp_event.PoissonSampledDpEvent):
+        return f"Poisson(q={event.sampling_probability:.4g})·{describe_event(event.event)}"
+    if isinstance(event, dp_event.SelfComposedDpEvent):
+        return f"{describe_event(event.event)} ×{event.count}"
+    if isinstance(event, dp_event.ComposedDpEvent):
+        return " + ".join(describe_event(e) for e in event.events)
+    if isinstance(event, dp_event.NoOpDpEvent):
+        return "nothing"
+    return type(event).__name__

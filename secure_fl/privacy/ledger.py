@@ -138,6 +138,18 @@ class PrivacyLedger:
 
     # -- reading -------------------------------------------------------------------------------
 
+    @staticmethod
+    def datasets(path: str | Path) -> list[str]:
+        """Names of the datasets with a budget or a charge in the ledger file at ``path`` (read only)."""
+        db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT dataset FROM charges UNION SELECT dataset FROM budget ORDER BY dataset").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{path}: not a secure-fl privacy ledger ({exc})") from exc
+        finally:
+            db.close()
+        return [r[0] for r in rows]
+
     def records(self, include_superseded: bool = False) -> list[ChargeRecord]:
         query = "SELECT * FROM charges WHERE dataset = ?" + ("" if include_superseded else " AND superseded_by IS NULL")
         with self._db() as db:
