@@ -35,9 +35,12 @@ def find_ledgers(path: Path) -> list[Path]:
     return found
 
 
-def ledger_rows(file: Path, delta: float | None = None, include_superseded: bool = False) -> list[dict[str, Any]]:
-    """One dict per charge of every dataset in ``file``; ε recomputed at ``delta`` when given."""
-    from .privacy.accounting import compose, describe_event, epsilons
+def ledger_rows(
+    file: Path, delta: float | None = None, include_superseded: bool = False, opacus: bool = False
+) -> list[dict[str, Any]]:
+    """One dict per charge of every dataset in ``file``; ε recomputed at ``delta`` when given;
+    with ``opacus``, also ε of the same history by Opacus's RDP and PRV accountants."""
+    from .privacy.accounting import compose, describe_event, epsilons, opacus_epsilons
     from .privacy.ledger import PrivacyLedger
 
     try:
@@ -52,16 +55,19 @@ def ledger_rows(file: Path, delta: float | None = None, include_superseded: bool
             row = rec.as_dict()
             row["event_text"] = describe_event(rec.event)
             row["budget"] = None if ledger.budget is None else {"epsilon_max": ledger.budget.epsilon_max, "delta": ledger.budget.delta}
-            if delta is not None and rec.superseded_by is None:
+            if rec.superseded_by is None:
                 in_force.append(rec.event)
-                eps = epsilons(compose(in_force), delta)
-                row.update({"delta": delta, "epsilon_rdp": eps["rdp"], "epsilon_pld": eps["pld"]})
+                if delta is not None:
+                    eps = epsilons(compose(in_force), delta)
+                    row.update({"delta": delta, "epsilon_rdp": eps["rdp"], "epsilon_pld": eps["pld"]})
+                if opacus:
+                    row.update(opacus_epsilons(compose(in_force), row["delta"]) or {})
             out.append(row)
     return out
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
-    rows = [r for f in find_ledgers(Path(args.site_dir)) for r in ledger_rows(f, args.delta, args.all)]
+    rows = [r for f in find_ledgers(Path(args.site_dir)) for r in ledger_rows(f, args.delta, args.all, args.opacus)]
     if args.json:
         for r in rows:
             print(json.dumps(r, sort_keys=True))
@@ -80,13 +86,16 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         title = f"site {dataset}: " + (f"budget ε_max={budget['epsilon_max']:g} at δ={budget['delta']:g}" if budget else "no budget")
         title += f"; {specs}"
         table = Table(title=title, title_justify="left")
-        for h in ("round", "mechanism", "event", "δ", "ε total (RDP)", "ε total (PLD)", "charged (UTC)", "note"):
+        extra = ("ε Opacus RDP", "ε Opacus PRV") if args.opacus else ()
+        for h in ("round", "mechanism", "event", "δ", "ε total (RDP)", "ε total (PLD)", *extra, "charged (UTC)", "note"):
             table.add_column(h, justify="right" if h.startswith(("ε", "round", "δ")) else "left", no_wrap=h == "event")
         for r in mine:
             style = "dim strike" if r["superseded_by"] is not None else None
             table.add_row(
                 str(r["round"]), r["mechanism"], r["event_text"], f"{r['delta']:g}", f"{r['epsilon_rdp']:.4f}",
-                f"{r['epsilon_pld']:.4f}", r["created_utc"][:19], r["note"], style=style,
+                f"{r['epsilon_pld']:.4f}",
+                *([f"{r[k]:.4f}" if k in r else "–" for k in ("opacus_rdp", "opacus_prv")] if args.opacus else []),
+                r["created_utc"][:19], r["note"], style=style,
             )
         console.print(table)
     return 0
@@ -99,5 +108,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--delta", type=float, help="recompute the cumulative ε at this δ (default: the δ of each charge)")
     p.add_argument("--all", action="store_true", help="also show charges superseded by a weaker-noise amendment")
     p.add_argument("--json", action="store_true", help="one JSON object per charge instead of a table")
+    p.add_argument("--opacus", action="store_true", help="also ε of the same history by Opacus's RDP and PRV accountants")
     p.set_defaults(func=cmd_ledger)
     return p

@@ -100,3 +100,15 @@ def test_event_json_round_trip(sigma, q, steps, rounds):
 def test_event_json_refuses_foreign_classes():
     with pytest.raises(ValueError, match="unknown DpEvent class 'Popen'"):
         A.event_from_json('{"__class__": "Popen", "args": ["rm"]}')
+
+
+def test_opacus_counts_the_same_ledger_history():
+    history = A.compose([A.dp_sgd_event(1.0, 0.01, 100)] * 10 + [A.gaussian_event(5.0)])
+    assert sorted(A.opacus_history(history)) == [(1.0, 0.01, 1000), (5.0, 1.0, 1)]
+    assert A.opacus_history(dp_event.LaplaceDpEvent(1.0)) is None
+    assert A.opacus_epsilons(dp_event.LaplaceDpEvent(1.0), 1e-5) is None
+    eps = A.opacus_epsilons(history, 1e-5)
+    ours = A.epsilons(history, 1e-5)
+    assert eps["opacus_rdp"] == pytest.approx(ours["rdp"], rel=5e-3)
+    assert eps["opacus_prv"] == pytest.approx(ours["pld"], rel=1e-2)
+    assert A.describe_event(history) == "Poisson(q=0.01)·Gaussian(σ=1) ×1000 + Gaussian(σ=5)"

@@ -140,6 +140,8 @@ def test_cli_ledger_shows_spend_over_time(tmp_path, capsys):
     rows = [json.loads(line) for line in run(str(tmp_path / "run"), "--json", "--delta", "1e-6").splitlines()]
     assert [r["round"] for r in rows] == [0, 1] and all(r["delta"] == 1e-6 for r in rows)
     assert rows[1]["epsilon_pld"] > 3.5022  # smaller δ, larger ε
+    out = run(str(site / "ledger.sqlite"), "--opacus")
+    assert "ε Opacus PRV" in out and "3.50" in out
     with pytest.raises(DataError, match="no privacy ledger here"):
         args = parser.parse_args(["ledger", str(tmp_path / "nothing")])
         args.func(args)

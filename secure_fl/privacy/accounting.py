@@ -44,6 +44,8 @@ __all__ = [
     "event_to_json",
     "event_from_json",
     "describe_event",
+    "opacus_history",
+    "opacus_epsilons",
 ]
 
 ACCOUNTANTS = ("rdp", "pld")
@@ -231,3 +233,42 @@ def describe_event(event: dp_event.DpEvent) -> str:
     if isinstance(event, dp_event.NoOpDpEvent):
         return "nothing"
     return type(event).__name__
+
+
+def opacus_history(event: dp_event.DpEvent) -> list[tuple[float, float, int]] | None:
+    """The event as Opacus accountant history ``[(σ, q, steps), ...]``, or ``None`` if it is not
+    made of (Poisson-subsampled) Gaussians. Lets Opacus count the same mechanism independently."""
+    if isinstance(event, dp_event.NoOpDpEvent):
+        return []
+    if isinstance(event, dp_event.GaussianDpEvent):
+        return [(float(event.noise_multiplier), 1.0, 1)]
+    if isinstance(event, dp_event.PoissonSampledDpEvent) and isinstance(event.event, dp_event.GaussianDpEvent):
+        return [(float(event.event.noise_multiplier), float(event.sampling_probability), 1)]
+    if isinstance(event, dp_event.SelfComposedDpEvent):
+        inner = opacus_history(event.event)
+        return None if inner is None else [(s, q, n * event.count) for s, q, n in inner]
+    if isinstance(event, dp_event.ComposedDpEvent):
+        parts = [opacus_history(e) for e in event.events]
+        return None if any(p is None for p in parts) else [h for p in parts for h in p or []]
+    return None
+
+
+def opacus_epsilons(event: dp_event.DpEvent, delta: float) -> dict[str, float] | None:
+    """ε of the same event by Opacus's RDP and PRV accountants (a third, independent opinion)."""
+    import warnings
+
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    history = opacus_history(event)
+    if history is None:
+        return None
+    if not history:
+        return {"opacus_rdp": 0.0, "opacus_prv": 0.0}
+    out: dict[str, float] = {}
+    for name, cls in (("opacus_rdp", RDPAccountant), ("opacus_prv", PRVAccountant)):
+        acc = cls()
+        acc.history = list(history)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # PRV's log(0) at q = 1 is handled by Opacus
+            out[name] = float(acc.get_epsilon(delta))
+    return out
