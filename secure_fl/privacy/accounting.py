@@ -270,5 +270,6 @@ def opacus_epsilons(event: dp_event.DpEvent, delta: float) -> dict[str, float] |
         acc.history = list(history)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # PRV's log(0) at q = 1 is handled by Opacus
+            warnings.simplefilter("ignore", UserWarning)  # "optimal order is the largest alpha" (Opacus's RDP grid)
             out[name] = float(acc.get_epsilon(delta))
     return out
