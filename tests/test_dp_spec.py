@@ -160,3 +160,17 @@ def test_calibrated_noise_meets_the_target_over_the_planned_rounds(tmp_path):
     assert layer.noise_multiplier_for("B") > layer.noise_multiplier_for("A")
     with pytest.raises(KeyError, match="unknown site 'Z'"):
         layer.site("Z")
+
+
+def test_secure_noise_picks_the_csprng_and_seeded_noise_is_reproducible(tmp_path):
+    secure = _layer(load_protocol("dp-sgd-local").privacy, tmp_path / "s", weighting="examples")
+    assert secure.site("A").source.is_secure and secure.site("A").training_hook().source.is_secure
+    assert secure.server_source.is_secure
+    table = dict(_raw("dp-sgd-local")["privacy"], secure_noise=False)
+    cfg = parse_privacy(table, "[privacy]", PlainSum())
+    a = _layer(cfg, tmp_path / "a", weighting="examples", noise_rng=np.random.default_rng(9))
+    b = _layer(cfg, tmp_path / "b", weighting="examples", noise_rng=np.random.default_rng(9))
+    assert not a.site("A").source.is_secure
+    assert np.array_equal(a.site("A").source.normal(1.0, 5), b.site("A").source.normal(1.0, 5))
+    # each site draws from its own stream
+    assert not np.array_equal(a.site("B").source.normal(1.0, 5), b.site("A").source.normal(1.0, 5))
