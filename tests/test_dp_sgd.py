@@ -199,7 +199,7 @@ def test_distributed_round_through_ckks(tmp_path):
     assert all(v.kind != "plain" for v in outcome.views if v.receiver == "aggregator")
     delta = layer.release(outcome.result, 0, list(inputs))
     plain_sum = sum(v for v, _ in inputs.values())
-    assert np.allclose(delta, -0.5 * plain_sum / (0.25 * 210), atol=1e-3)
+    assert np.allclose(delta, -plain_sum / (0.25 * 210), atol=1e-3)
     # every site's ledger holds one Poisson-sampled Gaussian step on the union
     for site in DIST_SIZES:
         assert layer.site(site).ledger.events() == [A.poisson_gaussian_event(1.0, 0.25)]

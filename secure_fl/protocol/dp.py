@@ -23,7 +23,9 @@ Three mechanisms, each with the guarantee it gives and the assumption it rests o
     Poisson-subsampled Gaussian step on the union of all sites' patients, provided at
     least m sites added honest shares and nobody sees a single share (the secure sum).
     With fewer than m contributors the round is aborted (``on_too_few = "abort"``) or the
-    weaker ε actually obtained is charged and shown (``"charge_weaker"``).
+    weaker ε actually obtained is charged and shown (``"charge_weaker"``). There is no local
+    training: the release is the noisy mean gradient's descent direction and the server
+    step is the optimiser (step size ``[aggregation].server_lr``).
 
 Noise comes from the OS CSPRNG when ``secure_noise = true`` (the default) and from the
 engine's seeded ``noise_rng`` when ``false`` (reproducible experiments and tests); see
@@ -503,10 +505,10 @@ class DpPrivacyLayer:
             self.last_release["weaker_noise_multiplier"] = weak_sigma
             self.last_release["charged_weaker"] = {s.site_id: s.spent()["epsilon"] for s in sites}
         expected_batch = cfg.sample_rate * sum(self.site_sizes[s] for s in contributors)
-        lr = float(self.plan.training.lr)
         self.last_release.update({"expected_batch": expected_batch})
-        # gradient descent step on the union: delta = -lr * (Σ clipped grads + noise) / (q · N)
-        return -lr * result.total / expected_batch
+        # the descent direction on the union, -(Σ clipped grads + noise) / (q · N); the server step
+        # ([aggregation].server, server_lr) is the optimiser: FedAvg = DP-SGD, FedAdam = DP-Adam
+        return -result.total / expected_batch
 
 
 def build_privacy_layer(

@@ -7,7 +7,8 @@ N(0, (σC)²/m) with ``m = min_sites``. The secure sum adds the shares; over the
 sites' patients this is one step of DP-SGD (Abadi et al. 2016) whose noise is distributed
 (Kairouz, Liu, Steinke 2021, continuous analogue; see
 :func:`secure_fl.privacy.mechanisms.share_std`). The released sum is divided by the
-expected batch size ``q · N_total`` (a public, data-independent denominator).
+expected batch size ``q · N_total`` (a public, data-independent denominator) and negated;
+the server step applies it with its learning rate (``[aggregation].server_lr``).
 """
 
 from __future__ import annotations
