@@ -399,6 +399,34 @@ def render_comparison(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def render_compact(rows: Sequence[Row]) -> str:
+    """One line per (n, d, dropout): ours / Flower, seconds and bytes, for both graphs."""
+    by = {(r.impl, r.n, r.d, r.dropout): r for r in rows}
+    lines = [
+        "| n | d | dropout | SecAgg server s (ours / Flower) | SecAgg site s | SecAgg+ server s | SecAgg+ site s | site MiB up+down, SecAgg+ | expansion vs 16-bit plain |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+
+    def pair(a: Row | None, b: Row | None, attr: str, fmt: str) -> str:
+        def one(r: Row | None) -> str:
+            return "—" if r is None else ("aborted" if r.status != "ok" else format(getattr(r, attr), fmt))
+
+        return f"{one(a)} / {one(b)}"
+
+    keys = sorted({(r.n, r.d, r.dropout) for r in rows}, key=lambda k: (k[1], k[0], k[2]))
+    for n, d, p in keys:
+        o, f = by.get(("ours-secagg", n, d, p)), by.get(("flower-secagg", n, d, p))
+        op, fp = by.get(("ours-secagg+", n, d, p)), by.get(("flower-secagg+", n, d, p))
+        mib = "—"
+        if op is not None and fp is not None:
+            mib = f"{(op.site_up + op.site_down) / 2**20:.2f} / {(fp.site_up + fp.site_down) / 2**20:.2f}"
+        lines.append(
+            f"| {n} | {d:,} | {p:.0%} | {pair(o, f, 'server_s', '.2f')} | {pair(o, f, 'site_s', '.3f')} | "
+            f"{pair(op, fp, 'server_s', '.2f')} | {pair(op, fp, 'site_s', '.3f')} | {mib} | {pair(op, fp, 'expansion', '.2f')} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, nargs="+", default=[5, 10, 20, 50, 100])
@@ -411,6 +439,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     ap.add_argument("--render", nargs="+", default=None, metavar="JSON",
                     help="measure nothing: print the tables of rows saved with --json (later files replace earlier rows)")
+    ap.add_argument("--compact", action="store_true", help="with --render: one line per (n, d, dropout), ours / Flower")
     args = ap.parse_args(argv)
     if args.render:
         merged: dict[tuple, Row] = {}
@@ -421,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     merged[(row.impl, row.n, row.d, row.dropout)] = row
         order = {impl: i for i, impl in enumerate(IMPLS)}
         rows_ = sorted(merged.values(), key=lambda r: (r.d, r.n, r.dropout, order[r.impl]))
-        print(render(rows_))
+        print(render_compact(rows_) if args.compact else render(rows_))
         print()
         print(render_comparison(rows_))
         return
@@ -443,6 +472,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         with open(args.json, "w") as fh:
                             json.dump({"rows": [asdict(r) for r in rows], "skipped": skipped}, fh, indent=1)
     print(render(rows))
+    print()
+    print(render_compact(rows))
     print()
     print(render_comparison(rows))
     if skipped:
