@@ -36,8 +36,10 @@ def _print_table(result) -> None:  # type: ignore[no-untyped-def]
     table = Table(title=f"{result.experiment.name}: {result.task.describe()}", title_justify="left")
     for h in header:
         table.add_column(h, justify="left" if h == "protocol" else "right")
+    from rich.markup import escape
+
     for r in rows:
-        table.add_row(*r)
+        table.add_row(*(escape(c) for c in r))  # labels like "dp-sgd-local[target_epsilon=1.0]" are not markup
     console = Console(width=max(Console().width, 150))
     console.print(table)
     console.print(
@@ -46,7 +48,7 @@ def _print_table(result) -> None:  # type: ignore[no-untyped-def]
     )
     failed = [r for r in result.runs if r.status != "finished"]
     for r in failed:
-        console.print(f"[red]{r.variant} seed {r.seed}: {r.status}[/red]")
+        console.print(f"[red]{escape(r.variant)} seed {r.seed}: {escape(r.status)}[/red]")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

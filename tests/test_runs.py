@@ -167,3 +167,29 @@ def test_aggregator_never_sees_a_plain_site_update_unless_the_spec_says_so(tmp_p
     if spec.threat_model.aggregator_sees != "plain":
         assert "plain" not in kinds, f"{name}: aggregator saw plain site messages but the spec says {spec.threat_model.aggregator_sees!r}"
         assert spec.threat_model.aggregator_sees in kinds
+
+
+def test_a_failing_site_is_dropped_and_the_round_goes_on(tmp_path, tiny_experiment_toml, monkeypatch):
+    from secure_fl.run import federation
+
+    real = federation.train_local
+
+    def flaky(model, x, y, *a, **k):
+        if len(y) == 90 and flaky.calls == 0:  # the first site's first round
+            flaky.calls += 1
+            raise OSError("site disk unreadable")
+        return real(model, x, y, *a, **k)
+
+    flaky.calls = 0
+    monkeypatch.setattr(federation, "train_local", flaky)
+    run = run_experiment(_exp(tiny_experiment_toml(protocols='["plain-fedavg"]')), tmp_path, show_progress=False).runs[0]
+    first = read_rounds(Path(run.path))[0]
+    assert first["applied"] and first["dropped"] == {"site1": "OSError in local training: site disk unreadable"}
+    assert first["participants"] == ["site2", "site3", "site4"]
+
+
+def test_rerun_into_the_same_folder_replaces_the_simulated_ledgers(tmp_path, tiny_experiment_toml):
+    text = tiny_experiment_toml(protocols='["dp-sgd-local"]', rounds=2)
+    first = run_experiment(_exp(text), tmp_path, show_progress=False).runs[0]
+    again = run_experiment(_exp(text), tmp_path, show_progress=False).runs[0]
+    assert first.epsilon and first.epsilon == again.epsilon

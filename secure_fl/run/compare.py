@@ -103,7 +103,7 @@ def table_rows(result: CompareResult) -> tuple[list[str], list[list[str]]]:
     if any(k.endswith("/top5") and k.startswith("pooled") for r in result.runs for k in r.metrics):
         metric_keys.append("pooled/top5")
     metric_keys += extra
-    header = ["protocol", *[k.replace("pooled/", "") for k in metric_keys], "ε max", "KB up", "KB down", "s/round", "aborted"]
+    header = ["protocol", *[k.replace("pooled/", "") for k in metric_keys], "ε per site", "KB up", "KB down", "s/round", "aborted"]
     rows = []
     for v in result.experiment.variants:
         runs = [r for r in result.runs if r.variant == v.label]
@@ -112,8 +112,7 @@ def table_rows(result: CompareResult) -> tuple[list[str], list[list[str]]]:
         row = [v.label]
         for k in metric_keys:
             row.append(_mean_sd([r.metrics.get(k, float("nan")) for r in runs]))
-        eps = [max((s.get("epsilon", float("nan")) for s in r.epsilon.values()), default=float("nan")) for r in runs]
-        row.append(_mean_sd(eps) if v.reference is None else "–")
+        row.append(_epsilon_cell(runs) if v.reference is None else "–")
         if v.reference is None:
             row.append(f"{np.mean([r.bytes_up_per_site_round for r in runs]) / 1024:.1f}")
             row.append(f"{np.mean([r.bytes_down_per_site_round for r in runs]) / 1024:.1f}")
@@ -123,6 +122,26 @@ def table_rows(result: CompareResult) -> tuple[list[str], list[list[str]]]:
         row.append(str(sum(r.aborted_rounds for r in runs)))
         rows.append(row)
     return header, rows
+
+
+def _epsilon_cell(runs: list[RunSummary]) -> str:
+    """ε spent per site at the end of the run (PLD unless the spec says otherwise), over seeds.
+
+    One number when every site spent the same; ``min–max (site: ε, ...)`` otherwise.
+    """
+    per_site: dict[str, list[float]] = {}
+    for r in runs:
+        for site, spent in r.epsilon.items():
+            eps = spent.get("epsilon")
+            if isinstance(eps, (int, float)) and not math.isnan(eps):
+                per_site.setdefault(site, []).append(float(eps))
+    if not per_site:
+        return "–"
+    means = {s: float(np.mean(v)) for s, v in per_site.items()}
+    lo, hi = min(means.values()), max(means.values())
+    if hi - lo < 5e-4:
+        return f"{hi:.3f}"
+    return f"{lo:.2f}–{hi:.2f} (" + ", ".join(f"{s}: {e:.2f}" for s, e in means.items()) + ")"
 
 
 def format_markdown(result: CompareResult) -> str:

@@ -168,8 +168,11 @@ class Federation:
             name = self.task.sites[i].name
             try:
                 values, weight, train_metrics[name] = self._site_update(i, r)
-            except SiteRejected as exc:
+            except SiteRejected as exc:  # e.g. its privacy budget would be exceeded
                 refused[name] = exc.reason
+                continue
+            except Exception as exc:  # one site's failure never costs the others their round
+                refused[name] = f"{type(exc).__name__} in local training: {exc}"
                 continue
             inputs[name] = (values, weight)
         stage_seconds = {"local_training": time.perf_counter() - t0}

@@ -3,7 +3,12 @@
 ``resolved.json`` (the spec as run), ``rounds.jsonl`` (one line per finished round, flushed at
 once so a crashed run leaves what it finished readable), ``views.jsonl`` (what the aggregator
 saw: stage, sender, kind, bytes), ``model.pt`` (final weights), ``summary.json`` (written last,
-with ``status`` = finished | failed | interrupted).
+with ``status`` = finished | failed | interrupted), and ``sites/<site>/ledger.sqlite`` for DP
+protocols: the simulated sites' privacy ledgers.
+
+Running again into the same folder replaces the earlier run, its simulated ledgers included
+(the same simulation run twice is not twice the spend of one deployment). A real site keeps
+its ledger in its own directory, outside any run folder, where it accumulates for good.
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ class RunFolder:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
-        for name in ("rounds.jsonl", "views.jsonl", "summary.json"):
+        for name in ("rounds.jsonl", "views.jsonl", "summary.json", "error.txt", "model.pt"):
             (path / name).unlink(missing_ok=True)
+        for ledger in path.glob("sites/*/ledger.sqlite*"):
+            ledger.unlink()
 
     def write_json(self, name: str, data: Any) -> None:
         tmp = self.path / (name + ".tmp")
