@@ -29,7 +29,7 @@ PROTOCOLS = ["plain-fedavg", "ckks-fedavg", "secagg-fedavg", "secagg-plus-fedavg
 _TASK_CACHE: dict[str, object] = {}
 
 
-def make_federation(task_key: str, protocol: str, tmp_path) -> Federation:
+def make_federation(task_key: str, protocol: str, tmp_path, local_epochs: int = 1) -> Federation:
     text = f"""
 name = "bench"
 protocols = ["{protocol}"]
@@ -37,7 +37,7 @@ rounds = 1000
 [task]
 {TASKS[task_key]}
 [training]
-local_epochs = 1
+local_epochs = {local_epochs}
 batch_size = 16
 lr = 0.001
 optimizer = "adam"

@@ -43,6 +43,9 @@ class RoundOutcome:
     dropped: dict[str, str] = field(default_factory=dict)
     views: list[View] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: per stage, the time the stage would take with the sites working in parallel (as they do in a
+    #: deployment): the slowest site for a site stage, the aggregator's time for its own stages
+    stage_critical_seconds: dict[str, float] = field(default_factory=dict)
     bytes_up: dict[str, int] = field(default_factory=dict)
     bytes_down: dict[str, int] = field(default_factory=dict)
 
@@ -86,6 +89,7 @@ def drive_round(
     try:
         for stage in protocol.stages:
             t0 = time.perf_counter()
+            slowest = 0.0
             if stage.actor == "sites":
                 for s in site_ids:
                     if s not in alive:
@@ -95,8 +99,10 @@ def drive_round(
                         out.dropped[s] = f"dropped out before stage {stage.name!r} (simulated)"
                         continue
                     messages = inbox.pop(s, [])
+                    t_site = time.perf_counter()
                     try:
                         sent = parties[s].step(stage.name, messages)
+                        slowest = max(slowest, time.perf_counter() - t_site)
                         deliver(sent, s)
                     except SiteRejected as exc:
                         alive.discard(s)
@@ -107,7 +113,10 @@ def drive_round(
             else:
                 messages = inbox.pop(AGGREGATOR, [])
                 deliver(aggregator.step(stage.name, messages), AGGREGATOR)
-            out.stage_seconds[stage.name] = out.stage_seconds.get(stage.name, 0.0) + time.perf_counter() - t0
+            elapsed = time.perf_counter() - t0
+            out.stage_seconds[stage.name] = out.stage_seconds.get(stage.name, 0.0) + elapsed
+            critical = slowest if stage.actor == "sites" else elapsed
+            out.stage_critical_seconds[stage.name] = out.stage_critical_seconds.get(stage.name, 0.0) + critical
     except RoundAborted as exc:
         out.aborted = str(exc)
         out.dropped.update({s: r for s, r in aggregator.rejected.items() if s not in out.dropped})
