@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from secure_fl.protocol.base import AGGREGATOR, Message
+from secure_fl.protocol.base import Message
 from secure_fl.protocol.secagg import MASKED_INPUT, SecAggPlusSum, SecAggSum
 from secure_fl.protocol.secagg_graph import default_degree
 

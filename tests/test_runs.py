@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from secure_fl.cli import main
 from secure_fl.protocol.spec import list_protocols

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError
-from ..protocol.spec import ProtocolSpec, load_protocol, parse_protocol, PROTOCOLS_DIR
+from ..protocol.spec import ProtocolSpec, parse_protocol, PROTOCOLS_DIR
 from ..speccheck import check_keys, get, get_table, in_range
 from ..training.config import TrainingConfig
 

@@ -138,7 +138,3 @@ def _with_site_means(out: dict[str, float], sites: list[str]) -> dict[str, float
         if vals:
             out[f"site-mean/{metric}"] = float(np.mean(vals))
     return out
-
-
-def seeded_generator(seed: int) -> np.random.Generator:
-    return np.random.default_rng(seed)
