@@ -6,8 +6,7 @@ TenSEAL or the masking primitives until a spec asks for them.
 
 from __future__ import annotations
 
-import importlib
-
+from .._lazy import resolve
 from ..errors import SpecError
 from .base import SecureSum
 
@@ -26,9 +25,8 @@ def secure_sum_class(kind: str, where: str) -> type[SecureSum]:
         target = SECURE_SUMS[kind]
     except KeyError:
         raise SpecError(f"{where}.kind: unknown secure sum {kind!r}; known kinds are {sorted(SECURE_SUMS)}") from None
-    module, _, attr = target.partition(":")
     try:
-        cls = getattr(importlib.import_module(module), attr)
+        cls = resolve(target)
     except (ImportError, AttributeError) as exc:
         raise SpecError(f"{where}.kind: secure sum {kind!r} is not available in this install ({exc})") from exc
     return cls  # type: ignore[no-any-return]

@@ -5,10 +5,10 @@ Entries are import paths, resolved on use, so listing tasks imports no data pack
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
+from .._lazy import resolve
 from ..errors import SpecError
 from .base import Task
 
@@ -29,6 +29,4 @@ def build_task(name: str, params: Mapping[str, Any], where: str = "task") -> Tas
         target = TASKS[name]
     except KeyError:
         raise SpecError(f"{where}: unknown task {name!r}; known tasks are {sorted(TASKS)}") from None
-    module, _, attr = target.partition(":")
-    builder = getattr(importlib.import_module(module), attr)
-    return builder(params, where)  # type: ignore[no-any-return]
+    return resolve(target)(params, where)  # type: ignore[no-any-return]
