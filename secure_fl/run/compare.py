@@ -139,7 +139,7 @@ def _epsilon_cell(runs: list[RunSummary]) -> str:
         return "–"
     means = {s: float(np.mean(v)) for s, v in per_site.items()}
     lo, hi = min(means.values()), max(means.values())
-    if hi - lo < 5e-4:
+    if hi - lo < 0.01:
         return f"{hi:.3f}"
     return f"{lo:.2f}–{hi:.2f} (" + ", ".join(f"{s}: {e:.2f}" for s, e in means.items()) + ")"
 
