@@ -63,31 +63,26 @@ class _PlainAggregator(AggregatorParty):
     def step(self, stage: str, inbox: Sequence[Message]) -> list[Message]:
         if stage != RELEASE:
             raise ValueError(f"plain aggregator has no stage {stage!r}")
+        by_sender: dict[str, list[Message]] = {}
+        for msg in inbox:
+            by_sender.setdefault(msg.sender, []).append(msg)
         total = np.zeros(self.dim, dtype=np.float64)
         weight = 0.0
         seen: list[str] = []
-        for msg in inbox:
-            if msg.sender not in self.site_ids:
-                self.rejected[msg.sender] = "not a participant of this round"
-                continue
-            if msg.sender in seen:
-                self.rejected[msg.sender] = "sent twice in one round"
-                continue
-            try:
-                values, w = decode_plain(msg.payload, self.dim)
-            except ValueError as exc:
-                self.rejected[msg.sender] = str(exc)
-                continue
-            seen.append(msg.sender)
-            total += values
-            weight += w
-        # a site that sent twice is dropped entirely: its first message is removed too
-        for site in list(seen):
-            if site in self.rejected:
-                seen.remove(site)
-                values, w = decode_plain(next(m for m in inbox if m.sender == site).payload, self.dim)
-                total -= values
-                weight -= w
+        for sender, messages in by_sender.items():
+            if sender not in self.site_ids:
+                self.rejected[sender] = "not a participant of this round"
+            elif len(messages) > 1:  # a site that sent twice is dropped entirely
+                self.rejected[sender] = "sent twice in one round"
+            else:
+                try:
+                    values, w = decode_plain(messages[0].payload, self.dim)
+                except ValueError as exc:
+                    self.rejected[sender] = str(exc)
+                    continue
+                seen.append(sender)
+                total += values
+                weight += w
         self._result = SumResult(total, weight, tuple(seen))
         return []
 
