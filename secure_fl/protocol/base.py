@@ -133,6 +133,18 @@ class SecureSum(ABC):
     view_kind: ViewKind = field(init=False, default=ViewKind.PLAIN)
     #: whether this protocol releases the sum to the aggregator
     releases_to_aggregator: bool = field(init=False, default=True)
+    #: fewest contributors a released sum may have. Enforced where the data flows: the
+    #: aggregator withholds (and every key holder refuses to open) a sum over fewer sites,
+    #: because a "sum" of one site is that site's input. Protocols that hide single inputs
+    #: keep it >= 2; privacy layers raise it with :meth:`require_contributors`.
+    min_contributors: int = field(init=False, default=1)
+
+    def require_contributors(self, k: int) -> None:
+        """Raise :attr:`min_contributors` to at least ``k`` (e.g. the ``min_sites`` noise shares of
+        distributed DP). Call before :meth:`setup`; it never lowers the minimum."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"minimum number of contributors must be an integer >= 1, found {k!r}")
+        self.min_contributors = max(self.min_contributors, k)
 
     @property
     @abstractmethod
