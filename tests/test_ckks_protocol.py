@@ -7,6 +7,7 @@ Rounds are driven by a tiny in-test driver that follows the routing contract of
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from secure_fl.crypto.ckks_frame import FrameKind, pack_frame, unpack_frame
 from secure_fl.errors import ProtocolError, RoundAborted, SiteRejected, SpecError
 from secure_fl.protocol.base import AGGREGATOR, Message, ViewKind
+from secure_fl.privacy.noise import NoiseSource
 from secure_fl.protocol.ckks import BOUNDS, SUBMIT, CkksSum, update_layout
 from secure_fl.protocol.spec import load_protocol, parse_protocol
 
@@ -31,15 +33,24 @@ def run_round(
     round: int = 0,
     tamper: Tamper | None = None,
     dim: int | None = None,
-):
-    """Drive one round: stages in order, messages delivered for the receiver's next step."""
+    *,
+    views: list[Message] | None = None,
+    tamper_down: Tamper | None = None,
+    agg_proto: CkksSum | None = None,
+) -> tuple[dict[str, Any], Any, list[Message], dict[str, str]]:
+    """Drive one round: stages in order, messages delivered for the receiver's next step.
+
+    ``views`` (if given) collects every message, also when the round aborts; ``tamper`` rewrites
+    what sites send, ``tamper_down`` what the aggregator sends; ``agg_proto`` makes the aggregator
+    party (a deployment where the aggregator holds its own, public-context CkksSum).
+    """
     ids = list(values)
     dim = dim if dim is not None else len(next(iter(values.values())))
     sites = {s: proto.site(s, round, values[s], weights[s]) for s in ids}
-    agg = proto.aggregator(round, ids, dim)
+    agg = (agg_proto or proto).aggregator(round, ids, dim)
     inbox: dict[str, list[Message]] = {s: [] for s in ids}
     agg_inbox: list[Message] = []
-    views: list[Message] = []
+    views = views if views is not None else []
     dropped: dict[str, str] = {}
     for stage in proto.stages:
         if stage.actor == "sites":
@@ -60,8 +71,9 @@ def run_round(
             out = agg.step(stage.name, agg_inbox)
             agg_inbox = []
             for msg in out:
-                views.append(msg)
-                inbox[msg.receiver].append(msg)
+                for m in tamper_down(msg) if tamper_down else [msg]:
+                    views.append(m)
+                    inbox[m.receiver].append(m)
     return sites, agg, views, dropped
 
 
@@ -107,10 +119,10 @@ def test_aggregator_holds_only_the_public_context_and_cannot_decrypt() -> None:
 
 
 def test_aggregator_refuses_a_secret_context() -> None:
-    proto, _, _ = make(2, 4)
+    proto, _, _ = make(3, 4)
     proto._public = proto._secret  # a mis-wired deployment
     with pytest.raises(ProtocolError, match="secret key"):
-        proto.aggregator(0, ["site-00", "site-01"], 4)
+        proto.aggregator(0, ["site-00", "site-01", "site-02"], 4)
 
 
 def test_rounds_need_setup() -> None:
@@ -123,7 +135,7 @@ def test_rounds_need_setup() -> None:
 
 @settings(max_examples=6, deadline=None)
 @given(
-    n=st.integers(min_value=1, max_value=5),
+    n=st.integers(min_value=3, max_value=5),
     dim=st.integers(min_value=1, max_value=4200),
     seed=st.integers(min_value=0, max_value=2**31),
     magnitude=st.sampled_from([1e-6, 1e-2, 1.0, 1e3]),
@@ -142,7 +154,7 @@ def test_decrypted_weighted_mean_matches_plaintext(n: int, dim: int, seed: int, 
     submits = [m for m in views if m.stage == SUBMIT]
     assert len(submits) == n  # whole-model packing: one message per site, chunks inside
     frame = unpack_frame(submits[0].payload, kind=FrameKind.UPDATE, fingerprint=proto.fingerprint, round=0)
-    assert len(frame.chunks) == len(update_layout(dim, 2048))
+    assert len(frame.chunks) == len(update_layout(dim, 2048, n))
 
 
 def test_one_hundred_sites_meet_the_tolerance() -> None:
@@ -155,7 +167,7 @@ def test_one_hundred_sites_meet_the_tolerance() -> None:
 
 def test_layers_larger_than_the_slots_are_packed() -> None:
     # 3 x 2048 slots + the weight: a "layer" longer than one ciphertext never fails
-    proto, values, weights = make(2, 3 * 2048 + 5)
+    proto, values, weights = make(3, 3 * 2048 + 5)
     sites, _, _, _ = run_round(proto, values, weights)
     assert rel_err(sites["site-00"].result().mean, plain_mean(values, weights)) < TOL
 
@@ -235,7 +247,7 @@ def test_bad_ciphertext_aborts_when_the_spec_says_so(needle: str) -> None:
 
 
 def test_a_site_sending_twice_is_dropped_entirely() -> None:
-    proto, values, weights = make(3, 10)
+    proto, values, weights = make(4, 10)
 
     def twice(msg: Message) -> list[Message]:
         return [msg, msg] if msg.sender == "site-01" and msg.stage == SUBMIT else [msg]
@@ -243,41 +255,41 @@ def test_a_site_sending_twice_is_dropped_entirely() -> None:
     sites, agg, _, _ = run_round(proto, values, weights, tamper=twice)
     assert "sent 2 messages" in agg.rejected["site-01"]
     res = sites["site-00"].result()
-    assert res is not None and res.contributors == ("site-00", "site-02")
+    assert res is not None and res.contributors == ("site-00", "site-02", "site-03")
     assert rel_err(res.mean, plain_mean(values, weights, only=res.contributors)) < TOL
-    proto, values, weights = make(3, 10, on_bad_input="abort")
+    proto, values, weights = make(4, 10, on_bad_input="abort")
     with pytest.raises(RoundAborted, match="site 'site-01'.*sent 2 messages"):
         run_round(proto, values, weights, tamper=twice)
 
 
 def test_bad_bounds_message_drops_the_site_before_the_sum() -> None:
-    proto, values, weights = make(3, 10)
+    proto, values, weights = make(4, 10)
     sites, agg, _, dropped = run_round(proto, values, weights, tamper=_retarget("site-00", BOUNDS, lambda p: p[:100]))
     assert "truncated" in agg.rejected["site-00"] and "site-00" in dropped
     res = sites["site-01"].result()
-    assert res.contributors == ("site-01", "site-02")
+    assert res.contributors == ("site-01", "site-02", "site-03")
     assert rel_err(res.mean, plain_mean(values, weights, only=res.contributors)) < TOL
 
 
 def test_wrong_dimension_is_refused_by_layout() -> None:
-    proto, values, weights = make(3, 3000)
+    proto, values, weights = make(4, 3000)
     values["site-01"] = values["site-01"][:1000]  # one chunk instead of two
     sites, agg, _, _ = run_round(proto, values, weights, dim=3000)
     assert "needs 2" in agg.rejected["site-01"]
 
 
 def test_non_finite_or_negative_input_is_refused_at_its_site() -> None:
-    proto, values, weights = make(3, 10)
+    proto, values, weights = make(5, 10)
     values["site-00"] = values["site-00"].copy()
     values["site-00"][3] = np.nan
     weights["site-02"] = -1.0
     sites, agg, _, dropped = run_round(proto, values, weights)
     assert "non-finite" in dropped["site-00"] and "weight" in dropped["site-02"]
-    assert sites["site-01"].result().contributors == ("site-01",)
+    assert sites["site-01"].result().contributors == ("site-01", "site-03", "site-04")
 
 
 def test_nothing_valid_aborts_the_round() -> None:
-    proto, values, weights = make(2, 10)
+    proto, values, weights = make(3, 10)
     with pytest.raises(RoundAborted, match="no valid update"):
         run_round(proto, values, weights, tamper=lambda m: [] if m.stage == SUBMIT else [m])
 
@@ -285,42 +297,34 @@ def test_nothing_valid_aborts_the_round() -> None:
 # --- release to the aggregator ----------------------------------------------------------------
 
 
-def test_release_to_aggregator_is_flooded_once_and_within_tolerance() -> None:
-    proto, values, weights = make(5, 200, preset="wide", release="aggregator", rng=np.random.default_rng(3))
+def test_release_to_aggregator_is_flooded_once_and_within_the_stated_precision() -> None:
+    noise = lambda: NoiseSource.seeded(np.random.default_rng(3))  # noqa: E731
+    proto, values, weights = make(5, 200, preset="wide", release="aggregator", noise=noise())
     sites, agg, views, _ = run_round(proto, values, weights)
     released = [m for m in views if m.kind is ViewKind.AGGREGATE]
     assert len(released) == 1 and released[0].sender == "site-00"  # one designated site
     got, exact = agg.result(), sites["site-03"].result()
-    want = plain_mean(values, weights)
-    assert rel_err(got.mean, want) < TOL
     assert not np.array_equal(got.total, exact.total)  # noise was added before release
-    # the noise is 2^20 x the decryption error: far above it, far below the tolerance
-    assert 1e-12 < rel_err(got.mean, exact.mean) < TOL
-    # seeded generator: the same noise again
-    proto2, _, _ = make(5, 200, preset="wide", release="aggregator", rng=np.random.default_rng(3))
-    proto2._keys, proto2._secret, proto2._public = proto._keys, proto._secret, proto._public
+    # the flooding std relative to the public bound 2^Lv is 2^-release_precision_bits
+    bits = proto.release_precision_bits
+    assert bits is not None and 14 <= bits < 20
+    bound = 2.0 ** sites["site-00"]._lv
+    err = (got.total - exact.total) / bound
+    assert 0.8 < np.std(err) / 2.0**-bits < 1.2
+    # seeded source: the same noise again
+    proto2, _, _ = make(5, 200, preset="wide", release="aggregator", noise=noise())
+    proto2._keys, proto2._secret, proto2._public, proto2._fingerprint = proto._keys, proto._secret, proto._public, proto._fingerprint
     sites2, agg2, _, _ = run_round(proto2, values, weights)
     noise2 = agg2.result().total - sites2["site-03"].result().total
     np.testing.assert_allclose(noise2, got.total - exact.total, rtol=1e-6)
 
 
-def test_release_by_rounding() -> None:
-    proto, values, weights = make(3, 100, preset="wide", release="aggregator", mitigation="round")
-    sites, agg, _, _ = run_round(proto, values, weights)
-    got = agg.result()
-    assert rel_err(got.mean, plain_mean(values, weights)) < TOL
-    # every released value sits on one power-of-two grid, coarser than the decryption error
-    grid = 2.0 ** np.max([np.frexp(np.float64(x))[1] for x in np.diff(np.unique(got.total))] )
-    while not np.all(np.mod(got.total, grid) == 0):
-        grid /= 2
-    err = np.max(np.abs(sites["site-01"].result().total - plain_mean(values, weights) * sum(weights.values())))
-    assert grid > 1e3 * err
-
-
-def test_release_needs_room_for_the_mitigation() -> None:
-    with pytest.raises(SpecError, match="mitigation_bits = 20.*use preset 'wide'"):
+def test_release_needs_room_for_the_flooding() -> None:
+    with pytest.raises(SpecError, match="keeps .* bits, need 14: use preset 'wide'"):
         make(3, 10, preset="compact", release="aggregator")
-    make(3, 10, preset="compact", release="aggregator", mitigation_bits=8)
+    with pytest.raises(SpecError, match="max_released_rounds = 1000000"):
+        make(3, 10_000, preset="wide", release="aggregator", max_released_rounds=1_000_000)
+    make(3, 10, preset="wide", release="aggregator")
 
 
 def test_releaser_dropping_out_aborts_the_release() -> None:
@@ -346,8 +350,14 @@ def test_catalogue_spec_builds_a_ckks_sum() -> None:
         ({"kind": "ckks", "preset": "huge"}, "preset: expected one of"),
         ({"kind": "ckks", "release": "everyone"}, "release: expected one of"),
         ({"kind": "ckks", "on_bad_input": "ignore"}, "on_bad_input: expected one of"),
-        ({"kind": "ckks", "mitigation": "none"}, "mitigation: expected one of"),
-        ({"kind": "ckks", "mitigation_bits": 99}, "mitigation_bits: must be <= 40"),
+        ({"kind": "ckks", "mitigation": "none"}, r"mitigation: expected one of \['flood'\]"),
+        ({"kind": "ckks", "mitigation": "round"}, "'round' was removed: rounding to a grid is deterministic"),
+        ({"kind": "ckks", "mitigation_bits": 20}, "mitigation_bits: no longer a key.*statistical_security"),
+        ({"kind": "ckks", "statistical_security": 30}, "statistical_security: must be >= 40"),
+        ({"kind": "ckks", "min_contributors": 1}, "min_contributors: must be >= 2"),
+        ({"kind": "ckks", "bounds": "public"}, "needs value_bound and weight_bound"),
+        ({"kind": "ckks", "value_bound": 1.0}, "only with bounds = 'public'"),
+        ({"kind": "ckks", "bounds": "public", "value_bound": -1.0, "weight_bound": 1.0}, "value_bound: must be > 0"),
         ({"kind": "ckks", "poly_degree": 4096}, "unknown key"),
     ],
 )

@@ -43,6 +43,8 @@ __all__ = [
     "check_parameters",
     "get_preset",
     "noise_std",
+    "error_bound",
+    "flooding_std",
 ]
 
 #: max log2(Q) per polynomial degree N, per security level, HE standard (2018) Table 1,
@@ -177,6 +179,41 @@ def noise_std(preset: CkksPreset, n_summed: int) -> float:
     if preset.encryption == "public-key":
         base *= PUBLIC_KEY_NOISE_FACTOR
     return base * math.sqrt(max(1, n_summed))
+
+
+def error_bound(preset: CkksPreset, n_summed: int, n_values: int, statistical_security: int) -> float:
+    """High-probability bound ``B`` on every one of ``n_values`` decryption errors of sums of
+    ``n_summed`` fresh ciphertexts, in scaled units: ``P(max |e_j| > B) <= 2**-statistical_security``.
+
+    Assumption: each slot's error is a centred Gaussian of std :func:`noise_std` (the fresh
+    error is a sum of many small independent terms, and the estimate is checked against
+    measurement in ``tests/test_ckks_crypto.py``). Gaussian tail and a union bound over the
+    values: ``P(|e| > B) <= 2 exp(-B²/2s²)``, so ``B = s·sqrt(2·(σ_stat·ln 2 + ln(2·n_values)))``.
+    """
+    if n_values < 1:
+        raise ValueError(f"number of released values must be >= 1, found {n_values}")
+    std = noise_std(preset, n_summed)
+    return std * math.sqrt(2.0 * (statistical_security * math.log(2.0) + math.log(2.0 * n_values)))
+
+
+def flooding_std(preset: CkksPreset, n_summed: int, n_values: int, statistical_security: int = 40) -> float:
+    """Std of the Gaussian noise that floods ``n_values`` released decryptions (scaled units).
+
+    Li, Micciancio, Schultz, Sorrell, "Securing Approximate Homomorphic Encryption Using
+    Differential Privacy", CRYPTO 2022 (ePrint 2022/816), Sections 4-5: post-processing CKKS
+    decryption with Gaussian noise gives IND-CPA^D security with ``s`` bits of statistical
+    security against ``q`` released decryptions when ``σ >= sqrt(64·q)·2**(s/2)·E``, where
+    ``E`` bounds the (ℓ2) norm of the decryption error of one query with high probability.
+    Here a query is one released value (its error is bounded by :func:`error_bound` for all
+    ``n_values`` of them at once), so ``σ = 8·sqrt(n_values)·2**(s/2)·B``; counting one
+    query per released vector of ``m`` values with ``E = sqrt(m)·B`` gives the same σ.
+    ``n_values`` must count every value released under the key set over its lifetime
+    (values per round x rounds released): the guarantee holds for that many and no more.
+    """
+    if not isinstance(statistical_security, int) or statistical_security < 1:
+        raise ValueError(f"statistical security must be a positive integer of bits, found {statistical_security!r}")
+    bound = error_bound(preset, n_summed, n_values, statistical_security)
+    return math.sqrt(64.0 * n_values) * 2.0 ** (statistical_security / 2) * bound
 
 
 PRESETS: dict[str, CkksPreset] = {

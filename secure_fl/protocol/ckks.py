@@ -1,45 +1,88 @@
 """CKKS secure sum (TenSEAL): the aggregator adds ciphertexts it cannot decrypt.
 
-Threat model: honest-but-curious aggregator that does not collude with any site; all sites
-share one secret key (so a site colluding with the aggregator could decrypt every other
-site's update). See ``protocols/ckks-fedavg.toml``.
+Threat model: honest-but-curious (semi-honest) aggregator that does not collude with any
+site; all sites share one secret key (so a site colluding with the aggregator could decrypt
+every other site's update). See ``protocols/ckks-fedavg.toml``.
 
-Stages (``actor``: what it does):
+Stages (``actor``: what it does); ``bounds = "histogram"`` (default):
 
 1. ``bounds`` (sites): each site encrypts a *magnitude histogram*: a one-hot vector over the
    binary exponent ``e`` with ``max|values| < 2**e`` and another over its weight's exponent,
-   each entry ``2**-h`` (``h = ceil(log2 n_sites)``). No magnitude or example count is
-   visible to the aggregator.
-2. ``bounds_sum`` (aggregator): checks and adds the histograms, sends the sum to each site.
-3. ``submit`` (sites): decrypt the histogram sum (every site gets the same integers, since
-   decryption is deterministic), derive public powers of two ``2**Lv >= Σ_i max|values_i|``
-   and ``2**Lw >= Σ_i weight_i``, and encrypt ``values * 2**-Lv`` followed by
-   ``weight * 2**-Lw`` (so the encoded sum lies in ``[-1, 1]`` and uses the full scale of
-   the preset), packed whole-model in slot-sized chunks: no layer is ever too large.
+   each entry ``2**-h`` (``h = ceil(log2 n_sites)``), followed by its *contributor tag*
+   (below). No magnitude or example count is visible to the aggregator; the other sites see
+   the histogram of exponents (use ``bounds = "public"`` where that is too much).
+2. ``bounds_sum`` (aggregator): checks and adds the histograms, withholds the sum when fewer
+   than ``min_contributors`` sites remain, and sends it to each contributor with the list of
+   contributors in the frame.
+3. ``submit`` (sites): check the contributor list, decrypt the histogram sum, check that its
+   tags and counts match the list, derive public powers of two ``2**Lv >= Σ_i max|values_i|``
+   and ``2**Lw >= Σ_i weight_i``, and encrypt ``values * 2**-Lv``, ``weight * 2**-Lw`` and the
+   contributor tag, packed whole-model in slot-sized chunks: no layer is ever too large.
 4. ``sum`` (aggregator): checks every frame (fingerprint, round, chunk count, digest, slot
-   counts) before TenSEAL loads it, adds chunk-wise, sends the sum to the contributors.
-5. ``decrypt`` (sites): decrypt and undo the powers of two: :meth:`SiteParty.result`.
-   With ``release = "aggregator"`` one designated site (the first contributor in sorted
-   order, so a single noisy copy leaves) also sends the sum to the aggregator, after the
-   mitigation of the Li–Micciancio key-recovery attack on CKKS decryptions (Li, Micciancio,
-   "On the Security of Homomorphic Encryption on Approximate Numbers", EUROCRYPT 2021):
-   ``mitigation = "flood"`` adds Gaussian noise of std ``2**mitigation_bits`` times the
-   estimated decryption error (drawn from the injected ``rng``; Li, Micciancio, Schultz,
-   Sorrell, CRYPTO 2022, give the flooding needed for provable IND-CPA^D security), or
-   ``"round"`` rounds to a grid of that step (deterministic, heuristic).
+   counts) before TenSEAL loads it, adds chunk-wise, withholds the sum below
+   ``min_contributors``, sends it to the contributors with their list.
+5. ``decrypt`` (sites): check the list, decrypt, check the tags, undo the powers of two:
+   :meth:`SiteParty.result`. With ``release = "aggregator"`` one designated site (the first
+   contributor in sorted order, so a single noisy copy leaves) floods the sum with Gaussian
+   noise (below) and sends it to the aggregator.
 6. ``release`` (aggregator, only with ``release = "aggregator"``): receives it.
+
+With ``bounds = "public"`` stages 1-2 disappear (one round trip less): ``2**Lv`` and ``2**Lw``
+come from the public per-site bounds ``value_bound`` and ``weight_bound`` times the number of
+sites of the federation, and a site whose input exceeds them refuses to send it. Nothing about
+a site's magnitude reaches anyone; the price is precision when the bounds are loose.
+
+Minimum contributors. A "sum" of one site is that site's input, and a sum of two is the other
+site's input to each of them. The aggregator withholds every sum (histogram or update) of
+fewer than :attr:`SecureSum.min_contributors` sites (spec ``min_contributors``, >= 2, default
+3; privacy layers raise it with :meth:`SecureSum.require_contributors`), and every site refuses
+to decrypt a sum whose contributor list is shorter, omits the site itself, repeats a site or
+names a site outside the federation (:class:`~secure_fl.errors.SiteRejected`). With release to
+the aggregator nothing leaves then: no site decrypts, so no AGGREGATE message is sent.
+
+Binding the list to the ciphertext. Each site's plaintext carries a *contributor tag*: ``1/2``
+in the slot of its index in the sorted federation roster, 0 elsewhere. A sum therefore
+decrypts to the indicator of the sites really added, and every site checks it against the
+list in the frame; a mismatch (a dropped site still listed, a ciphertext added twice or
+subtracted, a site added but not listed) is refused and the sum discarded before it is used
+or released. What a lying (active) aggregator can still do: (a) hand a site any single
+ciphertext it carried, or combine ciphertexts of *several rounds* of the same sites (the tag
+binds which sites, not which round); a site that decrypts it anyway learns it, since all
+sites share the key: the minimum holds only against a semi-honest aggregator, and against
+an active one only for sites that follow the protocol and for what they release; (b) with a
+public-key preset (``nvflare``), encrypt inputs of its own, including a tag for an absent
+site, so it can forge a contribution; with the symmetric presets it cannot encrypt. The
+guarantee therefore rests on the semi-honest assumption stated in the spec.
+
+Release to the aggregator: the Li–Micciancio attack (EUROCRYPT 2021) recovers the secret
+key from CKKS decryptions. The releasing site adds Gaussian noise of std
+:func:`~secure_fl.crypto.ckks_params.flooding_std` (Li, Micciancio, Schultz, Sorrell, CRYPTO
+2022, Sections 4-5): calibrated to a bound on the decryption error that holds with
+probability ``1 - 2**-statistical_security`` for every released value and to the number of
+values released under the key set (``(dim + 1) x max_released_rounds``), for
+``statistical_security`` (default 40) bits. The noise comes from the OS CSPRNG
+(:meth:`NoiseSource.secure`) unless a seeded source is injected (tests). Every site counts
+the released rounds it has seen and refuses to release beyond ``max_released_rounds``.
+The release keeps :attr:`CkksSum.release_precision_bits` bits relative to the public bound
+``2**Lv``; a setting that keeps fewer than 14 is refused at setup.
+
+Stage order: both parties refuse an out-of-order, repeated or unknown stage (a site with
+:class:`~secure_fl.errors.SiteRejected`, the aggregator with
+:class:`~secure_fl.errors.ProtocolError`).
 
 Bad input (a ciphertext from another key set, a truncated or corrupted frame, a wrong chunk
 count, a site sending twice): with ``on_bad_input = "drop"`` that site is dropped and
 :attr:`AggregatorParty.rejected` says why; other sites' data is kept. With ``"abort"`` the
-round raises :class:`~secure_fl.errors.RoundAborted` naming the site and the reason.
+round raises :class:`~secure_fl.errors.RoundAborted` naming the site and the reason. A
+ciphertext that loads and adds but holds garbage (a forged histogram or tag) cannot be
+traced to its sender without decrypting single inputs: every site refuses the sum and the
+round releases nothing (stated in the spec's ``not_protected``).
 """
 
 from __future__ import annotations
 
 import math
-import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,12 +90,26 @@ import numpy as np
 
 from ..crypto.ckks import CkksContext, CkksKeys, chunk_count, decrypt_chunks, encrypt_chunks, generate_keys
 from ..crypto.ckks_frame import FrameError, FrameKind, load_vectors, pack_frame, unpack_frame
-from ..crypto.ckks_params import DEFAULT_PRESET, PRESETS, CkksPreset, get_preset, noise_std
+from ..crypto.ckks_params import DEFAULT_PRESET, PRESETS, CkksPreset, flooding_std, get_preset, noise_std
 from ..errors import ProtocolError, RoundAborted, SiteRejected, SpecError
+from ..privacy.noise import NoiseSource
 from ..speccheck import check_keys, get, in_range, one_of
 from .base import AGGREGATOR, AggregatorParty, Message, SecureSum, SiteParty, Stage, SumResult, ViewKind
 
-__all__ = ["CkksSum", "BOUNDS", "BOUNDS_SUM", "SUBMIT", "SUM", "DECRYPT", "RELEASE", "update_layout", "MIN_EXP", "MAX_EXP"]
+__all__ = [
+    "CkksSum",
+    "BOUNDS",
+    "BOUNDS_SUM",
+    "SUBMIT",
+    "SUM",
+    "DECRYPT",
+    "RELEASE",
+    "update_layout",
+    "bounds_layout",
+    "MIN_EXP",
+    "MAX_EXP",
+    "MIN_RELEASE_BITS",
+]
 
 BOUNDS = "bounds"
 BOUNDS_SUM = "bounds_sum"
@@ -64,14 +121,28 @@ RELEASE = "release"
 #: exponent range of the magnitude histograms: |x| < 2**e, e in [MIN_EXP, MAX_EXP]
 MIN_EXP, MAX_EXP = -128, 127
 _HIST = MAX_EXP - MIN_EXP + 1
-#: bits of precision a released sum must keep after the mitigation (2**-14 ~ 6e-5)
-_MIN_RELEASE_BITS = 14
+#: bits of precision (relative to the public bound 2**Lv) a released sum must keep after flooding
+MIN_RELEASE_BITS = 14
+#: a contributor's tag value in its roster slot
+_TAG = 0.5
+_SPEC_KEYS = [
+    "kind", "preset", "release", "on_bad_input", "mitigation", "statistical_security", "max_released_rounds",
+    "min_contributors", "bounds", "value_bound", "weight_bound",
+]
 
 
-def update_layout(dim: int, slots: int) -> list[int]:
-    """Slots used by each chunk of an update of ``dim`` values plus the weight."""
-    n = dim + 1
+def _layout(n: int, slots: int) -> list[int]:
     return [min(slots, n - i * slots) for i in range(chunk_count(n, slots))]
+
+
+def update_layout(dim: int, slots: int, n_tags: int = 0) -> list[int]:
+    """Slots used by each chunk of an update: ``dim`` values, the weight, ``n_tags`` contributor tags."""
+    return _layout(dim + 1 + n_tags, slots)
+
+
+def bounds_layout(slots: int, n_tags: int) -> list[int]:
+    """Slots used by each chunk of a magnitude histogram (values, weight) plus the contributor tags."""
+    return _layout(2 * _HIST + n_tags, slots)
 
 
 def _exponent(x: float) -> int:
@@ -90,93 +161,190 @@ def _h_bits(n_sites: int) -> int:
     return max(0, _ceil_log2(float(max(1, n_sites))))
 
 
+class _StageOrder:
+    """The stages one party takes, in order; anything else is refused with one clear message."""
+
+    def __init__(self, stages: Sequence[str], who: str, error: Callable[[str], Exception]) -> None:
+        self._stages, self._who, self._error = tuple(stages), who, error
+        self._next = 0
+
+    def advance(self, stage: str) -> None:
+        expected = self._stages[self._next] if self._next < len(self._stages) else None
+        if stage == expected:
+            self._next += 1
+            return
+        if stage not in self._stages:
+            problem = f"unknown stage {stage!r}"
+        elif self._stages.index(stage) < self._next:
+            problem = f"repeated stage {stage!r}"
+        else:
+            problem = f"out-of-order stage {stage!r}"
+        nxt = f"expected {expected!r} next" if expected else "this party has finished its round"
+        raise self._error(f"{self._who}: {problem}; {nxt} (stages in order: {list(self._stages)})")
+
+
 # --- sites ------------------------------------------------------------------------------
 
 
 class _CkksSite(SiteParty):
-    def __init__(self, proto: "CkksSum", ctx: CkksContext, site_id: str, round: int, values: np.ndarray, weight: float) -> None:
+    def __init__(self, proto: CkksSum, ctx: CkksContext, site_id: str, round: int, values: np.ndarray, weight: float) -> None:
         self.site_id, self.round = site_id, round
         self._p, self._ctx = proto, ctx
         self._values = np.asarray(values, dtype=np.float64).ravel()
         self._weight = float(weight)
         self._lv = self._lw = 0
+        self._bounds_from: tuple[str, ...] | None = None
         self._result: SumResult | None = None
+        stages = [s.name for s in proto.stages if s.actor == "sites"]
+        self._order = _StageOrder(stages, f"CKKS site {site_id!r}", lambda why: SiteRejected(site_id, why))
+        self._handlers: dict[str, Callable[[Sequence[Message]], list[Message]]] = {
+            BOUNDS: self._bounds, SUBMIT: self._submit, DECRYPT: self._decrypt,
+        }
 
     def _msg(self, stage: str, payload: bytes, kind: ViewKind = ViewKind.CIPHERTEXT) -> Message:
         return Message(self.round, stage, self.site_id, AGGREGATOR, payload, kind)
 
-    def _frame_from(self, inbox: Sequence[Message], stage: str, kind: FrameKind, n_chunks: int | None) -> Any:
+    def _reject(self, reason: str) -> SiteRejected:
+        return SiteRejected(self.site_id, reason)
+
+    def _frame_from(self, inbox: Sequence[Message], stage: str, kind: FrameKind, n_chunks: int) -> Any:
         mine = [m for m in inbox if m.sender == AGGREGATOR and m.stage == stage]
         if len(mine) != 1:
-            raise SiteRejected(self.site_id, f"expected one {stage!r} message from the aggregator, got {len(mine)} (dropped by the aggregator?)")
+            raise self._reject(f"expected one {stage!r} message from the aggregator, got {len(mine)} (dropped or withheld by the aggregator?)")
         try:
             return unpack_frame(mine[0].payload, kind=kind, fingerprint=self._ctx.fingerprint, round=self.round, n_chunks=n_chunks)
         except FrameError as exc:
-            raise SiteRejected(self.site_id, f"bad {stage!r} message from the aggregator: {exc}") from exc
+            raise self._reject(f"bad {stage!r} message from the aggregator: {exc}") from exc
 
     def step(self, stage: str, inbox: Sequence[Message]) -> list[Message]:
-        if stage == BOUNDS:
-            return [self._bounds()]
-        if stage == SUBMIT:
-            return [self._submit(inbox)]
-        if stage == DECRYPT:
-            return self._decrypt(inbox)
-        raise SiteRejected(self.site_id, f"unexpected stage {stage!r}; CKKS site stages are {[BOUNDS, SUBMIT, DECRYPT]}")
+        self._order.advance(stage)
+        return self._handlers[stage](inbox)
 
-    def _bounds(self) -> Message:
+    def _tag(self) -> np.ndarray:
+        tags = np.zeros(len(self._p.roster))
+        tags[self._p.roster.index(self.site_id)] = _TAG
+        return tags
+
+    def _check_input(self) -> None:
         v, w = self._values, self._weight
         if not np.all(np.isfinite(v)):
-            raise SiteRejected(self.site_id, "update contains non-finite values")
+            raise self._reject("update contains non-finite values")
         if not math.isfinite(w) or w < 0:
-            raise SiteRejected(self.site_id, f"weight must be finite and >= 0, found {w}")
+            raise self._reject(f"weight must be finite and >= 0, found {w}")
+
+    def _contributors(self, meta: Mapping[str, Any], what: str) -> tuple[str, ...]:
+        """The frame's contributor list, checked before anything is decrypted."""
+        raw = meta.get("contributors")
+        if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+            raise self._reject(f"the {what} carries no valid contributor list: refusing to decrypt it")
+        listed = tuple(raw)
+        if len(set(listed)) != len(listed):
+            raise self._reject(f"the {what}'s contributor list repeats a site: refusing to decrypt it")
+        outside = sorted(set(listed) - set(self._p.roster))
+        if outside:
+            raise self._reject(f"the {what}'s contributor list names sites outside the federation {outside}: refusing to decrypt it")
+        if self.site_id not in listed:
+            raise self._reject(f"the {what}'s contributor list does not include this site: refusing to decrypt it")
+        minimum = self._p.min_contributors
+        if len(listed) < minimum:
+            raise self._reject(
+                f"the {what} has {len(listed)} contributor(s), fewer than min_contributors = {minimum}: "
+                "refusing to decrypt it (a sum of so few sites exposes them)"
+            )
+        if self._bounds_from is not None and not set(listed) <= set(self._bounds_from):
+            extra = sorted(set(listed) - set(self._bounds_from))
+            raise self._reject(f"the {what} lists sites {extra} that sent no bounds this round: refusing to decrypt it")
+        return listed
+
+    def _check_tags(self, tags: np.ndarray, listed: Sequence[str], what: str) -> None:
+        """The decrypted tags must be the indicator of the listed contributors, nothing else."""
+        counts_f = tags / _TAG
+        counts = np.rint(counts_f)
+        expected = np.array([1.0 if s in listed else 0.0 for s in self._p.roster])
+        if np.any(np.abs(counts_f - counts) > 0.25) or not np.array_equal(counts, expected):
+            raise self._reject(
+                f"the {what} is not the sum of the sites it lists (its contributor tags differ from the list): discarding it"
+            )
+
+    def _bounds(self, inbox: Sequence[Message]) -> list[Message]:
+        self._check_input()
+        v, w = self._values, self._weight
         ev = _exponent(float(np.max(np.abs(v))) if v.size else 0.0)
         ew = _exponent(w)
         if max(ev, ew) > MAX_EXP:
-            raise SiteRejected(self.site_id, f"update too large to encode: max |value| = {np.max(np.abs(v)) if v.size else 0:g}, weight = {w:g} (limit 2**{MAX_EXP})")
+            raise self._reject(f"update or weight too large to encode (limit 2**{MAX_EXP})")
         hist = np.zeros(2 * _HIST)
         unit = 2.0 ** -self._p._h
         hist[ev - MIN_EXP] = unit
         hist[_HIST + ew - MIN_EXP] = unit
-        payload = pack_frame(FrameKind.BOUNDS, self._ctx.fingerprint, self.round, encrypt_chunks(self._ctx, hist))
-        return self._msg(BOUNDS, payload)
+        chunks = encrypt_chunks(self._ctx, np.concatenate([hist, self._tag()]))
+        return [self._msg(BOUNDS, pack_frame(FrameKind.BOUNDS, self._ctx.fingerprint, self.round, chunks))]
 
-    def _submit(self, inbox: Sequence[Message]) -> Message:
-        frame = self._frame_from(inbox, BOUNDS_SUM, FrameKind.BOUNDS_SUM, 1)
-        try:
-            (vec,) = load_vectors(self._ctx, frame.chunks, [2 * _HIST])
-        except FrameError as exc:
-            raise SiteRejected(self.site_id, f"bad bounds sum: {exc}") from exc
-        counts_f = decrypt_chunks(self._ctx, [vec]) * 2.0**self._p._h
-        counts = np.rint(counts_f)
-        if np.any(np.abs(counts_f - counts) > 0.25) or np.any(counts < 0):
-            raise SiteRejected(self.site_id, "the bounds sum did not decrypt to counts (wrong key set or tampered ciphertext)")
-        exps = np.arange(MIN_EXP, MAX_EXP + 1)
-        bound_v = float(np.sum(np.ldexp(counts[:_HIST], exps)))
-        bound_w = float(np.sum(np.ldexp(counts[_HIST:], exps)))
-        if bound_v <= 0 or bound_w <= 0:
-            raise SiteRejected(self.site_id, "the bounds sum is empty (this site's bounds were not counted)")
-        self._lv, self._lw = _ceil_log2(bound_v), _ceil_log2(bound_w)
-        flat = np.concatenate([np.ldexp(self._values, -self._lv), [math.ldexp(self._weight, -self._lw)]])
-        chunks = encrypt_chunks(self._ctx, flat)
-        payload = pack_frame(FrameKind.UPDATE, self._ctx.fingerprint, self.round, chunks)
-        return self._msg(SUBMIT, payload)
-
-    def _decrypt(self, inbox: Sequence[Message]) -> list[Message]:
-        dim = self._values.size
-        layout = update_layout(dim, self._ctx.preset.slots)
-        frame = self._frame_from(inbox, SUM, FrameKind.SUM, len(layout))
+    def _bounds_from_histogram(self, inbox: Sequence[Message]) -> None:
+        layout = bounds_layout(self._ctx.preset.slots, len(self._p.roster))
+        frame = self._frame_from(inbox, BOUNDS_SUM, FrameKind.BOUNDS_SUM, len(layout))
+        listed = self._contributors(frame.meta, "bounds sum")
         try:
             vecs = load_vectors(self._ctx, frame.chunks, layout)
         except FrameError as exc:
-            raise SiteRejected(self.site_id, f"bad sum: {exc}") from exc
+            raise self._reject(f"bad bounds sum: {exc}") from exc
         flat = decrypt_chunks(self._ctx, vecs)
-        contributors = tuple(str(s) for s in frame.meta.get("contributors", []))
+        self._check_tags(flat[2 * _HIST:], listed, "bounds sum")
+        counts_f = flat[: 2 * _HIST] * 2.0**self._p._h
+        counts = np.rint(counts_f)
+        k = len(listed)
+        if np.any(np.abs(counts_f - counts) > 0.25) or np.any(counts < 0) or counts[:_HIST].sum() != k or counts[_HIST:].sum() != k:
+            raise self._reject(f"the bounds sum did not decrypt to one value and one weight exponent per each of its {k} contributors (forged or tampered histogram)")
+        exps = np.arange(MIN_EXP, MAX_EXP + 1)
+        self._lv = _ceil_log2(float(np.sum(np.ldexp(counts[:_HIST], exps))))
+        self._lw = _ceil_log2(float(np.sum(np.ldexp(counts[_HIST:], exps))))
+        self._bounds_from = listed
+
+    def _submit(self, inbox: Sequence[Message]) -> list[Message]:
+        if self._p.bounds == "histogram":
+            self._bounds_from_histogram(inbox)
+        else:
+            self._check_input()
+            assert self._p.value_bound is not None and self._p.weight_bound is not None  # set with bounds = "public"
+            peak = float(np.max(np.abs(self._values))) if self._values.size else 0.0
+            if peak > self._p.value_bound or self._weight > self._p.weight_bound:
+                raise self._reject(
+                    f"input exceeds the public bounds (value_bound = {self._p.value_bound:g}, "
+                    f"weight_bound = {self._p.weight_bound:g}): not sent"
+                )
+            self._lv, self._lw = self._p._public_exponents
+        flat = np.concatenate([np.ldexp(self._values, -self._lv), [math.ldexp(self._weight, -self._lw)], self._tag()])
+        chunks = encrypt_chunks(self._ctx, flat)
+        return [self._msg(SUBMIT, pack_frame(FrameKind.UPDATE, self._ctx.fingerprint, self.round, chunks))]
+
+    def _decrypt(self, inbox: Sequence[Message]) -> list[Message]:
+        dim, p = self._values.size, self._p
+        layout = update_layout(dim, self._ctx.preset.slots, len(p.roster))
+        frame = self._frame_from(inbox, SUM, FrameKind.SUM, len(layout))
+        listed = self._contributors(frame.meta, "sum")
+        releaser = frame.meta.get("releaser")
+        if releaser is not None and (p.release != "aggregator" or releaser not in listed):
+            raise self._reject(f"the sum names releaser {releaser!r}, which this protocol (release = {p.release!r}) does not allow")
+        try:
+            vecs = load_vectors(self._ctx, frame.chunks, layout)
+        except FrameError as exc:
+            raise self._reject(f"bad sum: {exc}") from exc
+        flat = decrypt_chunks(self._ctx, vecs)
+        self._check_tags(flat[dim + 1:], listed, "sum")
         total = np.ldexp(flat[:dim], self._lv)
         weight = math.ldexp(float(flat[dim]), self._lw)
-        self._result = SumResult(total, weight, contributors)
-        if frame.meta.get("releaser") != self.site_id:
+        self._result = SumResult(total, weight, listed)
+        if releaser is None:
             return []
-        released_total, released_weight = self._p._mitigate(total, weight, self._lv, self._lw, len(contributors))
+        released = p._count_release(self.site_id)
+        if releaser != self.site_id:
+            return []
+        if released > p.max_released_rounds:
+            raise self._reject(
+                f"this key set has released {released - 1} rounds, max_released_rounds = {p.max_released_rounds} "
+                "(the flooding was calibrated for that many): not releasing; provision new keys"
+            )
+        released_total, released_weight = p._flood(total, weight, self._lv, self._lw)
         payload = np.float64(released_weight).astype("<f8").tobytes() + released_total.astype("<f8").tobytes()
         return [self._msg(DECRYPT, payload, ViewKind.AGGREGATE)]
 
@@ -188,16 +356,24 @@ class _CkksSite(SiteParty):
 
 
 class _CkksAggregator(AggregatorParty):
-    def __init__(self, proto: "CkksSum", ctx: CkksContext, round: int, site_ids: Sequence[str], dim: int) -> None:
+    def __init__(self, proto: CkksSum, ctx: CkksContext, round: int, site_ids: Sequence[str], dim: int) -> None:
         super().__init__()
         if ctx.can_decrypt:
             raise ProtocolError("the aggregator was handed a context with the secret key; it must get the public context only")
         self._p, self._ctx = proto, ctx
         self.round, self.site_ids, self.dim = round, [str(s) for s in site_ids], dim
-        self._bounds_from: list[str] = []
+        unknown = sorted(set(self.site_ids) - set(proto.roster))
+        if unknown:
+            raise ProtocolError(f"CKKS aggregator: sites {unknown} are not in the roster given to setup() {list(proto.roster)}")
+        self._bounds_from: list[str] = list(self.site_ids)
         self._contributors: list[str] = []
         self._releaser: str | None = None
         self._result: SumResult | None = None
+        stages = [s.name for s in proto.stages if s.actor == "aggregator"]
+        self._order = _StageOrder(stages, f"CKKS aggregator (round {round})", ProtocolError)
+        self._handlers: dict[str, Callable[[Sequence[Message]], list[Message]]] = {
+            BOUNDS_SUM: self._bounds_sum, SUM: self._sum_stage, RELEASE: self._release,
+        }
 
     @property
     def context(self) -> CkksContext:
@@ -246,32 +422,46 @@ class _CkksAggregator(AggregatorParty):
             accepted.append(site)
         if total is None:
             raise RoundAborted(f"round {self.round}: no valid {kind.name.lower()} ciphertext received; refused: {self.rejected}")
+        minimum = self._p.min_contributors
+        if len(accepted) < minimum:
+            raise RoundAborted(
+                f"round {self.round}: only {len(accepted)} site(s) {accepted} remain for the {kind.name.lower()} sum, fewer than "
+                f"min_contributors = {minimum}: the aggregator withholds it (a sum of so few sites exposes them)"
+            )
         return total, accepted
 
+    def _send(self, stage: str, kind: FrameKind, total: list[Any], meta: dict[str, Any], to: Sequence[str]) -> list[Message]:
+        payload = pack_frame(kind, self._ctx.fingerprint, self.round, [v.serialize() for v in total], meta)
+        return [Message(self.round, stage, AGGREGATOR, s, payload, ViewKind.CIPHERTEXT) for s in to]
+
     def step(self, stage: str, inbox: Sequence[Message]) -> list[Message]:
-        if stage == BOUNDS_SUM:
-            msgs = self._by_sender(inbox, BOUNDS, self.site_ids)
-            total, self._bounds_from = self._sum(msgs, FrameKind.BOUNDS, [2 * _HIST])
-            payload = pack_frame(FrameKind.BOUNDS_SUM, self._ctx.fingerprint, self.round, [v.serialize() for v in total])
-            return [Message(self.round, BOUNDS_SUM, AGGREGATOR, s, payload, ViewKind.CIPHERTEXT) for s in self._bounds_from]
-        if stage == SUM:
-            msgs = self._by_sender(inbox, SUBMIT, self._bounds_from)
-            total, self._contributors = self._sum(msgs, FrameKind.UPDATE, update_layout(self.dim, self._ctx.preset.slots))
-            self._releaser = min(self._contributors) if self._p.release == "aggregator" else None
-            meta = {"contributors": self._contributors, "releaser": self._releaser}
-            payload = pack_frame(FrameKind.SUM, self._ctx.fingerprint, self.round, [v.serialize() for v in total], meta)
-            return [Message(self.round, SUM, AGGREGATOR, s, payload, ViewKind.CIPHERTEXT) for s in self._contributors]
-        if stage == RELEASE and self._p.release == "aggregator":
-            mine = [m for m in inbox if m.sender == self._releaser and m.stage == DECRYPT]
-            if len(mine) != 1:
-                raise RoundAborted(f"round {self.round}: the releasing site {self._releaser!r} sent {len(mine)} released sums (one expected)")
-            payload = mine[0].payload
-            if len(payload) != 8 * (self.dim + 1):
-                raise RoundAborted(f"round {self.round}: released sum from {self._releaser!r} has {len(payload)} bytes, expected {8 * (self.dim + 1)}")
-            arr = np.frombuffer(payload, dtype="<f8")
-            self._result = SumResult(arr[1:].astype(np.float64), float(arr[0]), tuple(self._contributors))
-            return []
-        raise ProtocolError(f"CKKS aggregator has no stage {stage!r}; its stages are {[s.name for s in self._p.stages if s.actor == 'aggregator']}")
+        self._order.advance(stage)
+        return self._handlers[stage](inbox)
+
+    def _bounds_sum(self, inbox: Sequence[Message]) -> list[Message]:
+        msgs = self._by_sender(inbox, BOUNDS, self.site_ids)
+        layout = bounds_layout(self._ctx.preset.slots, len(self._p.roster))
+        total, self._bounds_from = self._sum(msgs, FrameKind.BOUNDS, layout)
+        return self._send(BOUNDS_SUM, FrameKind.BOUNDS_SUM, total, {"contributors": self._bounds_from}, self._bounds_from)
+
+    def _sum_stage(self, inbox: Sequence[Message]) -> list[Message]:
+        msgs = self._by_sender(inbox, SUBMIT, self._bounds_from)
+        layout = update_layout(self.dim, self._ctx.preset.slots, len(self._p.roster))
+        total, self._contributors = self._sum(msgs, FrameKind.UPDATE, layout)
+        self._releaser = min(self._contributors) if self._p.release == "aggregator" else None
+        meta = {"contributors": self._contributors, "releaser": self._releaser}
+        return self._send(SUM, FrameKind.SUM, total, meta, self._contributors)
+
+    def _release(self, inbox: Sequence[Message]) -> list[Message]:
+        mine = [m for m in inbox if m.sender == self._releaser and m.stage == DECRYPT]
+        if len(mine) != 1:
+            raise RoundAborted(f"round {self.round}: the releasing site {self._releaser!r} sent {len(mine)} released sums (one expected)")
+        payload = mine[0].payload
+        if len(payload) != 8 * (self.dim + 1):
+            raise RoundAborted(f"round {self.round}: released sum from {self._releaser!r} has {len(payload)} bytes, expected {8 * (self.dim + 1)}")
+        arr = np.frombuffer(payload, dtype="<f8")
+        self._result = SumResult(arr[1:].astype(np.float64), float(arr[0]), tuple(self._contributors))
+        return []
 
     def result(self) -> SumResult | None:
         return self._result
@@ -282,120 +472,245 @@ class _CkksAggregator(AggregatorParty):
 
 @dataclass
 class CkksSum(SecureSum):
-    """CKKS secure sum. Spec keys (``[secure_sum]``): ``kind = "ckks"``, ``preset``
-    (one of :data:`~secure_fl.crypto.ckks_params.PRESETS`), ``release`` (``"sites"`` or
-    ``"aggregator"``), ``on_bad_input`` (``"drop"`` or ``"abort"``), ``mitigation``
-    (``"flood"`` or ``"round"``) and ``mitigation_bits`` (0..40).
+    """CKKS secure sum. Spec keys (``[secure_sum]``): ``kind = "ckks"``, ``preset`` (one of
+    :data:`~secure_fl.crypto.ckks_params.PRESETS`), ``release`` (``"sites"`` or ``"aggregator"``),
+    ``on_bad_input`` (``"drop"`` or ``"abort"``), ``min_contributors`` (integer >= 2, default 3),
+    ``bounds`` (``"histogram"`` or ``"public"``, the latter with ``value_bound`` and
+    ``weight_bound``), and for ``release = "aggregator"``: ``mitigation = "flood"``,
+    ``statistical_security`` (bits, default 40) and ``max_released_rounds`` (default 100).
 
-    ``rng`` draws the flooding noise (inject a seeded generator in tests); by default a
-    generator seeded from the OS CSPRNG.
+    ``noise`` draws the flooding noise: the OS CSPRNG by default; inject
+    ``NoiseSource.seeded(rng)`` only in tests.
     """
 
     preset: str = DEFAULT_PRESET
     release: str = "sites"
     on_bad_input: str = "drop"
     mitigation: str = "flood"
-    mitigation_bits: int = 20
-    rng: np.random.Generator | None = field(default=None, repr=False, compare=False)
+    statistical_security: int = 40
+    max_released_rounds: int = 100
+    bounds: str = "histogram"
+    value_bound: float | None = None
+    weight_bound: float | None = None
+    noise: NoiseSource | None = field(default=None, repr=False, compare=False)
+    min_contributors: int = field(default=3, kw_only=True)
 
     def __post_init__(self) -> None:
         self.name = "ckks"
         self.view_kind = ViewKind.CIPHERTEXT
         where = "CkksSum"
         self._preset: CkksPreset = get_preset(self.preset, where=f"{where}.preset")
-        for key, allowed in (("release", ("sites", "aggregator")), ("on_bad_input", ("drop", "abort")), ("mitigation", ("flood", "round"))):
+        allowed_values = (("release", ("sites", "aggregator")), ("on_bad_input", ("drop", "abort")), ("bounds", ("histogram", "public")))
+        for key, allowed in allowed_values:
             if getattr(self, key) not in allowed:
                 raise SpecError(f"{where}.{key}: expected one of {list(allowed)}, found {getattr(self, key)!r}")
-        if not isinstance(self.mitigation_bits, int) or not 0 <= self.mitigation_bits <= 40:
-            raise SpecError(f"{where}.mitigation_bits: must be an integer in [0, 40], found {self.mitigation_bits!r}")
+        _check_mitigation(self.mitigation, where)
+        for key, lo in (("statistical_security", 40), ("max_released_rounds", 1), ("min_contributors", 2)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise SpecError(f"{where}.{key}: must be an integer >= {lo}, found {value!r}")
+        if self.bounds == "public":
+            self.use_public_bounds(self.value_bound, self.weight_bound)  # type: ignore[arg-type]
+        elif self.value_bound is not None or self.weight_bound is not None:
+            raise SpecError(f"{where}: value_bound and weight_bound apply only with bounds = 'public' (bounds = {self.bounds!r})")
         self.releases_to_aggregator = self.release == "aggregator"
         self._keys: CkksKeys | None = None
         self._secret: CkksContext | None = None
         self._public: CkksContext | None = None
+        self._fingerprint = ""
         self._site_ids: tuple[str, ...] = ()
+        self._dim = 0
         self._h = 0
+        self._public_exponents = (0, 0)
+        self._flood_std = 0.0  # scaled units
+        self._released: dict[str, int] = {}
+
+    # -- configuration -------------------------------------------------------------------
+
+    def use_public_bounds(self, value_bound: float, weight_bound: float) -> None:
+        """Switch to public bounds (no histogram stages). Call before :meth:`setup`.
+
+        ``value_bound`` bounds every ``|coordinate|`` of each site's input as handed to the
+        secure sum (already weighted), ``weight_bound`` each site's weight; both are public.
+        The sum is normalised by ``2**ceil(log2(n_sites * bound))``; a site whose input exceeds
+        a bound refuses to send it. E.g. distributed DP: clipped-gradient sum plus noise share.
+        """
+        if getattr(self, "_site_ids", ()):
+            raise ProtocolError("use_public_bounds() must be called before setup(): it removes the bounds stages")
+        for key, value in (("value_bound", value_bound), ("weight_bound", weight_bound)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise SpecError(f"CkksSum.{key}: bounds = 'public' needs a finite number > 0, found {value!r}")
+        self.bounds, self.value_bound, self.weight_bound = "public", float(value_bound), float(weight_bound)
 
     @property
     def parameters(self) -> CkksPreset:
         return self._preset
 
     @property
+    def roster(self) -> tuple[str, ...]:
+        """The federation's sites (sorted) given to :meth:`setup`; a site's tag slot is its index here."""
+        return self._site_ids
+
+    @property
     def stages(self) -> tuple[Stage, ...]:
-        stages = [Stage(BOUNDS, "sites"), Stage(BOUNDS_SUM, "aggregator"), Stage(SUBMIT, "sites"), Stage(SUM, "aggregator"), Stage(DECRYPT, "sites")]
+        stages = [Stage(SUBMIT, "sites"), Stage(SUM, "aggregator"), Stage(DECRYPT, "sites")]
+        if self.bounds == "histogram":
+            stages = [Stage(BOUNDS, "sites"), Stage(BOUNDS_SUM, "aggregator")] + stages
         if self.release == "aggregator":
             stages.append(Stage(RELEASE, "aggregator"))
         return tuple(stages)
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any], where: str) -> "CkksSum":
-        check_keys(params, ["kind", "preset", "release", "on_bad_input", "mitigation", "mitigation_bits"], where)
+    def from_params(cls, params: Mapping[str, Any], where: str) -> CkksSum:
+        if "mitigation_bits" in params:
+            raise SpecError(
+                f"{where}.mitigation_bits: no longer a key: the flooding noise is calibrated to the decryption error bound "
+                "and the number of released values (Li, Micciancio, Schultz, Sorrell 2022); set statistical_security "
+                "(bits, default 40) and max_released_rounds instead"
+            )
+        check_keys(params, _SPEC_KEYS, where)
+        if "mitigation" in params:
+            _check_mitigation(params["mitigation"], where)
+        bounds = get(params, "bounds", str, where, "histogram", one_of("histogram", "public"))
+        value_bound = get(params, "value_bound", float, where, None, in_range(0, lo_open=True))
+        weight_bound = get(params, "weight_bound", float, where, None, in_range(0, lo_open=True))
+        if bounds == "public" and (value_bound is None or weight_bound is None):
+            raise SpecError(f"{where}: bounds = 'public' needs value_bound and weight_bound (public per-site bounds)")
+        if bounds == "histogram" and (value_bound is not None or weight_bound is not None):
+            raise SpecError(f"{where}: value_bound and weight_bound apply only with bounds = 'public'")
         return cls(
             preset=get(params, "preset", str, where, DEFAULT_PRESET, one_of(*sorted(PRESETS))),
             release=get(params, "release", str, where, "sites", one_of("sites", "aggregator")),
             on_bad_input=get(params, "on_bad_input", str, where, "drop", one_of("drop", "abort")),
-            mitigation=get(params, "mitigation", str, where, "flood", one_of("flood", "round")),
-            mitigation_bits=get(params, "mitigation_bits", int, where, 20, in_range(0, 40)),
+            statistical_security=get(params, "statistical_security", int, where, 40, in_range(40, 128)),
+            max_released_rounds=get(params, "max_released_rounds", int, where, 100, in_range(1)),
+            min_contributors=get(params, "min_contributors", int, where, 3, in_range(2)),
+            bounds=bounds,
+            value_bound=value_bound,
+            weight_bound=weight_bound,
         )
 
-    def setup(self, site_ids: Sequence[str], dim: int, keys: CkksKeys | None = None) -> None:
-        """Provision the run's key set in memory (the key holder's role).
+    # -- keys ------------------------------------------------------------------------------
 
-        Sites get the secret context; the aggregator party gets only the public one.
-        ``keys`` lets a caller pass a key set provisioned elsewhere.
+    def setup(self, site_ids: Sequence[str], dim: int, keys: CkksKeys | None = None, context: CkksContext | None = None) -> None:
+        """Fix the federation (roster, dimension) and the key material, once per run.
+
+        * ``keys=None, context=None`` (local engine): generate a key set in memory; sites get
+          the secret context, the aggregator party only the public one.
+        * ``keys``: a key set provisioned elsewhere, same roles.
+        * ``context`` (deployment): the party's own context from its kit. A site passes its
+          secret context (:func:`~secure_fl.crypto.ckks.load_secret_context`) and this object
+          then makes only site parties; the aggregator passes the public context and gets
+          only aggregator parties.
+
+        Refuses a roster smaller than ``min_contributors`` and, with release to the
+        aggregator, a setting whose flooding leaves fewer than :data:`MIN_RELEASE_BITS` bits.
         """
-        if not site_ids:
+        if keys is not None and context is not None:
+            raise ProtocolError("CkksSum.setup: pass either keys (a whole key set) or context (this party's own), not both")
+        ids = tuple(sorted(str(s) for s in site_ids))
+        if not ids:
             raise ProtocolError("CKKS setup needs at least one site")
+        if len(set(ids)) != len(ids):
+            raise ProtocolError(f"CKKS setup: site names repeat in {list(site_ids)}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ProtocolError(f"CKKS setup: dim must be a positive integer, found {dim!r}")
+        if len(ids) < self.min_contributors:
+            raise SpecError(
+                f"[secure_sum].min_contributors = {self.min_contributors} but the federation has {len(ids)} site(s): "
+                "no round could ever be released"
+            )
         p = self._preset
-        self._site_ids = tuple(str(s) for s in site_ids)
-        self._h = _h_bits(len(self._site_ids))
-        noise_bits = math.log2(4 * noise_std(p, len(self._site_ids)))
-        if p.scale - noise_bits - self._h < 4:
-            raise ProtocolError(f"preset {p.name!r} cannot count {len(self._site_ids)} sites: scale 2^{p.scale} leaves no room over the noise (~2^{noise_bits:.1f})")
+        h = _h_bits(len(ids))
+        noise_bits = math.log2(4 * noise_std(p, len(ids)))
+        if self.bounds == "histogram" and p.scale - noise_bits - h < 4:
+            raise ProtocolError(f"preset {p.name!r} cannot count {len(ids)} sites: scale 2^{p.scale} leaves no room over the noise (~2^{noise_bits:.1f})")
+        flood = 0.0
         if self.release == "aggregator":
-            room = p.scale - noise_bits - self.mitigation_bits
-            if room < _MIN_RELEASE_BITS:
+            n_values = (dim + 1) * self.max_released_rounds
+            flood = flooding_std(p, len(ids), n_values, self.statistical_security)
+            room = p.scale - math.log2(flood)
+            if room < MIN_RELEASE_BITS:
                 raise SpecError(
-                    f"[secure_sum]: release = 'aggregator' with mitigation_bits = {self.mitigation_bits} leaves {room:.1f} bits of precision "
-                    f"with preset {p.name!r} (scale 2^{p.scale}, noise ~2^{noise_bits:.1f} for {len(self._site_ids)} sites); need {_MIN_RELEASE_BITS}: "
-                    f"use preset 'wide' or lower mitigation_bits to <= {int(p.scale - noise_bits - _MIN_RELEASE_BITS)}"
+                    f"[secure_sum]: release = 'aggregator' floods each released value with noise of std 2^{math.log2(flood):.1f} "
+                    f"(scaled units; {self.statistical_security}-bit statistical security over {n_values} released values = "
+                    f"{dim + 1} per round x max_released_rounds = {self.max_released_rounds}, {len(ids)} sites); preset "
+                    f"{p.name!r} (scale 2^{p.scale}) then keeps {room:.1f} bits, need {MIN_RELEASE_BITS}: use preset 'wide', "
+                    "fewer max_released_rounds, or release = 'sites'"
                 )
-        self._keys = keys if keys is not None else generate_keys(p)
-        if self._keys.preset != p:
-            raise ProtocolError(f"key set is for preset {self._keys.preset.name!r}, the spec says {p.name!r}")
-        self._secret, self._public = self._keys.secret(), self._keys.public()
+        if context is not None:
+            if context.preset != p:
+                raise ProtocolError(f"context is for preset {context.preset.name!r}, the spec says {p.name!r}")
+            secret, public, fingerprint = (context, None, context.fingerprint) if context.can_decrypt else (None, context, context.fingerprint)
+        else:
+            key_set = keys if keys is not None else generate_keys(p)
+            if key_set.preset != p:
+                raise ProtocolError(f"key set is for preset {key_set.preset.name!r}, the spec says {p.name!r}")
+            secret, public, fingerprint = key_set.secret(), key_set.public(), key_set.fingerprint
+            self._keys = key_set
+        self._secret, self._public, self._fingerprint = secret, public, fingerprint
+        self._site_ids, self._dim, self._h, self._flood_std = ids, dim, h, flood
+        if self.bounds == "public":
+            assert self.value_bound is not None and self.weight_bound is not None
+            self._public_exponents = (_ceil_log2(len(ids) * self.value_bound), _ceil_log2(len(ids) * self.weight_bound))
 
     def _need_setup(self) -> None:
-        if self._keys is None:
+        if not self._site_ids:
             raise ProtocolError("CkksSum.setup(site_ids, dim) must run before the first round (it provisions the keys)")
 
     def site(self, site_id: str, round: int, values: np.ndarray, weight: float) -> SiteParty:
         self._need_setup()
-        assert self._secret is not None
+        if self._secret is None:
+            raise ProtocolError("this CkksSum was set up with the public (aggregator) context: it can make only aggregator parties")
+        if str(site_id) not in self._site_ids:
+            raise ProtocolError(f"site {site_id!r} is not in the roster given to setup() {list(self._site_ids)}")
         return _CkksSite(self, self._secret, str(site_id), round, values, weight)
 
     def aggregator(self, round: int, site_ids: Sequence[str], dim: int) -> AggregatorParty:
         self._need_setup()
-        assert self._public is not None
+        if self._public is None:
+            raise ProtocolError("this CkksSum was set up with a site's secret context: it can make only site parties, never the aggregator")
+        if dim != self._dim:
+            raise ProtocolError(f"round dim {dim} differs from the dim {self._dim} given to setup()")
         return _CkksAggregator(self, self._public, round, site_ids, dim)
 
     @property
     def fingerprint(self) -> str:
         self._need_setup()
-        assert self._keys is not None
-        return self._keys.fingerprint
+        return self._fingerprint
 
-    def _noise_rng(self) -> np.random.Generator:
-        if self.rng is None:
-            self.rng = np.random.default_rng(secrets.randbits(128))
-        return self.rng
+    # -- release ---------------------------------------------------------------------------
 
-    def _mitigate(self, total: np.ndarray, weight: float, lv: int, lw: int, n: int) -> tuple[np.ndarray, float]:
-        """Noise flooding or rounding before a decrypted sum leaves the key holders."""
-        p = self._preset
-        step = noise_std(p, n) * 2.0 ** (self.mitigation_bits - p.scale)  # in normalised units
-        sv, sw = math.ldexp(step, lv), math.ldexp(step, lw)
-        if self.mitigation == "flood":
-            rng = self._noise_rng()
-            return total + rng.normal(0.0, sv, size=total.shape), float(weight + rng.normal(0.0, sw))
-        gv, gw = 2.0 ** _ceil_log2(sv), 2.0 ** _ceil_log2(sw)
-        return np.round(total / gv) * gv, float(round(weight / gw) * gw)
+    @property
+    def flood_std(self) -> float:
+        """Std of the flooding noise, in scaled units (value units: times ``2**(Lv - scale)``)."""
+        return self._flood_std
+
+    @property
+    def release_precision_bits(self) -> float | None:
+        """Bits a released sum keeps relative to its public bound ``2**Lv`` (``None`` unless released)."""
+        if self.release != "aggregator" or not self._flood_std:
+            return None
+        return self._preset.scale - math.log2(self._flood_std)
+
+    def _count_release(self, site_id: str) -> int:
+        self._released[site_id] = self._released.get(site_id, 0) + 1
+        return self._released[site_id]
+
+    def _flood(self, total: np.ndarray, weight: float, lv: int, lw: int) -> tuple[np.ndarray, float]:
+        """Noise flooding (LMSS22) before a decrypted sum leaves the key holders."""
+        if self.noise is None:
+            self.noise = NoiseSource.secure()
+        step = self._flood_std * 2.0 ** -self._preset.scale  # normalised units
+        noise = self.noise.normal(1.0, total.size + 1)
+        return total + noise[1:] * math.ldexp(step, lv), float(weight + noise[0] * math.ldexp(step, lw))
+
+
+def _check_mitigation(value: Any, where: str) -> None:
+    if value == "round":
+        raise SpecError(
+            f"{where}.mitigation: 'round' was removed: rounding to a grid is deterministic, so what is released still "
+            "depends on the decryption error and no IND-CPA^D proof covers it (Li-Micciancio key recovery); use 'flood'"
+        )
+    if value != "flood":
+        raise SpecError(f"{where}.mitigation: expected one of ['flood'], found {value!r}")
