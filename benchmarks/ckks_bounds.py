@@ -51,7 +51,10 @@ def _record_inputs(task_key: str, rounds: int) -> tuple[list[dict[str, tuple[np.
         federation_module.drive_round = real  # type: ignore[assignment]
 
 
-def _measure(proto: CkksSum, rounds: list[dict[str, tuple[np.ndarray, float]]], dim: int) -> tuple[float, float, float, float]:
+Inputs = dict[str, tuple[np.ndarray, float]]
+
+
+def _measure(proto: CkksSum, rounds: list[Inputs], dim: int) -> tuple[float, float, float, float]:
     rel2, relmax, up, down = [], [], [], []
     for r, inputs in enumerate(rounds):
         out = drive_round(proto, r, inputs, dim)
@@ -71,7 +74,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tasks", nargs="+", default=["heart-disease", "faces"])
     args = ap.parse_args()
-    print("| task | params | bounds | rel. error of the mean (ℓ2, worst round) | max coord. error / max|mean| | KB up/site/round | KB down/site/round | stages |")
+    print(
+        "| task | params | bounds | rel. error of the mean (ℓ2, worst round) | max coord. error / max|mean| "
+        "| KB up/site/round | KB down/site/round | stages |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for task in args.tasks:
         rounds, dim, sites = _record_inputs(task, args.rounds)

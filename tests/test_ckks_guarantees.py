@@ -110,7 +110,7 @@ def _lying_aggregator(proto: CkksSum, dim: int, summed: Sequence[str], listed: l
 @pytest.mark.parametrize(
     ("summed", "listed", "needle"),
     [
-        (["site-00", "site-01"], ["site-00", "site-01"], "2 contributor\\(s\\), fewer than min_contributors = 3: refusing to decrypt"),
+        (["site-00", "site-01"], ["site-00", "site-01"], r"2 contributor\(s\), fewer than min_contributors = 3"),
         (["site-00", "site-01"], ["site-00", "site-01", "site-02"], "not the sum of the sites it lists"),
         (["site-00", "site-01", "site-01"], ["site-00", "site-01", "site-02"], "not the sum of the sites it lists"),
         (["site-00", "site-01", "site-02"], ["site-00", "site-01", "site-02", "site-99"], "outside the federation"),
@@ -130,14 +130,15 @@ def test_sites_refuse_a_sum_whose_list_is_short_or_a_lie(summed, listed, needle)
 def test_every_site_refuses_a_short_or_lying_sum_and_keeps_no_result() -> None:
     dim = 30
     proto, values, weights = make(4, dim)
-    up, down = _lying_aggregator(proto, dim, ["site-00", "site-01", "site-02"], ["site-00", "site-01", "site-02", "site-03"])
+    three = ["site-00", "site-01", "site-02"]
+    up, down = _lying_aggregator(proto, dim, three, three + ["site-03"])
     sites, _, _, dropped = run_round(proto, values, weights, tamper=up, tamper_down=down)
     assert all("not the sum of the sites it lists" in dropped[s] for s in sites)
     assert all(p.result() is None for p in sites.values())
-    up, down = _lying_aggregator(proto, dim, ["site-00", "site-01", "site-02"], ["site-00", "site-01", "site-02"])
+    up, down = _lying_aggregator(proto, dim, three, three)
     sites, _, _, dropped = run_round(proto, values, weights, tamper=up, tamper_down=down)
     assert "does not include this site" in dropped["site-03"] and sites["site-03"].result() is None
-    assert rel_err(sites["site-00"].result().mean, plain_mean(values, weights, only=["site-00", "site-01", "site-02"])) < TOL
+    assert rel_err(sites["site-00"].result().mean, plain_mean(values, weights, only=three)) < TOL
 
 
 def test_privacy_layers_raise_the_minimum_before_setup() -> None:
@@ -298,6 +299,7 @@ def test_parties_built_from_kit_contexts(tmp_path: Path) -> None:
     with pytest.raises(ProtocolError, match="public .*context: it can make only aggregator parties"):
         agg_side.site(ids[0], 0, values[ids[0]], 1.0)
     with pytest.raises(ProtocolError, match="either keys .* or context"):
-        CkksSum(preset="small").setup(ids, dim, keys=site_side._keys or object(), context=agg_side._public)  # type: ignore[arg-type]
+        not_used = object()  # refused before it is looked at
+        CkksSum(preset="small").setup(ids, dim, keys=not_used, context=agg_side._public)  # type: ignore[arg-type]
     with pytest.raises(ProtocolError, match="context is for preset 'small', the spec says 'compact'"):
         CkksSum().setup(ids, dim, context=agg_side._public)

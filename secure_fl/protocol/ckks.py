@@ -187,7 +187,9 @@ class _StageOrder:
 
 
 class _CkksSite(SiteParty):
-    def __init__(self, proto: CkksSum, ctx: CkksContext, site_id: str, round: int, values: np.ndarray, weight: float) -> None:
+    def __init__(
+        self, proto: CkksSum, ctx: CkksContext, site_id: str, round: int, values: np.ndarray, weight: float
+    ) -> None:
         self.site_id, self.round = site_id, round
         self._p, self._ctx = proto, ctx
         self._values = np.asarray(values, dtype=np.float64).ravel()
@@ -210,9 +212,13 @@ class _CkksSite(SiteParty):
     def _frame_from(self, inbox: Sequence[Message], stage: str, kind: FrameKind, n_chunks: int) -> Any:
         mine = [m for m in inbox if m.sender == AGGREGATOR and m.stage == stage]
         if len(mine) != 1:
-            raise self._reject(f"expected one {stage!r} message from the aggregator, got {len(mine)} (dropped or withheld by the aggregator?)")
+            raise self._reject(
+                f"expected one {stage!r} message from the aggregator, got {len(mine)} "
+                "(dropped or withheld by the aggregator?)"
+            )
         try:
-            return unpack_frame(mine[0].payload, kind=kind, fingerprint=self._ctx.fingerprint, round=self.round, n_chunks=n_chunks)
+            fp = self._ctx.fingerprint
+            return unpack_frame(mine[0].payload, kind=kind, fingerprint=fp, round=self.round, n_chunks=n_chunks)
         except FrameError as exc:
             raise self._reject(f"bad {stage!r} message from the aggregator: {exc}") from exc
 
@@ -242,7 +248,9 @@ class _CkksSite(SiteParty):
             raise self._reject(f"the {what}'s contributor list repeats a site: refusing to decrypt it")
         outside = sorted(set(listed) - set(self._p.roster))
         if outside:
-            raise self._reject(f"the {what}'s contributor list names sites outside the federation {outside}: refusing to decrypt it")
+            raise self._reject(
+                f"the {what}'s contributor list names sites outside the federation {outside}: refusing to decrypt it"
+            )
         if self.site_id not in listed:
             raise self._reject(f"the {what}'s contributor list does not include this site: refusing to decrypt it")
         minimum = self._p.min_contributors
@@ -263,7 +271,8 @@ class _CkksSite(SiteParty):
         expected = np.array([1.0 if s in listed else 0.0 for s in self._p.roster])
         if np.any(np.abs(counts_f - counts) > 0.25) or not np.array_equal(counts, expected):
             raise self._reject(
-                f"the {what} is not the sum of the sites it lists (its contributor tags differ from the list): discarding it"
+                f"the {what} is not the sum of the sites it lists (its contributor tags differ from the list): "
+                "discarding it"
             )
 
     def _bounds(self, inbox: Sequence[Message]) -> list[Message]:
@@ -293,8 +302,12 @@ class _CkksSite(SiteParty):
         counts_f = flat[: 2 * _HIST] * 2.0**self._p._h
         counts = np.rint(counts_f)
         k = len(listed)
-        if np.any(np.abs(counts_f - counts) > 0.25) or np.any(counts < 0) or counts[:_HIST].sum() != k or counts[_HIST:].sum() != k:
-            raise self._reject(f"the bounds sum did not decrypt to one value and one weight exponent per each of its {k} contributors (forged or tampered histogram)")
+        integral = not np.any(np.abs(counts_f - counts) > 0.25) and not np.any(counts < 0)
+        if not integral or counts[:_HIST].sum() != k or counts[_HIST:].sum() != k:
+            raise self._reject(
+                f"the bounds sum did not decrypt to one value and one weight exponent for each of its {k} contributors "
+                "(forged or tampered histogram)"
+            )
         exps = np.arange(MIN_EXP, MAX_EXP + 1)
         self._lv = _ceil_log2(float(np.sum(np.ldexp(counts[:_HIST], exps))))
         self._lw = _ceil_log2(float(np.sum(np.ldexp(counts[_HIST:], exps))))
@@ -324,7 +337,9 @@ class _CkksSite(SiteParty):
         listed = self._contributors(frame.meta, "sum")
         releaser = frame.meta.get("releaser")
         if releaser is not None and (p.release != "aggregator" or releaser not in listed):
-            raise self._reject(f"the sum names releaser {releaser!r}, which this protocol (release = {p.release!r}) does not allow")
+            raise self._reject(
+                f"the sum names releaser {releaser!r}, which this protocol (release = {p.release!r}) does not allow"
+            )
         try:
             vecs = load_vectors(self._ctx, frame.chunks, layout)
         except FrameError as exc:
@@ -359,12 +374,16 @@ class _CkksAggregator(AggregatorParty):
     def __init__(self, proto: CkksSum, ctx: CkksContext, round: int, site_ids: Sequence[str], dim: int) -> None:
         super().__init__()
         if ctx.can_decrypt:
-            raise ProtocolError("the aggregator was handed a context with the secret key; it must get the public context only")
+            raise ProtocolError(
+                "the aggregator was handed a context with the secret key; it must get the public context only"
+            )
         self._p, self._ctx = proto, ctx
         self.round, self.site_ids, self.dim = round, [str(s) for s in site_ids], dim
         unknown = sorted(set(self.site_ids) - set(proto.roster))
         if unknown:
-            raise ProtocolError(f"CKKS aggregator: sites {unknown} are not in the roster given to setup() {list(proto.roster)}")
+            raise ProtocolError(
+                f"CKKS aggregator: sites {unknown} are not in the roster given to setup() {list(proto.roster)}"
+            )
         self._bounds_from: list[str] = list(self.site_ids)
         self._contributors: list[str] = []
         self._releaser: str | None = None
@@ -394,7 +413,10 @@ class _CkksAggregator(AggregatorParty):
             if sender in self.rejected:
                 continue
             if sender not in allowed:
-                why = "not a participant of this round" if sender not in self.site_ids else f"sent a {stage!r} message without taking part in the earlier stage"
+                why = (
+                    "not a participant of this round" if sender not in self.site_ids
+                    else f"sent a {stage!r} message without taking part in the earlier stage"
+                )
                 self._refuse(sender, why)
             elif len(msgs) > 1:
                 self._refuse(sender, f"sent {len(msgs)} messages at stage {stage!r} (one expected)")
@@ -409,7 +431,8 @@ class _CkksAggregator(AggregatorParty):
         accepted: list[str] = []
         for site, msg in msgs.items():
             try:
-                frame = unpack_frame(msg.payload, kind=kind, fingerprint=self._ctx.fingerprint, round=self.round, n_chunks=len(layout))
+                fp = self._ctx.fingerprint
+                frame = unpack_frame(msg.payload, kind=kind, fingerprint=fp, round=self.round, n_chunks=len(layout))
                 vecs = load_vectors(self._ctx, frame.chunks, layout)
                 new = vecs if total is None else [t + v for t, v in zip(total, vecs)]
             except FrameError as exc:
@@ -421,16 +444,21 @@ class _CkksAggregator(AggregatorParty):
             total = new
             accepted.append(site)
         if total is None:
-            raise RoundAborted(f"round {self.round}: no valid {kind.name.lower()} ciphertext received; refused: {self.rejected}")
+            raise RoundAborted(
+                f"round {self.round}: no valid {kind.name.lower()} ciphertext received; refused: {self.rejected}"
+            )
         minimum = self._p.min_contributors
         if len(accepted) < minimum:
             raise RoundAborted(
-                f"round {self.round}: only {len(accepted)} site(s) {accepted} remain for the {kind.name.lower()} sum, fewer than "
+                f"round {self.round}: only {len(accepted)} site(s) {accepted} remain for the {kind.name.lower()} sum, "
+                "fewer than "
                 f"min_contributors = {minimum}: the aggregator withholds it (a sum of so few sites exposes them)"
             )
         return total, accepted
 
-    def _send(self, stage: str, kind: FrameKind, total: list[Any], meta: dict[str, Any], to: Sequence[str]) -> list[Message]:
+    def _send(
+        self, stage: str, kind: FrameKind, total: list[Any], meta: dict[str, Any], to: Sequence[str]
+    ) -> list[Message]:
         payload = pack_frame(kind, self._ctx.fingerprint, self.round, [v.serialize() for v in total], meta)
         return [Message(self.round, stage, AGGREGATOR, s, payload, ViewKind.CIPHERTEXT) for s in to]
 
@@ -442,7 +470,8 @@ class _CkksAggregator(AggregatorParty):
         msgs = self._by_sender(inbox, BOUNDS, self.site_ids)
         layout = bounds_layout(self._ctx.preset.slots, len(self._p.roster))
         total, self._bounds_from = self._sum(msgs, FrameKind.BOUNDS, layout)
-        return self._send(BOUNDS_SUM, FrameKind.BOUNDS_SUM, total, {"contributors": self._bounds_from}, self._bounds_from)
+        meta = {"contributors": self._bounds_from}
+        return self._send(BOUNDS_SUM, FrameKind.BOUNDS_SUM, total, meta, self._bounds_from)
 
     def _sum_stage(self, inbox: Sequence[Message]) -> list[Message]:
         msgs = self._by_sender(inbox, SUBMIT, self._bounds_from)
@@ -455,10 +484,16 @@ class _CkksAggregator(AggregatorParty):
     def _release(self, inbox: Sequence[Message]) -> list[Message]:
         mine = [m for m in inbox if m.sender == self._releaser and m.stage == DECRYPT]
         if len(mine) != 1:
-            raise RoundAborted(f"round {self.round}: the releasing site {self._releaser!r} sent {len(mine)} released sums (one expected)")
+            raise RoundAborted(
+                f"round {self.round}: the releasing site {self._releaser!r} sent {len(mine)} released sums "
+                "(one expected)"
+            )
         payload = mine[0].payload
         if len(payload) != 8 * (self.dim + 1):
-            raise RoundAborted(f"round {self.round}: released sum from {self._releaser!r} has {len(payload)} bytes, expected {8 * (self.dim + 1)}")
+            raise RoundAborted(
+                f"round {self.round}: released sum from {self._releaser!r} has {len(payload)} bytes, "
+                f"expected {8 * (self.dim + 1)}"
+            )
         arr = np.frombuffer(payload, dtype="<f8")
         self._result = SumResult(arr[1:].astype(np.float64), float(arr[0]), tuple(self._contributors))
         return []
@@ -500,7 +535,11 @@ class CkksSum(SecureSum):
         self.view_kind = ViewKind.CIPHERTEXT
         where = "CkksSum"
         self._preset: CkksPreset = get_preset(self.preset, where=f"{where}.preset")
-        allowed_values = (("release", ("sites", "aggregator")), ("on_bad_input", ("drop", "abort")), ("bounds", ("histogram", "public")))
+        allowed_values = (
+            ("release", ("sites", "aggregator")),
+            ("on_bad_input", ("drop", "abort")),
+            ("bounds", ("histogram", "public")),
+        )
         for key, allowed in allowed_values:
             if getattr(self, key) not in allowed:
                 raise SpecError(f"{where}.{key}: expected one of {list(allowed)}, found {getattr(self, key)!r}")
@@ -512,7 +551,9 @@ class CkksSum(SecureSum):
         if self.bounds == "public":
             self.use_public_bounds(self.value_bound, self.weight_bound)  # type: ignore[arg-type]
         elif self.value_bound is not None or self.weight_bound is not None:
-            raise SpecError(f"{where}: value_bound and weight_bound apply only with bounds = 'public' (bounds = {self.bounds!r})")
+            raise SpecError(
+                f"{where}: value_bound and weight_bound apply only with bounds = 'public' (bounds = {self.bounds!r})"
+            )
         self.releases_to_aggregator = self.release == "aggregator"
         self._keys: CkksKeys | None = None
         self._secret: CkksContext | None = None
@@ -564,7 +605,8 @@ class CkksSum(SecureSum):
     def from_params(cls, params: Mapping[str, Any], where: str) -> CkksSum:
         if "mitigation_bits" in params:
             raise SpecError(
-                f"{where}.mitigation_bits: no longer a key: the flooding noise is calibrated to the decryption error bound "
+                f"{where}.mitigation_bits: no longer a key: the flooding noise is calibrated to the decryption error "
+                "bound "
                 "and the number of released values (Li, Micciancio, Schultz, Sorrell 2022); set statistical_security "
                 "(bits, default 40) and max_released_rounds instead"
             )
@@ -592,7 +634,9 @@ class CkksSum(SecureSum):
 
     # -- keys ------------------------------------------------------------------------------
 
-    def setup(self, site_ids: Sequence[str], dim: int, keys: CkksKeys | None = None, context: CkksContext | None = None) -> None:
+    def setup(
+        self, site_ids: Sequence[str], dim: int, keys: CkksKeys | None = None, context: CkksContext | None = None
+    ) -> None:
         """Fix the federation (roster, dimension) and the key material, once per run.
 
         * ``keys=None, context=None`` (local engine): generate a key set in memory; sites get
@@ -607,7 +651,9 @@ class CkksSum(SecureSum):
         aggregator, a setting whose flooding leaves fewer than :data:`MIN_RELEASE_BITS` bits.
         """
         if keys is not None and context is not None:
-            raise ProtocolError("CkksSum.setup: pass either keys (a whole key set) or context (this party's own), not both")
+            raise ProtocolError(
+                "CkksSum.setup: pass either keys (a whole key set) or context (this party's own), not both"
+            )
         ids = tuple(sorted(str(s) for s in site_ids))
         if not ids:
             raise ProtocolError("CKKS setup needs at least one site")
@@ -624,7 +670,10 @@ class CkksSum(SecureSum):
         h = _h_bits(len(ids))
         noise_bits = math.log2(4 * noise_std(p, len(ids)))
         if self.bounds == "histogram" and p.scale - noise_bits - h < 4:
-            raise ProtocolError(f"preset {p.name!r} cannot count {len(ids)} sites: scale 2^{p.scale} leaves no room over the noise (~2^{noise_bits:.1f})")
+            raise ProtocolError(
+                f"preset {p.name!r} cannot count {len(ids)} sites: scale 2^{p.scale} leaves no room over the noise "
+                f"(~2^{noise_bits:.1f})"
+            )
         flood = 0.0
         if self.release == "aggregator":
             n_values = (dim + 1) * self.max_released_rounds
@@ -632,16 +681,19 @@ class CkksSum(SecureSum):
             room = p.scale - math.log2(flood)
             if room < MIN_RELEASE_BITS:
                 raise SpecError(
-                    f"[secure_sum]: release = 'aggregator' floods each released value with noise of std 2^{math.log2(flood):.1f} "
-                    f"(scaled units; {self.statistical_security}-bit statistical security over {n_values} released values = "
-                    f"{dim + 1} per round x max_released_rounds = {self.max_released_rounds}, {len(ids)} sites); preset "
-                    f"{p.name!r} (scale 2^{p.scale}) then keeps {room:.1f} bits, need {MIN_RELEASE_BITS}: use preset 'wide', "
+                    f"[secure_sum]: release = 'aggregator' floods each released value with noise of std "
+                    f"2^{math.log2(flood):.1f} (scaled units; {self.statistical_security}-bit statistical security "
+                    f"over {n_values} released values = {dim + 1} per round x max_released_rounds = "
+                    f"{self.max_released_rounds}, "
+                    f"{len(ids)} sites); preset {p.name!r} (scale 2^{p.scale}) then keeps {room:.1f} bits, "
+                    f"need {MIN_RELEASE_BITS}: use preset 'wide', "
                     "fewer max_released_rounds, or release = 'sites'"
                 )
         if context is not None:
             if context.preset != p:
                 raise ProtocolError(f"context is for preset {context.preset.name!r}, the spec says {p.name!r}")
-            secret, public, fingerprint = (context, None, context.fingerprint) if context.can_decrypt else (None, context, context.fingerprint)
+            secret, public = (context, None) if context.can_decrypt else (None, context)
+            fingerprint = context.fingerprint
         else:
             key_set = keys if keys is not None else generate_keys(p)
             if key_set.preset != p:
@@ -661,7 +713,9 @@ class CkksSum(SecureSum):
     def site(self, site_id: str, round: int, values: np.ndarray, weight: float) -> SiteParty:
         self._need_setup()
         if self._secret is None:
-            raise ProtocolError("this CkksSum was set up with the public (aggregator) context: it can make only aggregator parties")
+            raise ProtocolError(
+                "this CkksSum was set up with the public (aggregator) context: it can make only aggregator parties"
+            )
         if str(site_id) not in self._site_ids:
             raise ProtocolError(f"site {site_id!r} is not in the roster given to setup() {list(self._site_ids)}")
         return _CkksSite(self, self._secret, str(site_id), round, values, weight)
@@ -669,7 +723,10 @@ class CkksSum(SecureSum):
     def aggregator(self, round: int, site_ids: Sequence[str], dim: int) -> AggregatorParty:
         self._need_setup()
         if self._public is None:
-            raise ProtocolError("this CkksSum was set up with a site's secret context: it can make only site parties, never the aggregator")
+            raise ProtocolError(
+                "this CkksSum was set up with a site's secret context: it can make only site parties, "
+                "never the aggregator"
+            )
         if dim != self._dim:
             raise ProtocolError(f"round dim {dim} differs from the dim {self._dim} given to setup()")
         return _CkksAggregator(self, self._public, round, site_ids, dim)
