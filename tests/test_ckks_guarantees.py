@@ -202,6 +202,10 @@ def test_sites_stop_releasing_after_max_released_rounds() -> None:
     with pytest.raises(RoundAborted, match="releasing site 'site-00' sent 0"):
         run_round(proto, values, weights, round=2, views=views)
     assert not [m for m in views if m.kind is ViewKind.AGGREGATE]
+    # a releaser that missed earlier rounds still counts at least one release per round
+    fresh, values, weights = make(3, 20, preset="wide", release="aggregator", max_released_rounds=2)
+    with pytest.raises(RoundAborted, match="releasing site 'site-00' sent 0"):
+        run_round(fresh, values, weights, round=2)
 
 
 def test_rounding_mitigation_is_refused() -> None:

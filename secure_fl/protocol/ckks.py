@@ -62,7 +62,9 @@ probability ``1 - 2**-statistical_security`` for every released value and to the
 values released under the key set (``(dim + 1) x max_released_rounds``), for
 ``statistical_security`` (default 40) bits. The noise comes from the OS CSPRNG
 (:meth:`NoiseSource.secure`) unless a seeded source is injected (tests). Every site counts
-the released rounds it has seen and refuses to release beyond ``max_released_rounds``.
+the released rounds it has seen (and at least the round number + 1) and refuses to release
+beyond ``max_released_rounds``; the count lives with this object, so a key set reused across
+runs (a deployment kit) must carry its count with the kit or be re-provisioned per run.
 The release keeps :attr:`CkksSum.release_precision_bits` bits relative to the public bound
 ``2**Lv``; a setting that keeps fewer than 14 is refused at setup.
 
@@ -351,7 +353,8 @@ class _CkksSite(SiteParty):
         self._result = SumResult(total, weight, listed)
         if releaser is None:
             return []
-        released = p._count_release(self.site_id)
+        # rounds released under this key set, as this site knows it: those it saw, and at most one per round
+        released = max(p._count_release(self.site_id), self.round + 1)
         if releaser != self.site_id:
             return []
         if released > p.max_released_rounds:
