@@ -52,7 +52,8 @@ UNMASKING = {ANNOUNCE_SURVIVORS, SIGN_SURVIVORS, REQUEST_UNMASK, UNMASK}
 
 
 def hospitals(seed: int = 0, **kw: object) -> SecAggSum:
-    proto = SecAggSum(bits=12, clip_range=1.0, max_weight=20, threshold_fraction=0.67, rng=np.random.default_rng(seed), **kw)  # type: ignore[arg-type]
+    params: dict = {"bits": 12, "clip_range": 1.0, "max_weight": 20, "threshold_fraction": 0.67, **kw}
+    proto = SecAggSum(**params, rng=np.random.default_rng(seed))
     proto.setup(HOSPITALS, DIM)
     return proto
 
@@ -102,15 +103,22 @@ def test_each_site_refuses_a_survivor_set_below_the_minimum(consistency: bool) -
 
 def test_min_contributors_from_the_privacy_layer_is_enforced_by_aggregator_and_sites() -> None:
     inputs = make_inputs(7, DIM, seed=54)
-    proto = SecAggSum(bits=12, clip_range=1.0, max_weight=20, threshold=4, rng=np.random.default_rng(55), consistency_check=False)
+    proto = SecAggSum(
+        bits=12, clip_range=1.0, max_weight=20, threshold=4, rng=np.random.default_rng(55), consistency_check=False
+    )
     proto.require_contributors(6)
     proto.setup([f"site-{i:02d}" for i in range(7)], DIM)
     assert proto.min_survivors == 6
     r = drive(proto, inputs, drop_at={"site-05": MASKED_INPUT, "site-06": MASKED_INPUT})
-    assert isinstance(r.error, RoundAborted) and "only 5 survivors < 6 needed" in r.aggregator.abort_reason  # type: ignore[attr-defined]
+    assert isinstance(r.error, RoundAborted)
+    assert "only 5 survivors < 6 needed" in r.aggregator.abort_reason  # type: ignore[attr-defined]
     assert not any(m.stage in UNMASKING for m in r.views)
     five = wire.encode_request([f"site-{i:02d}" for i in range(5)])
-    r = drive(proto, inputs, transit=lambda m: replace(m, payload=five) if m.stage == REQUEST_UNMASK and m.receiver == "site-00" else m)
+    r = drive(
+        proto,
+        inputs,
+        transit=lambda m: replace(m, payload=five) if m.stage == REQUEST_UNMASK and m.receiver == "site-00" else m,
+    )
     assert "only 5 survivors < 6 needed" in r.dropped["site-00"]
     assert "min_contributors = 6" in r.dropped["site-00"]
 
@@ -134,7 +142,9 @@ def test_setup_refuses_a_run_that_cannot_have_enough_survivors() -> None:
 def test_threshold_fraction_at_most_one_half_is_refused(kind: str, fraction: float) -> None:
     cls = SecAggSum if kind == "secagg" else SecAggPlusSum
     with pytest.raises(SpecError, match=r"x.toml \[secure_sum\].threshold_fraction: must be > 1/2"):
-        cls.from_params({"kind": kind, "threshold_fraction": fraction, "clip_range": 1.0, "max_weight": 1}, "x.toml [secure_sum]")
+        cls.from_params(
+            {"kind": kind, "threshold_fraction": fraction, "clip_range": 1.0, "max_weight": 1}, "x.toml [secure_sum]"
+        )
 
 
 def test_disconnection_probability_is_exact() -> None:
@@ -159,7 +169,9 @@ def test_disconnection_probability_is_exact() -> None:
 
 def test_hypergeometric_tail_matches_scipy() -> None:
     for pop, marked, draws, k in [(99, 33, 14, 11), (999, 333, 100, 71), (9, 3, 4, 2)]:
-        assert math.isclose(2 ** hypergeom_log2_sf(pop, marked, draws, k), hypergeom.sf(k - 1, pop, marked, draws), rel_tol=1e-6)
+        assert math.isclose(
+            2 ** hypergeom_log2_sf(pop, marked, draws, k), hypergeom.sf(k - 1, pop, marked, draws), rel_tol=1e-6
+        )
 
 
 def test_yesterdays_secagg_plus_parameters_miss_the_target() -> None:
@@ -205,7 +217,8 @@ def test_two_dropped_blocks_that_disconnect_the_graph_abort_the_round() -> None:
 
     r = drive(proto, inputs, transit=split)
     assert len(gone) == 4
-    assert isinstance(r.error, RoundAborted) and "disconnected" in r.aggregator.abort_reason  # type: ignore[attr-defined]
+    assert isinstance(r.error, RoundAborted)
+    assert "disconnected" in r.aggregator.abort_reason  # type: ignore[attr-defined]
     assert not any(m.stage in UNMASKING for m in r.views)
     assert r.result is None
 
@@ -368,7 +381,9 @@ def test_setup_identity_api() -> None:
     site_side.setup(ids, 4, identities=public, signing_keys={"Hungary": keys["Hungary"][0]})
     assert site_side.site("Hungary", 0, np.zeros(4), 1) is not None
     with pytest.raises(ProtocolError, match="does not match its provisioned identity key"):
-        SecAggSum(max_weight=1, threshold_fraction=0.67).setup(ids, 4, identities=public, signing_keys={"Hungary": keys["Cleveland"][0]})
+        SecAggSum(max_weight=1, threshold_fraction=0.67).setup(
+            ids, 4, identities=public, signing_keys={"Hungary": keys["Cleveland"][0]}
+        )
     with pytest.raises(ProtocolError, match="no identity key provisioned for sites \\['VA Long Beach'\\]"):
         SecAggSum(max_weight=1, threshold_fraction=0.67).setup(ids, 4, identities={s: public[s] for s in ids[:3]})
     with pytest.raises(ProtocolError, match="identity key of site 'Cleveland': an Ed25519 public key is 32 raw bytes"):

@@ -25,7 +25,9 @@ _RAW = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 def generate() -> tuple[bytes, bytes]:
     """A fresh identity ``(private_bytes, public_bytes)``, 32 raw bytes each, from the OS CSPRNG."""
     key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    private = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
     return private, key.public_key().public_bytes(*_RAW)
 
 

@@ -83,17 +83,24 @@ class SecAggAggregator(AggregatorParty):
     def _drop(self, site: str, reason: str) -> None:
         self.rejected.setdefault(site, reason)
 
-    def _collect(self, inbox: Sequence[Message], stage: str, allowed: Sequence[str], single: bool = True) -> dict[str, list[Message]]:
+    def _collect(
+        self, inbox: Sequence[Message], stage: str, allowed: Sequence[str], single: bool = True
+    ) -> dict[str, list[Message]]:
         allowed_set = set(allowed)
         out: dict[str, list[Message]] = {}
         for m in inbox:
             if m.receiver != AGGREGATOR:
                 self.notes.append(f"ignored a message from {m.sender!r} addressed to {m.receiver!r}")
             elif m.round != self.round or m.stage != stage:
-                self.notes.append(f"ignored a message from {m.sender!r} for round {m.round}, stage {m.stage!r} (replayed or out of order)")
+                self.notes.append(
+                    f"ignored a message from {m.sender!r} for round {m.round}, stage {m.stage!r} "
+                    "(replayed or out of order)"
+                )
             elif m.sender not in allowed_set:
                 if m.sender not in self.rejected:
-                    self.notes.append(f"ignored a {stage!r} message from {m.sender!r}, not a live participant of this round")
+                    self.notes.append(
+                        f"ignored a {stage!r} message from {m.sender!r}, not a live participant of this round"
+                    )
             else:
                 out.setdefault(m.sender, []).append(m)
         if single:
@@ -137,7 +144,9 @@ class SecAggAggregator(AggregatorParty):
             except ValueError as exc:
                 self._drop(site, str(exc))
                 continue
-            if not identity.verify(self.proto.identities[site], advert_statement(self.proto.name, self.round, site, c, s, h), sig):
+            if not identity.verify(
+                self.proto.identities[site], advert_statement(self.proto.name, self.round, site, c, s, h), sig
+            ):
                 self._drop(site, "its advertised keys do not carry a valid signature by its identity key")
                 continue
             clash = seen_keys.get(c) or seen_keys.get(s)
@@ -170,7 +179,9 @@ class SecAggAggregator(AggregatorParty):
                             raise ValueError("sent two refusal reports")
                         refused = dict(wire.decode_reports(m.payload))
                         if not refused or not set(refused) <= self._graph[u]:
-                            raise ValueError("its refusal report names no neighbour or a site that is not its neighbour")
+                            raise ValueError(
+                                "its refusal report names no neighbour or a site that is not its neighbour"
+                            )
                         continue
                     receiver, sealed = wire.decode_relay(m.payload)
                 except ValueError as exc:
@@ -181,14 +192,19 @@ class SecAggAggregator(AggregatorParty):
                 elif receiver in envelopes:
                     problem = f"sent two shares to {receiver!r}"
                 elif len(sealed) != SEALED:
-                    problem = f"its share for {receiver!r} is {len(sealed)} bytes, expected {SEALED} (truncated or padded)"
+                    problem = (
+                        f"its share for {receiver!r} is {len(sealed)} bytes, expected {SEALED} (truncated or padded)"
+                    )
                 if problem:
                     break
                 envelopes[receiver] = sealed
             expected = set(self._graph[u]) - set(refused)
             if problem is None and set(envelopes) != expected:
-                problem = f"sent no share to {sorted(expected - set(envelopes))}" if expected - set(envelopes) else (
-                    f"sent shares to {sorted(set(envelopes) - expected)}, whose keys it refused")
+                problem = (
+                    f"sent no share to {sorted(expected - set(envelopes))}"
+                    if expected - set(envelopes)
+                    else (f"sent shares to {sorted(set(envelopes) - expected)}, whose keys it refused")
+                )
             if problem is not None:
                 self._drop(u, problem)
                 continue
@@ -260,7 +276,9 @@ class SecAggAggregator(AggregatorParty):
         for d in sorted(set(self.u2) - u3):  # and every dropped peer's mask key
             live = self._peers[d] & u3
             if live and len(live) < self.t:
-                raise self._abort(f"dropped site {d!r} has {len(live)} surviving share holders < threshold t = {self.t}")
+                raise self._abort(
+                    f"dropped site {d!r} has {len(live)} surviving share holders < threshold t = {self.t}"
+                )
         if not is_connected(self._peers, u3):
             raise self._abort(
                 "the survivors' masking graph is disconnected: the sum of each component would be "
@@ -285,7 +303,9 @@ class SecAggAggregator(AggregatorParty):
         for v in self.u3:
             nb = (self._peers[v] | {v}) & valid
             if len(nb) < self.t:
-                raise self._abort(f"site {v!r} has {len(nb)} neighbours that signed the survivor set < threshold t = {self.t}")
+                raise self._abort(
+                    f"site {v!r} has {len(nb)} neighbours that signed the survivor set < threshold t = {self.t}"
+                )
         out = []
         for w in self.signed:
             relayed = [(s, sigs[s]) for s in sorted((self._peers[w] | {w}) & valid)]
@@ -328,13 +348,13 @@ class SecAggAggregator(AggregatorParty):
         if total is None:
             raise self._abort("no folded masked sum to release")
         for v in self.u3:
-            b = self._reconstruct(v, seeds.get(v, []), lambda s, v=v: seed_commitment(s) == self._keys[v][2], "self-mask seed")
+            b = self._reconstruct(v, seeds.get(v, []), seed_commitment, self._keys[v][2], "self-mask seed")
             total -= prg.expand_mask(self_seed(b, self.round), self.dim, q.modulus_bits)
         for d in sorted(dropped):
             live = sorted(self._peers[d] & u3)
             if not live:
                 continue
-            s_sk = self._reconstruct(d, keys.get(d, []), lambda s, d=d: kex.public_bytes(s) == self._keys[d][1], "mask key")
+            s_sk = self._reconstruct(d, keys.get(d, []), kex.public_bytes, self._keys[d][1], "mask key")
             for v in live:
                 mask = prg.expand_mask(pair_seed(s_sk, self._keys[v][1], self.round, d, v), self.dim, q.modulus_bits)
                 if v < d:  # y_v added the mask it shares with d
@@ -350,8 +370,16 @@ class SecAggAggregator(AggregatorParty):
         self._result = SumResult(values, float(weight), tuple(self.u3))
         return []
 
-    def _reconstruct(self, owner: str, shares: list[tuple[str, shamir.Share]], check: Callable[[bytes], bool], what: str) -> bytes:
-        """Combine t shares; on a commitment mismatch, retry leaving one share out (one bad holder)."""
+    def _reconstruct(
+        self,
+        owner: str,
+        shares: list[tuple[str, shamir.Share]],
+        public: Callable[[bytes], bytes],
+        committed: bytes,
+        what: str,
+    ) -> bytes:
+        """Combine t shares into a secret whose ``public(secret)`` equals its ``committed`` value;
+        on a mismatch, retry leaving one share out (one bad holder)."""
         if len(shares) < self.t:
             raise self._abort(f"only {len(shares)} shares of site {owner!r}'s {what} arrived < threshold t = {self.t}")
         attempts: list[tuple[str | None, list[shamir.Share]]] = [(None, [s for _, s in shares])]
@@ -362,11 +390,17 @@ class SecAggAggregator(AggregatorParty):
                 secret = shamir.combine(subset, self.t, SECRET)
             except ValueError:
                 continue
-            if check(secret):
+            if public(secret) == committed:
                 if culprit is not None:
-                    self.notes.append(f"{culprit!r} sent a share of {owner!r}'s {what} that does not match the commitment; it was left out")
+                    self.notes.append(
+                        f"{culprit!r} sent a share of {owner!r}'s {what} that does not match the commitment; "
+                        "it was left out"
+                    )
                 return secret
-        raise self._abort(f"could not reconstruct site {owner!r}'s {what} from {len(shares)} shares: they do not match its public commitment")
+        raise self._abort(
+            f"could not reconstruct site {owner!r}'s {what} from {len(shares)} shares: "
+            "they do not match its public commitment"
+        )
 
     def result(self) -> SumResult | None:
         return self._result

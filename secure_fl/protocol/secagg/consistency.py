@@ -40,4 +40,6 @@ def valid_signers(
 ) -> set[str]:
     """The sites in ``allowed`` whose signature on ``statement`` verifies under their identity key."""
     ok = set(allowed)
-    return {s for s, sig in signatures if s in ok and s in identities and identity.verify(identities[s], statement, sig)}
+    return {
+        s for s, sig in signatures if s in ok and s in identities and identity.verify(identities[s], statement, sig)
+    }

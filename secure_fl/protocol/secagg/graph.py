@@ -73,10 +73,7 @@ def harary_graph(sites: Iterable[str], degree: int, seed: bytes) -> dict[str, fr
         return complete_graph(ordered)
     perm = public_permutation(ordered, seed)
     half = degree // 2
-    return {
-        perm[i]: frozenset(perm[(i + off) % n] for off in range(-half, half + 1) if off != 0)
-        for i in range(n)
-    }
+    return {perm[i]: frozenset(perm[(i + off) % n] for off in range(-half, half + 1) if off != 0) for i in range(n)}
 
 
 def is_connected(graph: Mapping[str, Iterable[str]], nodes: Iterable[str]) -> bool:

@@ -189,7 +189,9 @@ def derive_plus_parameters(
     the numbers when no parameters meet 2^-security_bits and 2^-correctness_bits.
     """
     if n < 3:
-        raise ValueError(f"pairwise masking needs at least 3 sites (a sum of two reveals each to the other), got n = {n}")
+        raise ValueError(
+            f"pairwise masking needs at least 3 sites (a sum of two reveals each to the other), got n = {n}"
+        )
     corrupt, dropped = _count(corrupt_fraction, n), _count(dropout_fraction, n)
     if degree is not None:
         degrees = [min(degree, n - 1)]
@@ -236,7 +238,11 @@ def _main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     for n in a.n:
         try:
-            print(derive_plus_parameters(n, a.corrupt_fraction, a.dropout_fraction, a.security_bits, a.correctness_bits).describe())
+            print(
+                derive_plus_parameters(
+                    n, a.corrupt_fraction, a.dropout_fraction, a.security_bits, a.correctness_bits
+                ).describe()
+            )
         except ValueError as exc:
             print(f"n = {n}: {exc}")
     return 0

@@ -45,8 +45,14 @@ class SecAggSite(SiteParty):
     """One site's side of a SecAgg(+) round. Holds its secrets; reveals at most one share kind per peer."""
 
     def __init__(
-        self, proto: "SecAggSum", site_id: str, round: int, values: np.ndarray, weight: float,
-        rng: np.random.Generator, signing_key: bytes,
+        self,
+        proto: "SecAggSum",
+        site_id: str,
+        round: int,
+        values: np.ndarray,
+        weight: float,
+        rng: np.random.Generator,
+        signing_key: bytes,
     ) -> None:
         self.proto, self.site_id, self.round = proto, site_id, round
         self._values: np.ndarray | None = values
@@ -85,11 +91,16 @@ class SecAggSite(SiteParty):
         found = [
             m
             for m in inbox
-            if m.sender == AGGREGATOR and m.stage == stage and m.round == self.round and m.receiver == self.site_id
+            if m.sender == AGGREGATOR
+            and m.stage == stage
+            and m.round == self.round
+            and m.receiver == self.site_id
             and m.kind is ViewKind.PUBLIC
         ]
         if len(found) != 1:
-            raise self._reject(f"expected one {stage!r} message from the aggregator for round {self.round}, got {len(found)}")
+            raise self._reject(
+                f"expected one {stage!r} message from the aggregator for round {self.round}, got {len(found)}"
+            )
         return found[0]
 
     def _msg(self, stage: str, payload: bytes, kind: ViewKind) -> Message:
@@ -103,13 +114,19 @@ class SecAggSite(SiteParty):
             raise self._reject(f"input refused by the quantizer: {exc}") from exc
         self._values = None  # only the quantized vector is kept
         if self._encoded.shape[0] != self.proto.dim + 1:
-            raise self._reject(f"update has {self._encoded.shape[0] - 1} values, the run expects dim = {self.proto.dim}")
+            raise self._reject(
+                f"update has {self._encoded.shape[0] - 1} values, the run expects dim = {self.proto.dim}"
+            )
         self._c, self._s = kex.generate_keypair(), kex.generate_keypair()
         self._b = os.urandom(SECRET)
         commit = seed_commitment(self._b)
         statement = advert_statement(self.proto.name, self.round, self.site_id, self._c.public, self._s.public, commit)
         sig = identity.sign(self._signing_key, statement)
-        return [self._msg(ADVERTISE_KEYS, wire.encode_advertise(self._c.public, self._s.public, commit, sig), ViewKind.PUBLIC)]
+        return [
+            self._msg(
+                ADVERTISE_KEYS, wire.encode_advertise(self._c.public, self._s.public, commit, sig), ViewKind.PUBLIC
+            )
+        ]
 
     # 3. share keys with the neighbours whose signed keys verify
     def _share_keys(self, inbox: Sequence[Message]) -> list[Message]:
@@ -130,7 +147,9 @@ class SecAggSite(SiteParty):
             raise self._reject("key list repeats a public key (or replays this site's own)")
         reports = []
         for i, c, s, h, sig in entries:
-            if identity.verify(self.proto.identities[i], advert_statement(self.proto.name, self.round, i, c, s, h), sig):
+            if identity.verify(
+                self.proto.identities[i], advert_statement(self.proto.name, self.round, i, c, s, h), sig
+            ):
                 self._neighbour_keys[i] = (c, s, h)
             else:
                 reason = "its advertised keys do not carry a valid signature by its identity key (substituted keys?)"
@@ -151,7 +170,9 @@ class SecAggSite(SiteParty):
                 self._held[holder] = (bs.to_bytes(), ss.to_bytes())
                 continue
             key = share_key(self._c.private, self._neighbour_keys[holder][0], self.proto.name, self.round)
-            sealed = aead.seal(key, bs.to_bytes() + ss.to_bytes(), share_ad(self.proto.name, self.round, self.site_id, holder))
+            sealed = aead.seal(
+                key, bs.to_bytes() + ss.to_bytes(), share_ad(self.proto.name, self.round, self.site_id, holder)
+            )
             out.append(self._msg(SHARE_KEYS, wire.encode_relay(holder, sealed), ViewKind.CIPHERTEXT))
         if reports:
             out.append(self._msg(SHARE_KEYS, wire.encode_reports(reports), ViewKind.PUBLIC))
@@ -168,7 +189,10 @@ class SecAggSite(SiteParty):
         if len(set(peers)) != len(peers) or not set(peers) <= set(self._neighbour_keys):
             raise self._reject("peer list repeats a site or names a site that is not an accepted neighbour")
         if len(peers) + 1 < self._t:
-            raise self._reject(f"only {len(peers)} neighbours shared keys: {len(peers) + 1} < threshold t = {self._t}; refusing to send a masked input")
+            raise self._reject(
+                f"only {len(peers)} neighbours shared keys: {len(peers) + 1} < threshold t = {self._t}; "
+                "refusing to send a masked input"
+            )
         self._peers = peers
         self._open_shares(inbox, peers)
         q = self._quantizer
@@ -202,11 +226,15 @@ class SecAggSite(SiteParty):
         for peer in peers:
             got = by_origin.get(peer, [])
             if len(got) != 1:
-                self.refused[peer] = "no share ciphertext arrived" if not got else f"{len(got)} share ciphertexts arrived (replay)"
+                self.refused[peer] = (
+                    "no share ciphertext arrived" if not got else f"{len(got)} share ciphertexts arrived (replay)"
+                )
                 continue
             m, sealed = got[0]
             if m.round != self.round or m.stage != ROUTE_SHARES or m.receiver != self.site_id:
-                self.refused[peer] = f"share message labelled round {m.round}, stage {m.stage!r}, receiver {m.receiver!r}"
+                self.refused[peer] = (
+                    f"share message labelled round {m.round}, stage {m.stage!r}, receiver {m.receiver!r}"
+                )
                 continue
             key = share_key(self._c.private, self._neighbour_keys[peer][0], self.proto.name, self.round)
             try:
@@ -237,7 +265,9 @@ class SecAggSite(SiteParty):
             )
         mine = u3 & (set(self._peers) | {self.site_id})
         if len(mine) < self._t:
-            raise self._reject(f"only {len(mine)} survivors in this neighbourhood < threshold t = {self._t}; refusing to unmask")
+            raise self._reject(
+                f"only {len(mine)} survivors in this neighbourhood < threshold t = {self._t}; refusing to unmask"
+            )
         return mine, set(self._peers) - u3
 
     # 6. (consistency check) sign the survivor set
@@ -264,7 +294,9 @@ class SecAggSite(SiteParty):
             if sorted(u3) != self._signed_u3:
                 raise self._reject("unmask request names a survivor set other than the one this site signed")
             statement = survivors_statement(self.proto.name, self.round, self._signed_u3)
-            signed = valid_signers(statement, signatures, self.proto.identities, survivors - {self.site_id}) | {self.site_id}
+            signed = valid_signers(statement, signatures, self.proto.identities, survivors - {self.site_id}) | {
+                self.site_id
+            }
             if len(signed) < self._t:
                 raise self._reject(
                     f"only {len(signed)} valid signatures on the survivor set from this neighbourhood < threshold "

@@ -95,7 +95,9 @@ class SecAggSum(SecureSum):
                 + ("both" if has_t else "neither")
             )
         if has_t and (not _is_int(self.threshold) or self.threshold < 2):  # type: ignore[operator]
-            raise InvalidParameter("threshold", "must be >= 2 (an integer: shares needed to reconstruct)", self.threshold)
+            raise InvalidParameter(
+                "threshold", "must be >= 2 (an integer: shares needed to reconstruct)", self.threshold
+            )
         if has_f:
             f = self.threshold_fraction
             if not _is_number(f) or not math.isfinite(f):  # type: ignore[arg-type]
@@ -114,9 +116,13 @@ class SecAggSum(SecureSum):
         if not 1 <= self.bits <= 32:
             raise InvalidParameter("bits", "must be >= 1" if self.bits < 1 else "must be <= 32", self.bits)
         if not _is_number(self.clip_range) or not math.isfinite(self.clip_range) or self.clip_range <= 0:
-            raise InvalidParameter("clip_range", "must be a finite number > 0 (a zero clipping range cannot be quantized)", self.clip_range)
+            raise InvalidParameter(
+                "clip_range", "must be a finite number > 0 (a zero clipping range cannot be quantized)", self.clip_range
+            )
         if not _is_int(self.max_weight) or self.max_weight < 1:
-            raise InvalidParameter("max_weight", "must be >= 1" if _is_int(self.max_weight) else "expected an integer", self.max_weight)
+            raise InvalidParameter(
+                "max_weight", "must be >= 1" if _is_int(self.max_weight) else "expected an integer", self.max_weight
+            )
         if not isinstance(self.consistency_check, bool):
             raise InvalidParameter("consistency_check", "expected a boolean", self.consistency_check)
         # bits, clip_range, max_weight and the noise bound must leave room for a modulus (with one site)
@@ -129,8 +135,14 @@ class SecAggSum(SecureSum):
     # ---- spec
     @classmethod
     def _spec_types(cls) -> dict[str, type | tuple[type, ...]]:
-        return {"threshold": int, "threshold_fraction": float, "bits": int, "clip_range": float, "max_weight": int,
-                "consistency_check": bool}
+        return {
+            "threshold": int,
+            "threshold_fraction": float,
+            "bits": int,
+            "clip_range": float,
+            "max_weight": int,
+            "consistency_check": bool,
+        }
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], where: str) -> "SecAggSum":
@@ -154,7 +166,9 @@ class SecAggSum(SecureSum):
         Liu, Steinke, ICML 2021). Call before :meth:`setup`: the modulus makes room for the bound.
         """
         if self.quantizer is not None:
-            raise ProtocolError(f"{self.name}: set_integer_noise must be called before setup(): the modulus is already fixed")
+            raise ProtocolError(
+                f"{self.name}: set_integer_noise must be called before setup(): the modulus is already fixed"
+            )
         if isinstance(bound, bool) or not isinstance(bound, int) or bound < 0:
             raise ValueError(f"noise bound must be an integer >= 0, got {bound!r}")
         Quantizer(self.bits, self.clip_range, self.max_weight, 1, bound)  # refuses a bound that cannot fit
@@ -187,7 +201,9 @@ class SecAggSum(SecureSum):
         if not isinstance(dim, int) or dim < 1:
             raise ProtocolError(f"{self.name}: dim must be a positive integer, got {dim!r}")
         if len(ids) < 3:
-            raise ProtocolError(f"{self.name}: needs at least 3 sites (a sum of two reveals each input to the other), got {len(ids)}")
+            raise ProtocolError(
+                f"{self.name}: needs at least 3 sites (a sum of two reveals each input to the other), got {len(ids)}"
+            )
         self.identities, self._signing_keys = _identities(self.name, ids, identities, signing_keys)
         try:
             quantizer = Quantizer(self.bits, self.clip_range, self.max_weight, len(ids), self.noise_bound)
@@ -275,13 +291,20 @@ class SecAggSum(SecureSum):
         """One line: adversary, collusion bound, minimum contributors, failure probability (after setup)."""
         n, t = self.n_sites, self.threshold_value
         active = self.active_colluders
-        act = (f"an active aggregator with up to {active} colluding sites (signed keys, consistency check)"
-               if active >= 0 else "no active aggregator (consistency check off)")
-        return (f"{self.name}, n = {n}, t = {t}: a semi-honest aggregator with up to {self.colluders} colluding sites, "
-                f"or {act}, learns only sums of at least {self.min_survivors} survivors' inputs (>= 2 honest); "
-                f"tolerates {n - self.min_survivors} dropouts; P(failure) = {self.failure_probability:g}")
+        act = (
+            f"an active aggregator with up to {active} colluding sites (signed keys, consistency check)"
+            if active >= 0
+            else "no active aggregator (consistency check off)"
+        )
+        return (
+            f"{self.name}, n = {n}, t = {t}: a semi-honest aggregator with up to {self.colluders} colluding sites, "
+            f"or {act}, learns only sums of at least {self.min_survivors} survivors' inputs (>= 2 honest); "
+            f"tolerates {n - self.min_survivors} dropouts; P(failure) = {self.failure_probability:g}"
+        )
 
-    def neighbours(self, sites: Sequence[str], round: int, keys: Mapping[str, tuple[bytes, bytes]]) -> dict[str, frozenset[str]]:
+    def neighbours(
+        self, sites: Sequence[str], round: int, keys: Mapping[str, tuple[bytes, bytes]]
+    ) -> dict[str, frozenset[str]]:
         """The masking graph on the sites that advertised keys."""
         return complete_graph(sites)
 
@@ -291,7 +314,9 @@ class SecAggSum(SecureSum):
 
     def _require_setup(self) -> Quantizer:
         if self.quantizer is None:
-            raise ProtocolError(f"{self.name}: setup(site_ids, dim) must be called before a round (it fixes n, t and the modulus)")
+            raise ProtocolError(
+                f"{self.name}: setup(site_ids, dim) must be called before a round (it fixes n, t and the modulus)"
+            )
         return self.quantizer
 
     def site(self, site_id: str, round: int, values: np.ndarray, weight: float) -> "SecAggSite":
@@ -329,7 +354,10 @@ def _identities(
     if identities is None:
         missing = sorted(set(ids) - set(signing))
         if missing:
-            raise ProtocolError(f"{name}: identities (every site's public identity key) are required; signing keys cover only {sorted(signing)}")
+            raise ProtocolError(
+                f"{name}: identities (every site's public identity key) are required; "
+                f"signing keys cover only {sorted(signing)}"
+            )
         identities = {s: identity.public_key(signing[s]) for s in ids}
     public = dict(identities)
     missing = sorted(set(ids) - set(public))
@@ -349,7 +377,9 @@ def _identities(
         except ValueError as exc:
             raise ProtocolError(f"{name}: signing key of site {s!r}: {exc}") from exc
         if not matches:
-            raise ProtocolError(f"{name}: the signing key given for site {s!r} does not match its provisioned identity key")
+            raise ProtocolError(
+                f"{name}: the signing key given for site {s!r} does not match its provisioned identity key"
+            )
     return {s: public[s] for s in ids}, signing
 
 
@@ -384,7 +414,11 @@ class SecAggPlusSum(SecAggSum):
             if not _is_number(v) or not 0 <= v < 1:
                 raise InvalidParameter(key, "must be a number in [0, 1)", v)
         if self.corrupt_fraction + self.dropout_fraction >= 1:
-            raise InvalidParameter("dropout_fraction", f"plus corrupt_fraction = {self.corrupt_fraction} must be < 1", self.dropout_fraction)
+            raise InvalidParameter(
+                "dropout_fraction",
+                f"plus corrupt_fraction = {self.corrupt_fraction} must be < 1",
+                self.dropout_fraction,
+            )
         for key in ("security_bits", "correctness_bits"):
             v = getattr(self, key)
             if not _is_int(v) or not 1 <= v <= 128:
@@ -392,8 +426,14 @@ class SecAggPlusSum(SecAggSum):
 
     @classmethod
     def _spec_types(cls) -> dict[str, type | tuple[type, ...]]:
-        return {**super()._spec_types(), "degree": int, "corrupt_fraction": float, "dropout_fraction": float,
-                "security_bits": int, "correctness_bits": int}
+        return {
+            **super()._spec_types(),
+            "degree": int,
+            "corrupt_fraction": float,
+            "dropout_fraction": float,
+            "security_bits": int,
+            "correctness_bits": int,
+        }
 
     @classmethod
     def _fraction_of(cls) -> str:
@@ -402,8 +442,14 @@ class SecAggPlusSum(SecAggSum):
     def _fix_threshold(self) -> None:
         try:
             self.plus_parameters = derive_plus_parameters(
-                self.n_sites, self.corrupt_fraction, self.dropout_fraction, self.security_bits, self.correctness_bits,
-                self.degree, self.threshold, self.threshold_fraction,
+                self.n_sites,
+                self.corrupt_fraction,
+                self.dropout_fraction,
+                self.security_bits,
+                self.correctness_bits,
+                self.degree,
+                self.threshold,
+                self.threshold_fraction,
             )
         except ValueError as exc:
             raise ProtocolError(f"{self.name}: {exc}") from exc
@@ -436,7 +482,10 @@ class SecAggPlusSum(SecAggSum):
         return -1
 
     def _survivor_rule(self) -> str:
-        return f"max(min_contributors = {self.min_contributors}, C + 2 = {self.colluders + 2}), C = floor(corrupt_fraction x n)"
+        return (
+            f"max(min_contributors = {self.min_contributors}, C + 2 = {self.colluders + 2}), "
+            "C = floor(corrupt_fraction x n)"
+        )
 
     @property
     def failure_probability(self) -> float:
@@ -454,13 +503,18 @@ class SecAggPlusSum(SecAggSum):
 
     def guarantee(self) -> str:
         assert self.plus_parameters is not None
-        return (f"{self.name}: {self.plus_parameters.describe()}; a semi-honest aggregator with up to C colluding sites "
-                f"learns only sums of at least {self.min_survivors} survivors' inputs; an active aggregator cannot swap keys")
+        return (
+            f"{self.name}: {self.plus_parameters.describe()}; a semi-honest aggregator with up to C colluding sites "
+            f"learns only sums of at least {self.min_survivors} survivors' inputs; "
+            "an active aggregator cannot swap keys"
+        )
 
     def _holders_note(self) -> str:
         return f", neighbourhood degree {self.effective_degree}"
 
-    def neighbours(self, sites: Sequence[str], round: int, keys: Mapping[str, tuple[bytes, bytes]]) -> dict[str, frozenset[str]]:
+    def neighbours(
+        self, sites: Sequence[str], round: int, keys: Mapping[str, tuple[bytes, bytes]]
+    ) -> dict[str, frozenset[str]]:
         k = self.effective_degree
         if k >= len(sites) - 1:
             return complete_graph(sites)

@@ -200,7 +200,9 @@ def decode_request(payload: bytes) -> tuple[list[str], list[tuple[str, bytes]]]:
 
 
 def encode_unmask(entries: Sequence[tuple[str, int, bytes]]) -> bytes:
-    return struct.pack("<I", len(entries)) + b"".join(_s(o) + bytes([k]) + struct.pack("<H", len(sh)) + sh for o, k, sh in entries)
+    return struct.pack("<I", len(entries)) + b"".join(
+        _s(o) + bytes([k]) + struct.pack("<H", len(sh)) + sh for o, k, sh in entries
+    )
 
 
 def decode_unmask(payload: bytes) -> list[tuple[str, int, bytes]]:
