@@ -30,6 +30,7 @@ All arithmetic is on exact integers; only the final ratio is taken as log2.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -172,6 +173,7 @@ def plus_failure(n: int, degree: int, threshold: int, corrupt: int, dropped: int
     return min(0.0, _log2_add(sec_a, sec_b)), min(0.0, _log2_add(cor_a, cor_b))
 
 
+@functools.lru_cache(maxsize=256)
 def derive_plus_parameters(
     n: int,
     corrupt_fraction: float,
@@ -231,7 +233,7 @@ def _main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description="SecAgg+ degree, threshold and failure probabilities (Bell et al. 2020)")
     p.add_argument("n", type=int, nargs="*", default=[4, 10, 100, 1000])
-    p.add_argument("--corrupt-fraction", type=float, default=0.2)
+    p.add_argument("--corrupt-fraction", type=float, default=1 / 3)
     p.add_argument("--dropout-fraction", type=float, default=0.1)
     p.add_argument("--security-bits", type=int, default=40)
     p.add_argument("--correctness-bits", type=int, default=20)
