@@ -310,13 +310,20 @@ def test_signed_keys_stop_the_key_swap_attack() -> None:
     assert [m.stage for m in sent] == [ADVERTISE_KEYS]  # it sealed no share and sent no masked input
 
 
-def test_a_site_drops_a_neighbour_whose_keys_were_swapped_and_the_others_carry_on() -> None:
+def test_a_site_refuses_one_swapped_neighbour_and_the_others_carry_on() -> None:
+    """site-00 seals no share under the substituted key of site-03 and reports it; the aggregator, which
+    verified site-03's advert itself, treats the report as a fault on site-00's side and drops only it."""
     inputs, proto = make_inputs(7, DIM, seed=58), secagg(7, DIM, seed=59)
     r, got = key_swap_attack(proto, inputs, "site-00", only="site-03")
     assert got is None
-    assert "refused by 'site-00'" in r.aggregator.rejected["site-03"]  # type: ignore[attr-defined]
+    assert not any(
+        m.sender == "site-00" and m.stage == SHARE_KEYS and wire.decode_relay(m.payload)[0] == "site-03"
+        for m in r.views  # type: ignore[attr-defined]
+        if m.kind is ViewKind.CIPHERTEXT
+    )
+    assert "refused the signed keys of ['site-03']" in r.aggregator.rejected["site-00"]  # type: ignore[attr-defined]
     check_exact(proto, 59, inputs, r)  # type: ignore[arg-type]
-    assert set(r.result.contributors) == set(inputs) - {"site-03"}  # type: ignore[attr-defined]
+    assert set(r.result.contributors) == set(inputs) - {"site-00"}  # type: ignore[attr-defined]
 
 
 def test_a_site_with_a_bad_signature_is_dropped_by_the_aggregator_only_it() -> None:

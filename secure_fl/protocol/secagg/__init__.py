@@ -35,8 +35,9 @@ masks), a SHA-256 commitment to b_u, all signed with the site's long-term Ed2551
 2. ``route_keys`` (aggregator): U1 = adverts whose signature verifies; each site gets its
 neighbours' signed keys. 3. ``share_keys`` (sites): each site verifies every neighbour's
 signature and refuses (reports) a neighbour whose keys do not verify; t-of-(holders) Shamir
-shares of b_u and s_sk_u, AES-GCM-sealed per accepted neighbour. 4. ``route_shares``
-(aggregator): U2 = sites whose share set is complete and whose keys nobody refused.
+shares of b_u and s_sk_u, AES-GCM-sealed per accepted neighbour (below t holders it refuses
+to go on). 4. ``route_shares`` (aggregator): U2 = sites whose share set is complete; a site that
+reports refused keys is dropped itself (the aggregator verified every advert it routed).
 5. ``masked_input`` (sites): y_u. 6. ``announce_survivors`` (aggregator): U3 = well-formed
 masked inputs from sites nobody reported; before anything is unmasked it checks
 |U3| >= min_survivors, t holders per neighbourhood and (SecAgg+) the survivors' graph is
