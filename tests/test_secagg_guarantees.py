@@ -408,3 +408,12 @@ def test_catalogue_specs_state_what_holds() -> None:
     base = load_protocol("secagg-fedavg")
     assert any("t + 1" in g for g in base.threat_model.guarantees)
     assert any("active aggregator" in a for a in base.threat_model.adversary.split(";"))
+
+
+def test_protocols_command_prints_the_guarantee_for_n_sites(capsys: pytest.CaptureFixture[str]) -> None:
+    from secure_fl.cli import main
+
+    assert main(["protocols", "--sites", "100"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "secagg-plus-fedavg: secagg-plus: n = 100: degree 40, t = 31" in out and "2^-42.5" in out
+    assert "secagg-fedavg: secagg, n = 100, t = 67" in out and "at least 68 survivors" in out
