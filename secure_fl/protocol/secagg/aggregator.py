@@ -294,6 +294,12 @@ class SecAggAggregator(AggregatorParty):
                 raise self._abort(
                     f"site {v!r} has {len(nb)} neighbours that signed the survivor set < threshold t = {self.t}"
                 )
+        for d in sorted(set(self.u2) - set(self.u3)):  # a dropped site's mask key needs t signed holders too
+            live = self._peers[d] & valid
+            if self._peers[d] & set(self.u3) and len(live) < self.t:
+                raise self._abort(
+                    f"dropped site {d!r} has {len(live)} holders that signed the survivor set < t = {self.t}"
+                )
         out = []
         for w in self.signed:
             relayed = [(s, sigs[s]) for s in sorted((self._peers[w] | {w}) & valid)]
