@@ -95,7 +95,17 @@ def cmd_protocols(args: argparse.Namespace) -> int:
         table.add_row(spec.name, spec.secure_sum_kind, spec.threat_model.aggregator_sees, dp, spec.summary)
     for ref in REFERENCES:
         table.add_row(ref, "–", "–", "–", "reference point (not a protocol): " + ("centralised training on all sites' data" if ref == "pooled" else "each site trains alone"))
-    Console(width=max(Console().width, 160)).print(table)
+    console = Console(width=max(Console().width, 160))
+    console.print(table)
+    if args.sites:  # guarantees that depend on n (masking: threshold, collusion bound, failure probability)
+        for name in list_protocols():
+            try:
+                secure_sum = load_protocol(name).build_secure_sum()
+                if hasattr(secure_sum, "guarantee"):
+                    secure_sum.setup([f"site-{i}" for i in range(args.sites)], 1)
+                    console.print(f"{name}: {secure_sum.guarantee()}")
+            except SecureFLError as exc:
+                console.print(f"{name}: [red]{exc}[/red]")
     return 0
 
 
@@ -126,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment_args(p, optional=False)
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("protocols", help="list the protocol catalogue")
+    p.add_argument("--sites", type=int, help="also print each masking protocol's guarantee for this many sites")
     p.set_defaults(func=cmd_protocols)
     for module, attr in _EXTRA_COMMANDS:
         try:

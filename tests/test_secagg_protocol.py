@@ -24,14 +24,15 @@ from secure_fl.protocol.secagg import (
     REQUEST_UNMASK,
     ROUTE_SHARES,
     SHARE_KEYS,
+    SIGN_SURVIVORS,
     UNMASK,
     SecAggPlusSum,
     SecAggSum,
+    wire,
 )
-from secure_fl.protocol.secagg_graph import default_degree, harary_graph
-from secure_fl.protocol import secagg_wire as wire
+from secure_fl.protocol.secagg.graph import harary_graph
 
-SITE_STAGES = [ADVERTISE_KEYS, SHARE_KEYS, MASKED_INPUT, UNMASK]
+SITE_STAGES = [ADVERTISE_KEYS, SHARE_KEYS, MASKED_INPUT, SIGN_SURVIVORS, UNMASK]
 Transit = Callable[[Message], "Message | list[Message] | None"]
 
 
@@ -117,7 +118,9 @@ def secagg(n: int, dim: int, seed: int = 1, **kw: object) -> SecAggSum:
 
 
 def secagg_plus(n: int, dim: int, seed: int = 1, **kw: object) -> SecAggPlusSum:
-    params = {"bits": 12, "clip_range": 1.0, "max_weight": 20, "threshold": 3, "degree": 4, "rng": np.random.default_rng(seed)}
+    """A small graph for speed: no colluders or dropouts assumed, so the security target holds trivially."""
+    params = {"bits": 12, "clip_range": 1.0, "max_weight": 20, "threshold": 3, "degree": 4, "rng": np.random.default_rng(seed),
+              "corrupt_fraction": 0.0, "dropout_fraction": 0.0}
     params.update(kw)
     proto = SecAggPlusSum(**params)  # type: ignore[arg-type]
     proto.setup([f"site-{i:02d}" for i in range(n)], dim)
@@ -126,7 +129,7 @@ def secagg_plus(n: int, dim: int, seed: int = 1, **kw: object) -> SecAggPlusSum:
 
 def expected_slots(proto: SecAggSum, seed: int, inputs: dict[str, tuple[np.ndarray, int]], keep: Sequence[str]) -> np.ndarray:
     """The quantized plaintext sum: the same generators the protocol's sites get, encoded in the clear."""
-    twin = type(proto)(**{k: getattr(proto, k) for k in ("bits", "clip_range", "max_weight", "threshold", "threshold_fraction")}, rng=np.random.default_rng(seed))
+    twin = replace(proto, rng=np.random.default_rng(seed))
     twin.setup(list(proto.roster), proto.dim)
     assert twin.rng is not None and twin.quantizer is not None
     total = np.zeros(proto.dim + 1, dtype=twin.quantizer.dtype)
@@ -163,7 +166,7 @@ def test_no_dropout_sum_is_exact_and_equals_the_quantized_plaintext_sum() -> Non
 
 
 @pytest.mark.parametrize("stage", SITE_STAGES)
-@pytest.mark.parametrize("count", [1, N - T])
+@pytest.mark.parametrize("count", [1, N - T - 1])
 def test_secagg_survives_dropouts_at_every_stage(stage: str, count: int) -> None:
     inputs = make_inputs(N, DIM, seed=2)
     proto = secagg(N, DIM, seed=3)
@@ -171,7 +174,7 @@ def test_secagg_survives_dropouts_at_every_stage(stage: str, count: int) -> None
     r = drive(proto, inputs, drop_at={s: stage for s in gone})
     check_exact(proto, 3, inputs, r)
     contributors = set(r.result.contributors)
-    if stage == UNMASK:  # they sent masked inputs: still counted, others unmask for them
+    if stage in (SIGN_SURVIVORS, UNMASK):  # they sent masked inputs: still counted, others unmask for them
         assert contributors == set(inputs)
     else:
         assert contributors == set(inputs) - set(gone)
@@ -193,7 +196,7 @@ def test_secagg_aborts_below_threshold_and_releases_nothing(stage: str) -> None:
 
 def test_dropouts_spread_over_all_stages() -> None:
     inputs = make_inputs(9, DIM, seed=6)
-    proto = secagg(9, DIM, seed=7)
+    proto = secagg(9, DIM, seed=7, threshold=5)
     r = drive(proto, inputs, drop_at={"site-01": SHARE_KEYS, "site-03": MASKED_INPUT, "site-05": UNMASK})
     check_exact(proto, 7, inputs, r)
     assert set(r.result.contributors) == set(inputs) - {"site-01", "site-03"}
@@ -204,7 +207,7 @@ def test_dropouts_spread_over_all_stages() -> None:
 def test_secagg_plus_survives_dropouts_at_every_stage(stage: str, count: int) -> None:
     n = 16
     inputs = make_inputs(n, DIM, seed=8)
-    proto = secagg_plus(n, DIM, seed=9, threshold=3, degree=6)
+    proto = secagg_plus(n, DIM, seed=9, threshold=4, degree=6)
     gone = list(inputs)[::5][:count]  # spread out: no neighbourhood loses more than 7 - 3 sites
     r = drive(proto, inputs, drop_at={s: stage for s in gone})
     check_exact(proto, 9, inputs, r)
@@ -232,7 +235,7 @@ def test_secagg_plus_aborts_when_a_neighbourhood_falls_below_threshold() -> None
 def test_secagg_plus_masks_only_with_degree_neighbours() -> None:
     n, degree = 30, 6
     inputs = make_inputs(n, 8, seed=13)
-    proto = secagg_plus(n, 8, seed=14, degree=degree)
+    proto = secagg_plus(n, 8, seed=14, degree=degree, threshold=4)
     r = drive(proto, inputs)
     check_exact(proto, 14, inputs, r)
     shares_sent = [m for m in r.views if m.stage == SHARE_KEYS]
@@ -249,7 +252,6 @@ def test_harary_graph_is_regular_seeded_and_complete_when_dense() -> None:
     assert all(len(v) == 6 and u not in v for u, v in a.items())
     full = harary_graph(sites[:5], 4, b"\x01" * 32)
     assert all(len(v) == 4 for v in full.values())
-    assert default_degree(100) == 14 and default_degree(2) == 2
     with pytest.raises(ValueError, match="even integer"):
         harary_graph(sites, 5, b"\x01" * 32)
 
@@ -299,18 +301,22 @@ def test_no_site_reveals_both_kinds_of_share_for_one_peer() -> None:
     assert kinds["site-02"] == {wire.SHARE_OF_KEY} and kinds["site-04"] == {wire.SHARE_OF_SEED}
 
 
+ALL = [f"site-{i:02d}" for i in range(N)]
+
+
 @pytest.mark.parametrize(
-    "survivors,dropped,reason",
+    "survivors,reason",
     [
-        (["site-00", "site-01", "site-02", "site-03"], ["site-01"], "twice or as both survivor and dropped"),
-        (["site-01", "site-02", "site-03", "site-04"], ["site-00"], "does not list this site as a survivor"),
-        (["site-00", "site-01"], ["site-02"], "2 survivors in this neighbourhood < threshold t = 4"),
+        (ALL[:3] + ALL[2:4], "lists a site twice"),
+        (ALL[1:], "does not list this site"),
+        (ALL + ["site-99"], "outside the roster"),
+        (ALL[:4], "only 4 survivors < 5 needed"),
     ],
 )
-def test_site_refuses_a_malicious_unmask_request(survivors: list[str], dropped: list[str], reason: str) -> None:
-    """A request for both kinds of share of one peer, for the site's own key, or below t is refused."""
-    inputs, proto = make_inputs(N, DIM, seed=18), secagg(N, DIM, seed=19)
-    forged = wire.encode_request(survivors, dropped)
+def test_site_refuses_a_malicious_unmask_request(survivors: list[str], reason: str) -> None:
+    """Without the consistency check the request carries U3; a bad one is refused before any share leaves."""
+    inputs, proto = make_inputs(N, DIM, seed=18), secagg(N, DIM, seed=19, consistency_check=False)
+    forged = wire.encode_request(survivors)
 
     def forge(m: Message) -> Message:
         return replace(m, payload=forged) if m.stage == REQUEST_UNMASK and m.receiver == "site-00" else m
@@ -486,9 +492,10 @@ def test_secagg_plus_spec_degree() -> None:
     assert plus.degree == 6 and plus.name == "secagg-plus"
     with pytest.raises(SpecError, match="degree: must be an even integer"):
         SecAggPlusSum.from_params({**BASE, "kind": "secagg-plus", "degree": 5}, where)
-    plus = SecAggPlusSum.from_params({**BASE, "kind": "secagg-plus"}, where)
-    plus.setup([f"s{i}" for i in range(100)], 10)
-    assert plus.effective_degree == 14 and plus.threshold_value == 9  # ceil(0.6 * 15)
+    plus = SecAggPlusSum.from_params({k: v for k, v in BASE.items() if k != "threshold_fraction"} | {"kind": "secagg-plus"}, where)
+    plus.setup([f"s{i}" for i in range(100)], 10)  # degree and t derived for corrupt 1/3, dropout 0.1, 2^-40
+    assert (plus.effective_degree, plus.threshold_value, plus.colluders) == (40, 31, 33)
+    assert plus.failure_probability <= 2**-40
 
 
 def test_setup_refuses_a_threshold_above_the_share_holders() -> None:

@@ -8,27 +8,21 @@ As in Bell et al. (§4, Harary graph instantiation), the graph is the Harary gra
 (position i is joined to positions i ± 1 .. i ± k/2 modulo n) with the sites placed at
 positions by a random permutation. The permutation is expanded by a public PRG from a seed
 that hashes the round number and every advertised public key, so no single party picks it
-once keys are fixed and anyone holding the advertised keys can recompute it.
+once keys are fixed and anyone holding the advertised keys can recompute it. The degree and
+threshold come from :mod:`secure_fl.protocol.secagg.params`; :func:`is_connected` is the check
+the aggregator runs on the survivors' graph before it asks for unmasking shares.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from ..crypto.aead import associated_data
-from ..crypto.prg import keystream
+from ...crypto.aead import associated_data
+from ...crypto.prg import keystream
 
-__all__ = ["default_degree", "graph_seed", "complete_graph", "harary_graph", "public_permutation"]
-
-
-def default_degree(n: int) -> int:
-    """k = 2 ceil(log2 n), of order log n (Bell et al. 2020, Theorem 3.6 needs k = O(log n))."""
-    if n < 2:
-        return 0
-    return 2 * math.ceil(math.log2(n))
+__all__ = ["graph_seed", "complete_graph", "harary_graph", "public_permutation", "is_connected"]
 
 
 def graph_seed(round: int, entries: Iterable[tuple[str, bytes, bytes]]) -> bytes:
@@ -79,7 +73,24 @@ def harary_graph(sites: Iterable[str], degree: int, seed: bytes) -> dict[str, fr
         return complete_graph(ordered)
     perm = public_permutation(ordered, seed)
     half = degree // 2
-    return {
-        perm[i]: frozenset(perm[(i + off) % n] for off in range(-half, half + 1) if off != 0)
-        for i in range(n)
-    }
+    return {perm[i]: frozenset(perm[(i + off) % n] for off in range(-half, half + 1) if off != 0) for i in range(n)}
+
+
+def is_connected(graph: Mapping[str, Iterable[str]], nodes: Iterable[str]) -> bool:
+    """Whether the subgraph of ``graph`` induced on ``nodes`` is connected (an empty or single node set is).
+
+    Bell et al. 2020, Lemma 3.7: if the survivors' graph splits into components, the sum of each
+    component's masked inputs is free of pairwise masks between components, so the aggregator
+    learns each component's sum on its own, not only the sum of all survivors.
+    """
+    keep = set(nodes)
+    if len(keep) <= 1:
+        return True
+    start = min(keep)
+    seen, stack = {start}, [start]
+    while stack:
+        for v in graph.get(stack.pop(), ()):
+            if v in keep and v not in seen:
+                seen.add(v)
+                stack.append(v)
+    return seen == keep

@@ -1,22 +1,33 @@
 """Wire formats of the SecAgg / SecAgg+ messages (all integers little-endian).
 
-``str``  = u16 byte length + UTF-8 (site ids);  ``key`` = 32 bytes (X25519 public key).
+``str``  = u16 byte length + UTF-8 (site ids);  ``key`` = 32 bytes (X25519 public key);
+``sig`` = 64-byte Ed25519 signature by the sender's long-term identity key
+(:mod:`secure_fl.protocol.secagg.consistency` says what each signature covers).
 
-====================  =========================  ===============================================
-stage                 direction, view kind       payload
-====================  =========================  ===============================================
+====================  ==========================  ==============================================
+stage                 direction, view kind        payload
+====================  ==========================  ==============================================
 advertise_keys        site -> aggregator, PUBLIC  c_pk key || s_pk key || SHA-256 commitment to b
-route_keys            aggregator -> site, PUBLIC  u32 m, then m x (str id || c_pk || s_pk || commit)
-share_keys            site -> aggregator, CIPHER  str receiver || AES-GCM(share of b || share of s_sk)
+                                                  || sig (over protocol, round, site, the three)
+route_keys            aggregator -> site, PUBLIC  u32 m, then m x (str id || c_pk || s_pk ||
+                                                  commit || sig)
+share_keys            site -> aggregator, CIPHER  str receiver || AES-GCM(share of b || share of
+                                                  s_sk), one per accepted neighbour;
+                      PUBLIC (only if needed)     u32 m, m x (str peer || str reason): neighbours
+                                                  whose signed keys this site refused
 route_shares          aggregator -> site          PUBLIC: u32 m, m x str (peers that shared keys);
                                                   CIPHERTEXT: str origin || sealed share (one each)
 masked_input          site -> aggregator, MASKED  u32 m, m x (str peer || str reason) (refused
                                                   shares), then the masked vector, ceil(k/8) bytes
                                                   per value
-request_unmask        aggregator -> site, PUBLIC  u32 m, m x str (survivors) || u32 r, r x str (dropped)
+announce_survivors    aggregator -> site, PUBLIC  u32 m, m x str (U3, all survivors; consistency
+                                                  check only)
+sign_survivors        site -> aggregator, PUBLIC  sig (over protocol, round, U3)
+request_unmask        aggregator -> site, PUBLIC  u32 m, m x str (U3) || u32 s, s x (str signer
+                                                  || sig) (empty without the consistency check)
 unmask                site -> aggregator, PUBLIC  u32 m, m x (str owner || u8 kind 0=b 1=s_sk ||
                                                   u16 len || share)
-====================  =========================  ===============================================
+====================  ==========================  ==============================================
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "KEY",
+    "SIG",
     "encode_advertise",
     "decode_advertise",
     "encode_keys",
@@ -36,6 +48,10 @@ __all__ = [
     "decode_ids",
     "encode_masked",
     "decode_masked",
+    "encode_reports",
+    "decode_reports",
+    "encode_signature",
+    "decode_signature",
     "encode_request",
     "decode_request",
     "encode_unmask",
@@ -45,6 +61,7 @@ __all__ = [
 ]
 
 KEY = 32
+SIG = 64
 SHARE_OF_SEED = 0
 SHARE_OF_KEY = 1
 
@@ -93,25 +110,50 @@ def _s(text: str) -> bytes:
     return struct.pack("<H", len(raw)) + raw
 
 
-def encode_advertise(c_pk: bytes, s_pk: bytes, commit: bytes) -> bytes:
-    return c_pk + s_pk + commit
+#: one site's signed advertisement: (c_pk, s_pk, commitment to b, signature)
+Advert = tuple[bytes, bytes, bytes, bytes]
 
 
-def decode_advertise(payload: bytes) -> tuple[bytes, bytes, bytes]:
-    if len(payload) != 3 * KEY:
-        raise ValueError(f"key advertisement is {len(payload)} bytes, expected {3 * KEY}")
-    return payload[:KEY], payload[KEY : 2 * KEY], payload[2 * KEY :]
+def encode_advertise(c_pk: bytes, s_pk: bytes, commit: bytes, sig: bytes) -> bytes:
+    return c_pk + s_pk + commit + sig
 
 
-def encode_keys(entries: Sequence[tuple[str, bytes, bytes, bytes]]) -> bytes:
-    return struct.pack("<I", len(entries)) + b"".join(_s(i) + c + s + h for i, c, s, h in entries)
+def decode_advertise(payload: bytes) -> Advert:
+    if len(payload) != 3 * KEY + SIG:
+        raise ValueError(f"key advertisement is {len(payload)} bytes, expected {3 * KEY + SIG}")
+    return payload[:KEY], payload[KEY : 2 * KEY], payload[2 * KEY : 3 * KEY], payload[3 * KEY :]
 
 
-def decode_keys(payload: bytes) -> list[tuple[str, bytes, bytes, bytes]]:
+def encode_keys(entries: Sequence[tuple[str, bytes, bytes, bytes, bytes]]) -> bytes:
+    return struct.pack("<I", len(entries)) + b"".join(_s(i) + c + s + h + g for i, c, s, h, g in entries)
+
+
+def decode_keys(payload: bytes) -> list[tuple[str, bytes, bytes, bytes, bytes]]:
     r = _Reader(payload, "key list")
-    out = [(r.str(), r.take(KEY), r.take(KEY), r.take(KEY)) for _ in range(r.u32())]
+    out = [(r.str(), r.take(KEY), r.take(KEY), r.take(KEY), r.take(SIG)) for _ in range(r.u32())]
     r.end()
     return out
+
+
+def encode_reports(reports: Sequence[tuple[str, str]]) -> bytes:
+    return struct.pack("<I", len(reports)) + b"".join(_s(p) + _s(reason[:1000]) for p, reason in reports)
+
+
+def decode_reports(payload: bytes, what: str = "refusal report") -> list[tuple[str, str]]:
+    r = _Reader(payload, what)
+    out = [(r.str(), r.str()) for _ in range(r.u32())]
+    r.end()
+    return out
+
+
+def encode_signature(sig: bytes) -> bytes:
+    return sig
+
+
+def decode_signature(payload: bytes) -> bytes:
+    if len(payload) != SIG:
+        raise ValueError(f"signature is {len(payload)} bytes, expected {SIG}")
+    return payload
 
 
 def encode_relay(receiver: str, sealed: bytes) -> bytes:
@@ -135,8 +177,7 @@ def decode_ids(payload: bytes, what: str = "site list") -> list[str]:
 
 
 def encode_masked(refused: Sequence[tuple[str, str]], vector: bytes) -> bytes:
-    head = struct.pack("<I", len(refused)) + b"".join(_s(p) + _s(reason[:1000]) for p, reason in refused)
-    return head + vector
+    return encode_reports(refused) + vector
 
 
 def decode_masked(payload: bytes) -> tuple[list[tuple[str, str]], bytes]:
@@ -145,20 +186,23 @@ def decode_masked(payload: bytes) -> tuple[list[tuple[str, str]], bytes]:
     return refused, r.rest()
 
 
-def encode_request(survivors: Sequence[str], dropped: Sequence[str]) -> bytes:
-    return encode_ids(survivors) + encode_ids(dropped)
+def encode_request(survivors: Sequence[str], signatures: Sequence[tuple[str, bytes]] = ()) -> bytes:
+    sigs = struct.pack("<I", len(signatures)) + b"".join(_s(i) + g for i, g in signatures)
+    return encode_ids(survivors) + sigs
 
 
-def decode_request(payload: bytes) -> tuple[list[str], list[str]]:
+def decode_request(payload: bytes) -> tuple[list[str], list[tuple[str, bytes]]]:
     r = _Reader(payload, "unmask request")
     survivors = [r.str() for _ in range(r.u32())]
-    dropped = [r.str() for _ in range(r.u32())]
+    signatures = [(r.str(), r.take(SIG)) for _ in range(r.u32())]
     r.end()
-    return survivors, dropped
+    return survivors, signatures
 
 
 def encode_unmask(entries: Sequence[tuple[str, int, bytes]]) -> bytes:
-    return struct.pack("<I", len(entries)) + b"".join(_s(o) + bytes([k]) + struct.pack("<H", len(sh)) + sh for o, k, sh in entries)
+    return struct.pack("<I", len(entries)) + b"".join(
+        _s(o) + bytes([k]) + struct.pack("<H", len(sh)) + sh for o, k, sh in entries
+    )
 
 
 def decode_unmask(payload: bytes) -> list[tuple[str, int, bytes]]:
