@@ -30,7 +30,7 @@ from ..protocol.spec import ProtocolSpec, parse_protocol, PROTOCOLS_DIR
 from ..speccheck import check_keys, get, get_table, in_range
 from ..training.config import TrainingConfig
 
-__all__ = ["REFERENCES", "FederationConfig", "Experiment", "Variant", "load_experiment", "parse_experiment", "EXPERIMENTS_DIR"]
+__all__ = ["REFERENCES", "check_site_names", "FederationConfig", "Experiment", "Variant", "load_experiment", "parse_experiment", "EXPERIMENTS_DIR"]
 
 REFERENCES = ("pooled", "local-only")
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
@@ -163,6 +163,20 @@ def parse_experiment(data: Mapping[str, Any], source: str = "<memory>", base_dir
         source=source,
         raw=dict(data),
     )
+
+
+def check_site_names(exp: Experiment, sites: list[str]) -> None:
+    """Refuse a ``[privacy].site_budgets`` key that names no site of the task.
+
+    A misspelt site would otherwise silently keep the default budget. Called once the task is
+    built, since only then are its site names known.
+    """
+    for v in exp.variants:
+        budgets = getattr(getattr(v.spec, "privacy", None), "site_budgets", None) or {}
+        unknown = sorted(set(budgets) - set(sites))
+        if unknown:
+            raise SpecError(f"{exp.source}: protocol {v.label!r} [privacy].site_budgets names {unknown}, "
+                            f"which are not sites of the task (its sites are {sites})")
 
 
 def load_experiment(path_or_name: str | Path) -> Experiment:

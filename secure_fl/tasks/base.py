@@ -128,7 +128,8 @@ class Task(ABC):
 
     def describe(self) -> str:
         parts = ", ".join(f"{s.name}: {s.n_train}/{s.n_test}" for s in self.sites)
-        return f"{self.name} ({self.num_classes} classes; train/test per site: {parts})"
+        notes = "".join(f"; {n}" for n in self.info.get("notes", []))  # type: ignore[union-attr]
+        return f"{self.name} ({self.num_classes} classes; train/test per site: {parts}{notes})"
 
 
 def _with_site_means(out: dict[str, float], sites: list[str]) -> dict[str, float]:

@@ -11,6 +11,7 @@ from typing import Any
 from .._lazy import resolve
 from ..errors import SpecError
 from .base import Task
+from .sites import check_unique_names
 
 __all__ = ["TASKS", "build_task"]
 
@@ -29,4 +30,6 @@ def build_task(name: str, params: Mapping[str, Any], where: str = "task") -> Tas
         target = TASKS[name]
     except KeyError:
         raise SpecError(f"{where}: unknown task {name!r}; known tasks are {sorted(TASKS)}") from None
-    return resolve(target)(params, where)  # type: ignore[no-any-return]
+    task: Task = resolve(target)(params, where)
+    check_unique_names([s.name for s in task.sites], f"{where} (task {name!r})")
+    return task
