@@ -56,6 +56,9 @@ class ImageFolderTask(Task):
         torch.manual_seed(seed)
         return FaceEncoder(self.num_classes, self.embedding_dim)
 
+    def model_spec(self) -> tuple[str, dict[str, Any]]:
+        return "secure_fl.tasks.models:FaceEncoder", {"num_classes": self.num_classes, "embedding_dim": self.embedding_dim}
+
 
 def build_image_folder(params: Mapping[str, Any], where: str) -> ImageFolderTask:
     """Sites from ``[[task.sites]]`` (``name``, ``data`` folder, or ``train`` + ``test`` folders) or ``paths``.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["LogisticRegression", "MLP", "FaceEncoder"]
+__all__ = ["LogisticRegression", "SingleLogit", "MLP", "FaceEncoder"]
 
 
 class LogisticRegression(nn.Module):
@@ -15,6 +15,22 @@ class LogisticRegression(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
+
+
+class SingleLogit(nn.Module):
+    """Binary logistic regression with one logit ``z = w·x + b`` (FLamby's heart-disease ``Baseline``).
+
+    Returns the two logits ``(0, z)``: softmax gives ``(1 - σ(z), σ(z))`` and cross-entropy equals
+    binary cross-entropy on ``σ(z)``, so the rest of secure-fl treats it as a 2-class model.
+    """
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n_features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.linear(x)
+        return torch.cat([torch.zeros_like(z), z], dim=1)
 
 
 class MLP(nn.Module):
