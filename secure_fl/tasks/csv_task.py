@@ -242,4 +242,4 @@ def build_csv(params: Mapping[str, Any], where: str) -> HeartTask:
                                "split": s.src.split, "dropped_rows": s.dropped} for s in sites},
         "notes": notes,
     }
-    return HeartTask("csv", len(classes), data, info, model=p["model"], hidden=p["hidden"])
+    return HeartTask("csv", len(classes), data, info, model=p["model"], hidden=p["hidden"], model_args=p["model_args"])

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._lazy import resolve
 from ..errors import DataError
 from .base import Task
+from .plugins import load_callable
 
 __all__ = ["FORMAT", "model_card", "save_model", "load_model"]
 
@@ -75,7 +75,7 @@ def load_model(run_dir: Path, site: str | None = None) -> tuple[nn.Module, dict[
     arch = card["architecture"]
     if arch.get("kwargs") is None:
         raise DataError(f"{card_path}: architecture {arch['class']} cannot be rebuilt (the task gives no model_spec)")
-    model: nn.Module = resolve(arch["class"])(**arch["kwargs"])
+    model: nn.Module = load_callable(arch["class"], f"{card_path} architecture")(**arch["kwargs"])
     state = torch.load(weights, map_location="cpu", weights_only=True)
     if card.get("per_site"):
         if site not in state:

@@ -13,7 +13,7 @@ kept as recorded, as in FLamby.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from ..errors import DataError, SpecError
 from ..speccheck import check_keys, get, in_range, one_of
 from .base import SiteData, Task
 from .models import MLP, LogisticRegression, SingleLogit
+from .plugins import is_import_path, load_callable
 
 __all__ = ["HOSPITALS", "FEATURES", "load_heart_frame", "heart_features", "HeartTask", "build_heart"]
 
@@ -91,12 +92,22 @@ def split_site(name: str, x: np.ndarray, y: np.ndarray, test_fraction: float, rn
 
 @dataclass
 class HeartTask(Task):
+    """A table task. ``model``: "logreg", "sigmoid", "mlp", or the user's ``"module:make_model"``
+    called as ``make_model(n_features=..., num_classes=..., **model_args)`` (see tasks/plugins.py)."""
+
     model: str = "logreg"
     hidden: int = 32
+    model_args: dict[str, Any] = field(default_factory=dict)
 
     def make_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         n_features = int(self.sites[0].x_train.shape[1])
+        if is_import_path(self.model):
+            model = load_callable(self.model, "[task].model")(n_features=n_features, num_classes=self.num_classes,
+                                                               **self.model_args)
+            if not isinstance(model, nn.Module):
+                raise SpecError(f"[task].model: {self.model!r} returned {type(model).__name__}, not a torch.nn.Module")
+            return model  # type: ignore[no-any-return]
         if self.model == "logreg":
             return LogisticRegression(n_features, self.num_classes)
         if self.model == "sigmoid":
@@ -107,6 +118,8 @@ class HeartTask(Task):
 
     def model_spec(self) -> tuple[str, dict[str, Any]]:
         d = int(self.sites[0].x_train.shape[1])
+        if is_import_path(self.model):
+            return self.model, {"n_features": d, "num_classes": self.num_classes, **self.model_args}
         if self.model == "logreg":
             return "secure_fl.tasks.models:LogisticRegression", {"n_features": d, "num_classes": self.num_classes}
         if self.model == "sigmoid":
@@ -115,9 +128,13 @@ class HeartTask(Task):
 
 
 def tabular_params(params: Mapping[str, Any], where: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    check_keys(params, ["model", "hidden", "test_fraction", "split_seed", *extra], where)
+    check_keys(params, ["model", "model_args", "hidden", "test_fraction", "split_seed", *extra], where)
+    model = get(params, "model", str, where, "logreg")
+    if not is_import_path(model) and model not in ("logreg", "sigmoid", "mlp"):
+        raise SpecError(f"{where}.model: expected one of ['logreg', 'sigmoid', 'mlp'] or \"module:function\", found {model!r}")
     return {
-        "model": get(params, "model", str, where, "logreg", one_of("logreg", "sigmoid", "mlp")),
+        "model": model,
+        "model_args": get(params, "model_args", dict, where, {}),
         "hidden": get(params, "hidden", int, where, 32, in_range(1)),
         "test_fraction": get(params, "test_fraction", float, where, 0.25, in_range(0, 1, lo_open=True, hi_open=True)),
         "split_seed": get(params, "split_seed", int, where, 0),
@@ -146,7 +163,8 @@ def build_heart(params: Mapping[str, Any], where: str) -> HeartTask:
     x, y, site = heart_features(load_heart_frame())
     rng = np.random.default_rng(p["split_seed"])
     sites = [split_site(h, x[site == h], y[site == h], p["test_fraction"], rng) for h in hospitals]
-    return HeartTask("heart-disease", 2, sites, {"features": FEATURES}, model=p["model"], hidden=p["hidden"])
+    return HeartTask("heart-disease", 2, sites, {"features": FEATURES}, model=p["model"], hidden=p["hidden"],
+                     model_args=p["model_args"])
 
 
 def _build_flamby(hospitals: list[str], p: Mapping[str, Any]) -> HeartTask:
@@ -161,4 +179,5 @@ def _build_flamby(hospitals: list[str], p: Mapping[str, Any]) -> HeartTask:
     pre = Preprocessor(cols, "site", {h: {"impute": {}, **s} for h, s in stats.items()})
     info = {"features": FLAMBY_FEATURES, "labels": ["0", "1"], "positive": "1", "split": "flamby",
             "preprocessing": pre.to_json(), "notes": ["FLamby Fed-Heart-Disease split and preprocessing"]}
-    return FlambyHeartTask("heart-disease", 2, sites, info, model=p["model"], hidden=p["hidden"], raw=raw)
+    return FlambyHeartTask("heart-disease", 2, sites, info, model=p["model"], hidden=p["hidden"],
+                           model_args=p["model_args"], raw=raw)

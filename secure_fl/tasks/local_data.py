@@ -8,7 +8,7 @@ name the file or folder at fault, for every bad site at once.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +17,20 @@ import torch
 from torch import nn
 
 from ..errors import DataError, SpecError
-from ..speccheck import check_keys, get, in_range
+from ..speccheck import check_keys, get, in_range, one_of
 from .base import SiteData, Task
 from .csv_task import _collect
 from .heart import HeartTask
 from .sites import fraction_split, parse_sites
 from .images import IMAGE_SUFFIXES, load_image
 from .models import FaceEncoder
+from .plugins import is_import_path, load_callable
 
 __all__ = ["ImageFolderTask", "build_image_folder", "build_csv", "read_image_folder"]
 
 
-def read_image_folder(root: Path, size: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
-    """Images [n, 1, H, W] and their class names from ``root/<class>/<image>``."""
+def read_image_folder(root: Path, size: tuple[int, int], channels: int = 1) -> tuple[np.ndarray, list[str]]:
+    """Images [n, C, H, W] (C = ``channels``: 1 grey, 3 RGB) and their class names from ``root/<class>/<image>``."""
     if not root.exists():
         raise DataError(f"image folder not found: {root}")
     if not root.is_dir():
@@ -43,21 +44,41 @@ def read_image_folder(root: Path, size: tuple[int, int]) -> tuple[np.ndarray, li
         if not files:
             raise DataError(f"class folder {d} is empty (no image files with suffix {sorted(IMAGE_SUFFIXES)})")
         for f in files:
-            xs.append(load_image(f, size))
+            xs.append(load_image(f, size, channels))
             labels.append(d.name)
-    return np.stack(xs)[:, None], labels
+    x = np.stack(xs)
+    return (x[:, None] if channels == 1 else x), labels
 
 
 @dataclass
 class ImageFolderTask(Task):
+    """Images per class. ``model``: "cnn" (the small NormFace CNN of tasks/models.py) or the user's
+    ``"module:make_model"``, called as ``make_model(num_classes=..., in_channels=..., image_size=[h, w],
+    **model_args)``."""
+
     embedding_dim: int = 64
+    in_channels: int = 1
+    model: str = "cnn"
+    model_args: dict[str, Any] = field(default_factory=dict)
+
+    def _kwargs(self) -> dict[str, Any]:
+        if self.model == "cnn":
+            return {"num_classes": self.num_classes, "embedding_dim": self.embedding_dim, "in_channels": self.in_channels}
+        size = list(self.sites[0].x_train.shape[2:])
+        return {"num_classes": self.num_classes, "in_channels": self.in_channels, "image_size": size, **self.model_args}
 
     def make_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
-        return FaceEncoder(self.num_classes, self.embedding_dim)
+        if self.model == "cnn":
+            return FaceEncoder(**self._kwargs())
+        model = load_callable(self.model, "[task].model")(**self._kwargs())
+        if not isinstance(model, nn.Module):
+            raise SpecError(f"[task].model: {self.model!r} returned {type(model).__name__}, not a torch.nn.Module")
+        return model  # type: ignore[no-any-return]
 
     def model_spec(self) -> tuple[str, dict[str, Any]]:
-        return "secure_fl.tasks.models:FaceEncoder", {"num_classes": self.num_classes, "embedding_dim": self.embedding_dim}
+        target = "secure_fl.tasks.models:FaceEncoder" if self.model == "cnn" else self.model
+        return target, self._kwargs()
 
 
 def build_image_folder(params: Mapping[str, Any], where: str) -> ImageFolderTask:
@@ -66,7 +87,12 @@ def build_image_folder(params: Mapping[str, Any], where: str) -> ImageFolderTask
     A site without a test folder is split per class by a seeded fraction
     (:func:`secure_fl.tasks.sites.fraction_split`).
     """
-    check_keys(params, ["paths", "sites", "image_size", "test_fraction", "split_seed", "embedding_dim"], where)
+    check_keys(params, ["paths", "sites", "image_size", "channels", "model", "model_args", "test_fraction", "split_seed",
+                        "embedding_dim"], where)
+    channels = get(params, "channels", int, where, 1, one_of(1, 3))
+    model = get(params, "model", str, where, "cnn")
+    if model != "cnn" and not is_import_path(model):
+        raise SpecError(f"{where}.model: expected \"cnn\" or \"module:function\", found {model!r}")
     size = get(params, "image_size", list, where, [56, 46])
     if len(size) != 2 or not all(isinstance(v, int) and v >= 8 for v in size):
         raise DataError(f"{where}.image_size: expected [height, width] with integers >= 8, found {size!r}")
@@ -77,7 +103,8 @@ def build_image_folder(params: Mapping[str, Any], where: str) -> ImageFolderTask
         if s.split_column is not None:
             raise SpecError(f"{where}.sites: site {s.name!r}: split_column applies to tables; give a test folder or test_fraction")
     shape = (size[0], size[1])
-    loaded = _collect(sources, lambda s: (read_image_folder(s.train, shape), read_image_folder(s.test, shape) if s.test else None))
+    loaded = _collect(sources, lambda s: (read_image_folder(s.train, shape, channels),
+                                          read_image_folder(s.test, shape, channels) if s.test else None))
     classes = sorted({c for tr, te in loaded for _, labels in ([tr] + ([te] if te else [])) for c in labels})
     index = {c: i for i, c in enumerate(classes)}
     sites = []
@@ -92,7 +119,8 @@ def build_image_folder(params: Mapping[str, Any], where: str) -> ImageFolderTask
             sites.append(SiteData(src.name, torch.tensor(tr[0]), torch.tensor(y), torch.tensor(te[0]), torch.tensor(yte)))
     emb = get(params, "embedding_dim", int, where, 64, in_range(2))
     info = {"classes": classes, "sites": {s.name: {"data": str(s.train), "split": s.split} for s in sources}}
-    return ImageFolderTask("image-folder", len(classes), sites, info, embedding_dim=emb)
+    return ImageFolderTask("image-folder", len(classes), sites, info, embedding_dim=emb, in_channels=channels, model=model,
+                           model_args=get(params, "model_args", dict, where, {}))
 
 
 def build_csv(params: Mapping[str, Any], where: str) -> HeartTask:

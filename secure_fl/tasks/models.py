@@ -55,13 +55,14 @@ class FaceEncoder(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int, embedding_dim: int = 64, channels: tuple[int, int, int] = (16, 32, 64), scale: float = 16.0
+        self, num_classes: int, embedding_dim: int = 64, channels: tuple[int, int, int] = (16, 32, 64), scale: float = 16.0,
+        in_channels: int = 1,
     ) -> None:
         super().__init__()
         self.scale = scale
         c1, c2, c3 = channels
         self.features = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d((4, 4)),
         )
