@@ -1,0 +1,83 @@
+"""Tasks and models from the user's own code; RGB image folders; the worked examples build."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torch import nn
+
+from secure_fl.errors import SpecError
+from secure_fl.tasks.registry import build_task
+
+ROOT = Path(__file__).resolve().parents[1]
+RISK = str(ROOT / "examples" / "own_code" / "risk.py")
+HOSP = ROOT / "examples" / "hospital_csv"
+
+
+def _example_task(name: str) -> dict:
+    return tomllib.loads((ROOT / "examples" / name).read_text())["task"]
+
+
+def test_hospital_csv_example_builds(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the example's paths start at the repository root
+    params = _example_task("hospital_csv/experiment.toml")
+    task = build_task(params.pop("name"), params)
+    assert [(s.name, s.n_train, s.n_test) for s in task.sites] == [("hospA", 120, 40), ("hospB", 75, 25), ("hospC", 60, 20)]
+    assert task.info["features"] == ["age", "sex=M", "cp=atypical", "cp=non-anginal", "cp=asymptomatic", "chol", "restecg"]
+
+
+def test_own_model_in_the_csv_task(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    params = _example_task("own_code/own-model.toml")
+    task = build_task(params.pop("name"), params)
+    model = task.make_model(0)
+    assert isinstance(model, nn.Sequential) and model[0].out_features == 8
+    target, kwargs = task.model_spec()
+    assert target == "examples/own_code/risk.py:make_model" and kwargs == {"n_features": 7, "num_classes": 2, "hidden": 8}
+
+
+def test_own_task_builder(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    params = _example_task("own_code/own-task.toml")
+    task = build_task(params.pop("name"), params)
+    assert task.name == "age-risk" and [s.name for s in task.sites] == ["hospA", "hospC"]
+    assert task.sites[0].x_train.shape[1] == 2
+
+
+def test_own_code_errors_name_the_target(tmp_path):
+    with pytest.raises(SpecError, match=r"'nowhere.py:build': file nowhere.py not found"):
+        build_task("nowhere.py:build", {})
+    with pytest.raises(SpecError, match=r"has no callable 'missing'"):
+        build_task(f"{RISK}:missing", {})
+    with pytest.raises(SpecError, match=r"no module 'no_such_pkg'"):
+        build_task("no_such_pkg.tasks:build", {})
+    bad = tmp_path / "bad.py"
+    bad.write_text("def build(params, where):\n    return 42\n")
+    with pytest.raises(SpecError, match="returned int, not a secure_fl Task"):
+        build_task(f"{bad}:build", {})
+    with pytest.raises(SpecError, match=r"model: expected one of \['logreg', 'sigmoid', 'mlp'\] or \"module:function\""):
+        build_task("synthetic-tabular", {"model": "forest"})
+
+
+def test_rgb_image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, colour in (("red", 0), ("blue", 2)):
+        for i in range(4):
+            img = np.zeros((12, 12, 3), dtype=np.uint8)
+            img[..., colour] = 200 + i
+            p = tmp_path / "A" / c / f"{i}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img + rng.integers(0, 20, img.shape, dtype=np.uint8)).save(p)
+    task = build_task("image-folder", {"sites": [{"name": "A", "data": str(tmp_path / "A")}], "image_size": [8, 8],
+                                       "channels": 3})
+    x = task.sites[0].x_train
+    assert x.shape[1:] == (3, 8, 8)
+    red = task.sites[0].y_train == task.info["classes"].index("red")
+    assert float(x[red][:, 0].mean()) > 0.7 and float(x[red][:, 2].mean()) < 0.1
+    assert task.make_model(0)(x).shape == (len(x), 2)
+    assert task.model_spec()[1]["in_channels"] == 3
