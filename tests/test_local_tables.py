@@ -38,7 +38,8 @@ def test_two_files_with_one_name_are_refused_not_merged(tmp_path):
     b = _csv(tmp_path / "hB" / "data.csv", "f1,f2,y", _rows(20, 1))
     with pytest.raises(SpecError, match=r"would all be site 'data'.*\[\[task.sites\]\]"):
         build_task("csv", {"paths": [a, b], "label_column": "y"})
-    task = build_task("csv", {"sites": [{"name": "hospA", "data": a}, {"name": "hospB", "data": b}], "label_column": "y"})
+    named = [{"name": "hospA", "data": a}, {"name": "hospB", "data": b}]
+    task = build_task("csv", {"sites": named, "label_column": "y"})
     assert [s.name for s in task.sites] == ["hospA", "hospB"]
     assert [s.n_train + s.n_test for s in task.sites] == [20, 20]
 
@@ -141,8 +142,11 @@ def test_nan_label_refused_with_file_and_line(tmp_path):
     rows = _rows(10, 0)
     rows[3] = rows[3].rsplit(",", 1)[0] + ","
     a = _csv(tmp_path / "a.csv", "f1,f2,y", rows)
-    b = _csv(tmp_path / "b.csv", "f1,f2,y", [r.rsplit(",", 1)[0] + ",nan" if i == 0 else r for i, r in enumerate(_rows(10, 1))])
-    with pytest.raises(DataError, match=r"(?s)2 problems:.*a.csv: label column 'y' is missing at line\(s\) 5.*b.csv: .* line\(s\) 2"):
+    rows_b = _rows(10, 1)
+    rows_b[0] = rows_b[0].rsplit(",", 1)[0] + ",nan"
+    b = _csv(tmp_path / "b.csv", "f1,f2,y", rows_b)
+    both = r"(?s)2 problems:.*a.csv: label column 'y' is missing at line\(s\) 5.*b.csv: .* line\(s\) 2"
+    with pytest.raises(DataError, match=both):
         build_task("csv", {"sites": [{"name": "A", "data": a}, {"name": "B", "data": b}], "label_column": "y"})
 
 

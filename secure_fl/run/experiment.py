@@ -30,7 +30,8 @@ from ..protocol.spec import ProtocolSpec, parse_protocol, PROTOCOLS_DIR
 from ..speccheck import check_keys, get, get_table, in_range
 from ..training.config import TrainingConfig
 
-__all__ = ["REFERENCES", "check_site_names", "FederationConfig", "Experiment", "Variant", "load_experiment", "parse_experiment", "EXPERIMENTS_DIR"]
+__all__ = ["REFERENCES", "FederationConfig", "Experiment", "Variant", "load_experiment", "parse_experiment", "EXPERIMENTS_DIR",
+           "check_site_names"]
 
 REFERENCES = ("pooled", "local-only")
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"

@@ -23,11 +23,13 @@ from ..speccheck import get, one_of
 from .base import SiteData
 from .heart import HeartTask, tabular_params
 from .sites import SiteSource, fraction_split, parse_sites
-from .tabular import LINE, MISSING, line_of, ColumnSpec, LabelSpec, Preprocessor, _sort_key, canon, parse_columns, parse_labels, read_table
+from .tabular import (LINE, MISSING, ColumnSpec, LabelSpec, Preprocessor, _sort_key, canon, line_of, parse_columns,
+                      parse_labels, read_table)
 
 __all__ = ["CSV_KEYS", "build_csv"]
 
-CSV_KEYS = ("paths", "sites", "label_column", "feature_columns", "label_map", "positive", "missing", "standardise", "columns")
+CSV_KEYS = ("paths", "sites", "label_column", "feature_columns", "label_map", "positive", "missing", "standardise",
+            "columns")
 
 
 @dataclass
@@ -125,7 +127,8 @@ def _classes(sites: list[_Site], spec: LabelSpec, where: str) -> list[str]:
             unknown = [(i, v) for i, v in enumerate(raw) if v not in spec.mapping]
             if unknown:
                 i, v = unknown[0]
-                raise DataError(f"{path}: label {v!r} at line {line_of(df, i)} is not in label_map (keys {sorted(spec.mapping)})")
+                raise DataError(f"{path}: label {v!r} at line {line_of(df, i)} is not in label_map "
+                                f"(keys {sorted(spec.mapping)})")
             raw = [spec.mapping[v] for v in raw]
         df["__class__"] = raw
         return set(raw)
@@ -133,13 +136,14 @@ def _classes(sites: list[_Site], spec: LabelSpec, where: str) -> list[str]:
     found = set().union(*_collect([f for s in sites for f in _frames(s)], labels_of))
     classes = sorted(found, key=_sort_key)
     if len(classes) < 2:
-        raise DataError(f"{where}: label column {spec.column!r} has a single class {classes} across all sites; nothing to learn")
+        raise DataError(f"{where}: label column {spec.column!r} has a single class {classes} across all sites; "
+                        "nothing to learn")
     if spec.positive is not None:
         if spec.positive not in found:
             raise DataError(f"{where}.positive: class {spec.positive!r} never occurs (classes found: {classes})")
         if len(classes) != 2:
-            raise DataError(f"{where}: positive = {spec.positive!r} asks for a binary task, but label column {spec.column!r} "
-                            f"has {len(classes)} classes {classes}; merge them with label_map "
+            raise DataError(f"{where}: positive = {spec.positive!r} asks for a binary task, but label column "
+                            f"{spec.column!r} has {len(classes)} classes {classes}; merge them with label_map "
                             f'(e.g. label_map = {{"0" = 0, "2" = 1, ...}})')
         classes.remove(spec.positive)
         classes.append(spec.positive)
@@ -168,12 +172,13 @@ def _split(s: _Site, pre: Preprocessor, split_seed: int) -> None:
         bad = [(i, v) for i, v in enumerate(vals) if v not in ("train", "test")]
         if bad:
             i, v = bad[0]
-            raise DataError(f"{path}: split column {col!r} line {line_of(df, i)}: {df[col][i]!r}; expected 'train' or 'test' "
-                            f"({len(bad)} such row(s))")
+            raise DataError(f"{path}: split column {col!r} line {line_of(df, i)}: {df[col][i]!r}; "
+                            f"expected 'train' or 'test' ({len(bad)} such row(s))")
         test = np.array([v == "test" for v in vals])
     else:
         fraction = s.src.test_fraction if s.src.test_fraction is not None else 0.25
-        test = fraction_split(np.array(df["__class__"].tolist(), dtype=object).astype(str), fraction, split_seed, s.src.name)
+        labels = np.array(df["__class__"].tolist(), dtype=object).astype(str)
+        test = fraction_split(labels, fraction, split_seed, s.src.name)
     s.train, s.test = df.loc[~test].reset_index(drop=True), pd.DataFrame(df.loc[test]).reset_index(drop=True)
 
 

@@ -40,7 +40,8 @@ from ..errors import DataError
 from .base import SiteData
 from .heart import HeartTask
 
-__all__ = ["FLAMBY_CENTRES", "FLAMBY_FEATURES", "flamby_records", "flamby_test_mask", "build_flamby_sites", "FlambyHeartTask"]
+__all__ = ["FLAMBY_CENTRES", "FLAMBY_FEATURES", "flamby_records", "flamby_test_mask", "build_flamby_sites",
+           "FlambyHeartTask"]
 
 FLAMBY_CENTRES = ("Cleveland", "Hungary", "Switzerland", "VA Long Beach")  # FLamby centres 0-3
 FLAMBY_FEATURES = ["age", "sex", "trestbps", "chol", "fbs", "thalach", "exang", "oldpeak",

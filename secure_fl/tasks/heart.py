@@ -131,7 +131,8 @@ def tabular_params(params: Mapping[str, Any], where: str, extra: tuple[str, ...]
     check_keys(params, ["model", "model_args", "hidden", "test_fraction", "split_seed", *extra], where)
     model = get(params, "model", str, where, "logreg")
     if not is_import_path(model) and model not in ("logreg", "sigmoid", "mlp"):
-        raise SpecError(f"{where}.model: expected one of ['logreg', 'sigmoid', 'mlp'] or \"module:function\", found {model!r}")
+        raise SpecError(f"{where}.model: expected one of ['logreg', 'sigmoid', 'mlp'] or \"module:function\", "
+                        f"found {model!r}")
     return {
         "model": model,
         "model_args": get(params, "model_args", dict, where, {}),
@@ -175,7 +176,9 @@ def _build_flamby(hospitals: list[str], p: Mapping[str, Any]) -> HeartTask:
     # the same preprocessing as a table spec, so `secure-fl predict` can score UCI-coded rows
     num = ["age", "sex", "trestbps", "chol", "fbs", "thalach", "exang", "oldpeak"]
     cols = [ColumnSpec(c, "numeric") for c in num] + [
-        ColumnSpec("cp", "categorical", ("1", "2", "3", "4"), "1"), ColumnSpec("restecg", "categorical", ("0", "1", "2"), "0")]
+        ColumnSpec("cp", "categorical", ("1", "2", "3", "4"), "1"),
+        ColumnSpec("restecg", "categorical", ("0", "1", "2"), "0"),
+    ]
     pre = Preprocessor(cols, "site", {h: {"impute": {}, **s} for h, s in stats.items()})
     info = {"features": FLAMBY_FEATURES, "labels": ["0", "1"], "positive": "1", "split": "flamby",
             "preprocessing": pre.to_json(), "notes": ["FLamby Fed-Heart-Disease split and preprocessing"]}

@@ -63,7 +63,8 @@ class ImageFolderTask(Task):
 
     def _kwargs(self) -> dict[str, Any]:
         if self.model == "cnn":
-            return {"num_classes": self.num_classes, "embedding_dim": self.embedding_dim, "in_channels": self.in_channels}
+            return {"num_classes": self.num_classes, "embedding_dim": self.embedding_dim,
+                    "in_channels": self.in_channels}
         size = list(self.sites[0].x_train.shape[2:])
         return {"num_classes": self.num_classes, "in_channels": self.in_channels, "image_size": size, **self.model_args}
 
@@ -87,8 +88,9 @@ def build_image_folder(params: Mapping[str, Any], where: str) -> ImageFolderTask
     A site without a test folder is split per class by a seeded fraction
     (:func:`secure_fl.tasks.sites.fraction_split`).
     """
-    check_keys(params, ["paths", "sites", "image_size", "channels", "model", "model_args", "test_fraction", "split_seed",
-                        "embedding_dim"], where)
+    keys = ["paths", "sites", "image_size", "channels", "model", "model_args", "test_fraction", "split_seed",
+            "embedding_dim"]
+    check_keys(params, keys, where)
     channels = get(params, "channels", int, where, 1, one_of(1, 3))
     model = get(params, "model", str, where, "cnn")
     if model != "cnn" and not is_import_path(model):
@@ -101,7 +103,8 @@ def build_image_folder(params: Mapping[str, Any], where: str) -> ImageFolderTask
     sources = parse_sites(params, where, test_fraction, name_from="name")
     for s in sources:
         if s.split_column is not None:
-            raise SpecError(f"{where}.sites: site {s.name!r}: split_column applies to tables; give a test folder or test_fraction")
+            raise SpecError(f"{where}.sites: site {s.name!r}: split_column applies to tables; "
+                            "give a test folder or test_fraction")
     shape = (size[0], size[1])
     loaded = _collect(sources, lambda s: (read_image_folder(s.train, shape, channels),
                                           read_image_folder(s.test, shape, channels) if s.test else None))
@@ -116,11 +119,13 @@ def build_image_folder(params: Mapping[str, Any], where: str) -> ImageFolderTask
             sites.append(SiteData(src.name, t(x[~test]), t(y[~test]), t(x[test]), t(y[test])))
         else:
             yte = np.array([index[c] for c in te[1]], dtype=np.int64)
-            sites.append(SiteData(src.name, torch.tensor(tr[0]), torch.tensor(y), torch.tensor(te[0]), torch.tensor(yte)))
+            t = torch.tensor
+            sites.append(SiteData(src.name, t(tr[0]), t(y), t(te[0]), t(yte)))
     emb = get(params, "embedding_dim", int, where, 64, in_range(2))
     info = {"classes": classes, "sites": {s.name: {"data": str(s.train), "split": s.split} for s in sources}}
-    return ImageFolderTask("image-folder", len(classes), sites, info, embedding_dim=emb, in_channels=channels, model=model,
-                           model_args=get(params, "model_args", dict, where, {}))
+    args = get(params, "model_args", dict, where, {})
+    return ImageFolderTask("image-folder", len(classes), sites, info, embedding_dim=emb, in_channels=channels,
+                           model=model, model_args=args)
 
 
 def build_csv(params: Mapping[str, Any], where: str) -> HeartTask:

@@ -55,7 +55,11 @@ class FaceEncoder(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int, embedding_dim: int = 64, channels: tuple[int, int, int] = (16, 32, 64), scale: float = 16.0,
+        self,
+        num_classes: int,
+        embedding_dim: int = 64,
+        channels: tuple[int, int, int] = (16, 32, 64),
+        scale: float = 16.0,
         in_channels: int = 1,
     ) -> None:
         super().__init__()

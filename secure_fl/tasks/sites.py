@@ -75,7 +75,9 @@ def _path(value: Any, where: str) -> Path:
     return Path(value).expanduser()
 
 
-def parse_sites(params: Mapping[str, Any], where: str, default_fraction: float, name_from: str = "stem") -> list[SiteSource]:
+def parse_sites(
+    params: Mapping[str, Any], where: str, default_fraction: float, name_from: str = "stem"
+) -> list[SiteSource]:
     """Sites from ``[[task.sites]]``, or from the older ``paths = [...]`` list (one site per path).
 
     With ``paths`` a site is named after its file (``name_from="stem"``) or folder
@@ -132,7 +134,8 @@ def _site(t: Any, where: str, default_fraction: float) -> SiteSource:
     test = _path(t["test"], f"{where}.test") if "test" in t else None
     split_column = get(t, "split_column", str, where, None)
     fraction = get(t, "test_fraction", float, where, None, in_range(0, 1, lo_open=True, hi_open=True))
-    ways = [k for k, v in (("test", test), ("split_column", split_column), ("test_fraction", fraction)) if v is not None]
+    given = (("test", test), ("split_column", split_column), ("test_fraction", fraction))
+    ways = [k for k, v in given if v is not None]
     if len(ways) > 1:
         raise SpecError(f"{where}: site {name!r} gives {ways}; choose one way to make its test set")
     if test is not None and "data" in t:

@@ -56,7 +56,8 @@ import numpy as np
 from ..errors import DataError, SpecError
 from ..speccheck import check_keys, get, one_of
 
-__all__ = ["LINE", "line_of", "canon", "ColumnSpec", "LabelSpec", "Preprocessor", "read_table", "parse_columns", "parse_labels"]
+__all__ = ["LINE", "line_of", "canon", "ColumnSpec", "LabelSpec", "Preprocessor", "read_table", "parse_columns",
+           "parse_labels"]
 
 MISSING = ("refuse", "drop", "impute")
 TYPES = ("numeric", "categorical", "ordinal", "ignore")
@@ -150,7 +151,8 @@ def parse_labels(params: Mapping[str, Any], where: str) -> LabelSpec:
     if positive is not None and (pos is None or isinstance(positive, (dict, list))):
         raise SpecError(f"{where}.positive: expected a class value, found {positive!r}")
     if pos is not None and mapping is not None and pos not in set(mapping.values()):
-        raise SpecError(f"{where}.positive: {positive!r} is not a class of label_map (classes {sorted(set(mapping.values()))})")
+        classes = sorted(set(mapping.values()))
+        raise SpecError(f"{where}.positive: {positive!r} is not a class of label_map (classes {classes})")
     return LabelSpec(column, mapping, pos)
 
 
@@ -266,8 +268,8 @@ class Preprocessor:
                 try:
                     out[i] = float(v)
                 except ValueError:
-                    raise DataError(f"{path}: column {c.name!r} line {line_of(df, i)}: {v!r} is not a number; declare the "
-                                    f'column categorical in [task.columns] or fix the value') from None
+                    raise DataError(f"{path}: column {c.name!r} line {line_of(df, i)}: {v!r} is not a number; "
+                                    "declare the column categorical in [task.columns] or fix the value") from None
             bad = np.flatnonzero(np.isinf(out))
             if len(bad):
                 raise DataError(f"{path}: column {c.name!r} has non-finite values at {_lines(bad, df)}")
