@@ -217,3 +217,9 @@ def test_non_numeric_column_without_declaration_is_named(tmp_path):
     a = _csv(tmp_path / "a.csv", "f1,sex,y", [f"{i},{'M' if i % 2 else 'F'},{i % 2}" for i in range(10)])
     with pytest.raises(DataError, match=r"non-numeric feature column\(s\) \['sex'\]; declare them in \[task.columns\]"):
         build_task("csv", {"sites": [{"name": "A", "data": a}], "label_column": "y"})
+
+
+def test_label_column_cannot_be_a_feature(tmp_path):
+    a = _csv(tmp_path / "a.csv", "f1,f2,y", _rows(10, 0))
+    with pytest.raises(SpecError, match=r"\['y'\] is the label or split column"):
+        build_task("csv", {"sites": [{"name": "A", "data": a}], "label_column": "y", "feature_columns": ["f1", "y"]})

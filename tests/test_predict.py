@@ -109,6 +109,9 @@ def test_predict_matches_the_task_on_a_sites_test_file(csv_run, tmp_path, capsys
     bad.write_text("age,sex,chol\n60,X,200\n")
     assert main(["predict", str(run_dir), "--data", str(bad), "--site", "hospA"]) == 2
     assert "column 'sex' line 2: value 'X' is not one of ['F', 'M']" in capsys.readouterr().err
+    bad.write_text("age,sex,chol\n60,M,200\n61,,210\n")  # a blank category must not read as the reference level
+    assert main(["predict", str(run_dir), "--data", str(bad), "--site", "hospA"]) == 2
+    assert "column 'sex' has missing values at line(s) 3" in capsys.readouterr().err
 
 
 def test_flamby_preprocessing_saved_for_predict_reproduces_the_features():

@@ -78,6 +78,9 @@ def _columns(sites: list[_Site], declared: list[ColumnSpec] | None, feats: list[
         cols = [ColumnSpec(n, "numeric", missing=default_missing) for n in names]
     else:
         cols = declared
+    leak = sorted(c.name for c in cols if c.name in special - {LINE} and c.kind != "ignore")
+    if leak:
+        raise SpecError(f"{where}: {leak} is the label or split column; it cannot also be a feature")
     wanted = [c.name for c in cols if c.kind != "ignore"]
 
     def check(item: tuple[Any, Path]) -> None:

@@ -278,6 +278,10 @@ class Preprocessor:
             return out[:, None]
         if fill is not None:
             values = [fill if v is None else v for v in values]
+        absent = np.flatnonzero([v is None for v in values])
+        if len(absent):  # an all-zero one-hot would silently mean the reference level
+            raise DataError(f"{path}: column {c.name!r} has missing values at {_lines(absent, df)} and no imputation "
+                            "for them")
         unknown = [(i, v) for i, v in enumerate(values) if v is not None and v not in c.levels]
         if unknown:
             i, v = unknown[0]
