@@ -30,8 +30,7 @@ from ..protocol.spec import ProtocolSpec, parse_protocol, PROTOCOLS_DIR
 from ..speccheck import check_keys, get, get_table, in_range
 from ..training.config import TrainingConfig
 
-__all__ = ["REFERENCES", "FederationConfig", "Experiment", "Variant", "load_experiment", "parse_experiment", "EXPERIMENTS_DIR",
-           "check_site_names"]
+__all__ = ["REFERENCES", "FederationConfig", "Experiment", "Variant", "load_experiment", "parse_experiment", "EXPERIMENTS_DIR"]
 
 REFERENCES = ("pooled", "local-only")
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
