@@ -84,3 +84,23 @@ def test_rgb_image_folder(tmp_path):
     assert float(x[red][:, 0].mean()) > 0.7 and float(x[red][:, 2].mean()) < 0.1
     assert task.make_model(0)(x).shape == (len(x), 2)
     assert task.model_spec()[1]["in_channels"] == 3
+
+
+def test_image_folder_example_builds(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_images", ROOT / "examples" / "image_folder" / "make_images.py")
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    rng = np.random.default_rng(0)
+    make.folder(tmp_path / "hospA" / "train", rng, 3)
+    make.folder(tmp_path / "hospA" / "test", rng, 2)
+    make.folder(tmp_path / "hospB", rng, 4)
+    params = _example_task("image_folder/experiment.toml")
+    for site in params["sites"]:
+        for key in ("train", "test", "data"):
+            if key in site:
+                site[key] = site[key].replace("examples/image_folder/data", str(tmp_path))
+    task = build_task(params.pop("name"), params)
+    assert [(s.name, s.n_train, s.n_test) for s in task.sites] == [("hospA", 6, 4), ("hospB", 6, 2)]
+    assert task.sites[0].x_train.shape[1:] == (3, 32, 32) and task.info["classes"] == ["lesion-blue", "lesion-red"]
