@@ -38,7 +38,7 @@ def predict_file(run_dir: Path, data: Path, site: str | None = None) -> tuple[li
             raise DataError(f"{run_dir}: the model was trained by sites {card['sites']}, each with its own feature "
                             f"statistics; say whose to apply with --site (one of {sorted(pre.stats)})")
         site = trained[0]
-    df = read_table(data)
+    df = read_table(data, pre.delimiter, pre.decimal)
     x = pre.transform(site, df, data)
     with torch.no_grad():
         probs = torch.softmax(model(torch.tensor(x, dtype=torch.float32)).double(), dim=1).numpy()

@@ -223,3 +223,17 @@ def test_label_column_cannot_be_a_feature(tmp_path):
     a = _csv(tmp_path / "a.csv", "f1,f2,y", _rows(10, 0))
     with pytest.raises(SpecError, match=r"\['y'\] is the label or split column"):
         build_task("csv", {"sites": [{"name": "A", "data": a}], "label_column": "y", "feature_columns": ["f1", "y"]})
+
+
+def test_european_export_with_semicolons_and_decimal_commas(tmp_path):
+    rows = [f"{50 + i},{i % 3}5;{'M' if i % 2 else 'F'};{i % 2}" for i in range(12)]  # age 50,05 = 50.05
+    a = _csv(tmp_path / "a.csv", "age;sex;y", rows)
+    columns = {"age": "numeric", "sex": "categorical"}
+    params = {"sites": [{"name": "A", "data": a}], "label_column": "y", "columns": columns}
+    with pytest.raises(DataError, match=r"one column 'age;sex;y'; is the delimiter not ','"):
+        build_task("csv", params)
+    task = build_task("csv", {**params, "delimiter": ";", "decimal": ",", "standardise": "none"})
+    site = task.sites[0]
+    ages = np.sort(np.concatenate([site.x_train[:, 0].numpy(), site.x_test[:, 0].numpy()]))
+    np.testing.assert_allclose(ages[:3], [50.05, 51.15, 52.25], atol=1e-4)
+    assert task.info["preprocessing"]["decimal"] == ","

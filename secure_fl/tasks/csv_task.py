@@ -29,7 +29,7 @@ from .tabular import (LINE, MISSING, ColumnSpec, LabelSpec, Preprocessor, _sort_
 __all__ = ["CSV_KEYS", "build_csv"]
 
 CSV_KEYS = ("paths", "sites", "label_column", "feature_columns", "label_map", "positive", "missing", "standardise",
-            "columns")
+            "columns", "delimiter", "decimal")
 
 
 @dataclass
@@ -40,9 +40,9 @@ class _Site:
     dropped: int = 0
 
 
-def _read(src: SiteSource) -> _Site:
-    train = read_table(src.train)
-    test = read_table(src.test) if src.test is not None else None
+def _read(src: SiteSource, delimiter: str = ",", decimal: str = ".") -> _Site:
+    train = read_table(src.train, delimiter, decimal)
+    test = read_table(src.test, delimiter, decimal) if src.test is not None else None
     return _Site(src, train, test)
 
 
@@ -214,11 +214,15 @@ def build_csv(params: Mapping[str, Any], where: str) -> HeartTask:
     feats = get(params, "feature_columns", list, where, None)
     if declared is not None and feats is not None:
         raise SpecError(f"{where}: give [task.columns] or feature_columns, not both")
-    sites = _collect(sources, _read)
+    delimiter = get(params, "delimiter", str, where, ",", one_of(",", ";", "\t", "|"))
+    decimal = get(params, "decimal", str, where, ".", one_of(".", ","))
+    if decimal == delimiter:
+        raise SpecError(f"{where}: decimal and delimiter are both {decimal!r}")
+    sites = _collect(sources, lambda s: _read(s, delimiter, decimal))
     cols = _columns(sites, declared, feats, spec.column, default_missing, where)
     classes = _classes(sites, spec, where)
     index = {c: i for i, c in enumerate(classes)}
-    pre = Preprocessor(cols, standardise)
+    pre = Preprocessor(cols, standardise, delimiter=delimiter, decimal=decimal)
     _collect(sites, lambda s: _split(s, pre, p["split_seed"]))
     pre.columns = _fill_levels(cols, sites, where)
 

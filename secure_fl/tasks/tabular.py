@@ -7,6 +7,8 @@ Configured in the ``[task]`` table of a ``csv`` experiment::
     positive = 1                # optional: the positive class; asks for a binary task
     missing = "refuse"          # or "drop" (rows, counted per site) or "impute" (site statistics)
     standardise = "site"        # or "none"
+    delimiter = ";"             # optional, default ","; decimal = "," for "1,5" (European exports)
+    decimal = ","
 
     [task.columns]              # optional; without it every other column is numeric
     age = "numeric"
@@ -205,8 +207,14 @@ def _levels(raw: list[Any], where: str) -> list[str]:
     return out
 
 
-def read_table(path: Path) -> Any:
-    """A CSV file as a DataFrame of strings (``None`` where empty): types are decided per column later."""
+def read_table(path: Path, delimiter: str = ",", decimal: str = ".") -> Any:
+    """A CSV file as a DataFrame of strings (``None`` where empty): types are decided per column later.
+
+    ``delimiter = ";"`` and ``decimal = ","`` read the usual European spreadsheet export
+    (``1,5`` is read as 1.5 in every cell that is a number written with a decimal comma).
+    """
+    import re
+
     import pandas as pd
 
     if not path.exists():
@@ -214,10 +222,20 @@ def read_table(path: Path) -> Any:
     if path.is_dir():
         raise DataError(f"{path} is a folder; expected a CSV file")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=True)
+        df = pd.read_csv(path, dtype=str, keep_default_na=True, sep=delimiter)
     except Exception as exc:  # pandas raises many kinds
         raise DataError(f"unreadable CSV {path}: {exc}") from exc
     df.columns = [str(c).strip() for c in df.columns]
+    if len(df.columns) == 1 and delimiter not in df.columns[0] and any(d in df.columns[0] for d in ",;\t"):
+        raise DataError(f"{path}: one column {df.columns[0]!r}; is the delimiter not {delimiter!r}? "
+                        "(set [task].delimiter)")
+    if decimal != ".":
+        number = re.compile(r"^\s*[+-]?\d+" + re.escape(decimal) + r"\d+\s*$")
+
+        def fix(v: Any) -> Any:
+            return v.replace(decimal, ".") if isinstance(v, str) and number.match(v) else v
+
+        df = df.apply(lambda col: col.map(fix))
     df = df.astype(object).where(df.notna(), None)
     df[LINE] = np.arange(2, len(df) + 2)
     return df
@@ -230,6 +248,8 @@ class Preprocessor:
     columns: list[ColumnSpec]
     standardise: str = "site"
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    delimiter: str = ","
+    decimal: str = "."
 
     @property
     def features(self) -> list[str]:
@@ -346,8 +366,9 @@ class Preprocessor:
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "tabular", "columns": [c.to_json() for c in self.columns], "standardise": self.standardise,
-                "features": self.features, "sites": self.stats}
+                "features": self.features, "sites": self.stats, "delimiter": self.delimiter, "decimal": self.decimal}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Preprocessor":
-        return cls([ColumnSpec.from_json(c) for c in d["columns"]], d["standardise"], dict(d["sites"]))
+        return cls([ColumnSpec.from_json(c) for c in d["columns"]], d["standardise"], dict(d["sites"]),
+                   d.get("delimiter", ","), d.get("decimal", "."))
