@@ -104,3 +104,44 @@ def test_image_folder_example_builds(tmp_path):
     task = build_task(params.pop("name"), params)
     assert [(s.name, s.n_train, s.n_test) for s in task.sites] == [("hospA", 6, 4), ("hospB", 6, 2)]
     assert task.sites[0].x_train.shape[1:] == (3, 32, 32) and task.info["classes"] == ["lesion-blue", "lesion-red"]
+
+
+def test_predict_scores_an_image_folder(tmp_path, capsys):
+    import csv
+    import tomllib as toml
+
+    from PIL import Image
+
+    from secure_fl.cli import main
+    from secure_fl.run.compare import run_experiment
+    from secure_fl.run.experiment import parse_experiment
+
+    for site in ("A", "B"):
+        for c, colour in (("red", 0), ("blue", 2)):
+            for i in range(4):
+                img = np.zeros((10, 10, 3), dtype=np.uint8)
+                img[..., colour] = 150 + 20 * i
+                p = tmp_path / site / c / f"{i}.png"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img).save(p)
+    text = f"""
+name = "img"
+protocols = ["plain-fedavg"]
+rounds = 1
+[task]
+name = "image-folder"
+image_size = [8, 8]
+channels = 3
+sites = [{{name = "A", data = "{tmp_path / 'A'}"}}, {{name = "B", data = "{tmp_path / 'B'}"}}]
+[training]
+local_epochs = 1
+batch_size = 4
+lr = 0.01
+optimizer = "adam"
+"""
+    result = run_experiment(parse_experiment(toml.loads(text), "img.toml"), tmp_path / "runs", show_progress=False)
+    run_dir = result.runs[0].path
+    assert main(["predict", run_dir, "--data", str(tmp_path / "A" / "red")]) == 0
+    rows = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert rows[0] == ["file", "p(blue)", "p(red)", "predicted"] and len(rows) == 5
+    assert rows[1][0].endswith("0.png") and abs(float(rows[1][1]) + float(rows[1][2]) - 1) < 1e-5

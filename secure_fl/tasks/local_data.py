@@ -122,7 +122,8 @@ def build_image_folder(params: Mapping[str, Any], where: str) -> ImageFolderTask
             t = torch.tensor
             sites.append(SiteData(src.name, t(tr[0]), t(y), t(te[0]), t(yte)))
     emb = get(params, "embedding_dim", int, where, 64, in_range(2))
-    info = {"classes": classes, "sites": {s.name: {"data": str(s.train), "split": s.split} for s in sources}}
+    info = {"classes": classes, "sites": {s.name: {"data": str(s.train), "split": s.split} for s in sources},
+            "preprocessing": {"kind": "images", "image_size": list(shape), "channels": channels}}
     args = get(params, "model_args", dict, where, {})
     return ImageFolderTask("image-folder", len(classes), sites, info, embedding_dim=emb, in_channels=channels,
                            model=model, model_args=args)
