@@ -12,7 +12,7 @@ import numpy as np
 
 from ..tasks.base import Task
 from ..tasks.registry import build_task
-from .experiment import Experiment
+from .experiment import Experiment, check_site_names
 from .federation import RunSummary, run_variant
 
 __all__ = ["CompareResult", "run_experiment", "format_markdown", "table_rows"]
@@ -39,6 +39,7 @@ def run_experiment(
 
     torch.set_num_threads(threads)
     task = build_task(exp.task_name, exp.task_params, f"{exp.source} [task]")
+    check_site_names(exp, [s.name for s in task.sites])
     chosen = [v for v in exp.variants if variants is None or v.label in variants]
     out_dir = out_root / exp.name
     runs: list[RunSummary] = []

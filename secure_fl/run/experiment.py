@@ -165,6 +165,20 @@ def parse_experiment(data: Mapping[str, Any], source: str = "<memory>", base_dir
     )
 
 
+def check_site_names(exp: Experiment, sites: list[str]) -> None:
+    """Refuse a ``[privacy].site_budgets`` key that names no site of the task.
+
+    A misspelt site would otherwise silently keep the default budget. Called once the task is
+    built, since only then are its site names known.
+    """
+    for v in exp.variants:
+        budgets = getattr(getattr(v.spec, "privacy", None), "site_budgets", None) or {}
+        unknown = sorted(set(budgets) - set(sites))
+        if unknown:
+            raise SpecError(f"{exp.source}: protocol {v.label!r} [privacy].site_budgets names {unknown}, "
+                            f"which are not sites of the task (its sites are {sites})")
+
+
 def load_experiment(path_or_name: str | Path) -> Experiment:
     path = Path(path_or_name)
     if not path.exists() and not path.suffix:

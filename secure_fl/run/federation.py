@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..aggregation.server import make_server
 from ..engine.local import drive_round
@@ -23,6 +22,7 @@ from ..errors import SiteRejected
 from ..protocol.base import SecureSum
 from ..protocol.pipeline import NoPrivacy, PrivacyLayer
 from ..tasks.base import Task
+from ..tasks.export import save_model
 from ..training.config import RunPlan
 from ..training.flat import flatten, load_flat
 from ..training.local import train_local
@@ -232,7 +232,8 @@ def _run_protocol(exp: Experiment, task: Task, variant: Variant, seed: int, fold
         summary.aborted_rounds += not record["applied"]
         if progress:
             progress(r, record)
-    torch.save({"weights": torch.from_numpy(fed.weights)}, folder.path / "model.pt")
+    load_flat(fed.model, fed.weights)
+    save_model(task, fed.model, folder.path)  # model.pt (state_dict) + model.json (tasks/export.py)
     summary.bytes_up_per_site_round = float(np.mean([r["bytes_up_per_site"] for r in records]))
     summary.bytes_down_per_site_round = float(np.mean([r["bytes_down_per_site"] for r in records]))
     summary.seconds_per_round = float(np.mean([r["seconds"] for r in records]))
@@ -264,6 +265,6 @@ def _run_reference(exp: Experiment, task: Task, reference: str, seed: int, folde
         summary.metrics = metrics
         if progress:
             progress(r, record)
-    torch.save({name: m.state_dict() for name, m in models.items()}, folder.path / "model.pt")
+    save_model(task, models["pooled"] if reference == "pooled" else models, folder.path)
     summary.seconds_per_round = float(np.mean(secs))
     summary.stage_seconds = {"local_training": summary.seconds_per_round}

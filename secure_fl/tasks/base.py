@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +46,11 @@ class Task(ABC):
     @abstractmethod
     def make_model(self, seed: int) -> nn.Module:
         """A fresh model, initialised deterministically from ``seed``."""
+
+    def model_spec(self) -> tuple[str, dict[str, Any]] | None:
+        """``("package.module:Class", kwargs)`` such that ``Class(**kwargs)`` is ``make_model``'s
+        architecture (saved in ``model.json``); ``None`` when the task cannot say."""
+        return None
 
     def loss_fn(self) -> nn.Module:
         return nn.CrossEntropyLoss()
@@ -128,7 +134,8 @@ class Task(ABC):
 
     def describe(self) -> str:
         parts = ", ".join(f"{s.name}: {s.n_train}/{s.n_test}" for s in self.sites)
-        return f"{self.name} ({self.num_classes} classes; train/test per site: {parts})"
+        notes = "".join(f"; {n}" for n in self.info.get("notes", []))  # type: ignore[union-attr]
+        return f"{self.name} ({self.num_classes} classes; train/test per site: {parts}{notes})"
 
 
 def _with_site_means(out: dict[str, float], sites: list[str]) -> dict[str, float]:

@@ -13,14 +13,16 @@ __all__ = ["IMAGE_SUFFIXES", "load_image"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".pgm", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 
 
-def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """A grey image resized to ``size`` = (height, width), as float32 in [0, 1]."""
+def load_image(path: Path, size: tuple[int, int], channels: int = 1) -> np.ndarray:
+    """An image resized to ``size`` = (height, width), float32 in [0, 1]: [H, W] grey
+    (``channels=1``) or [3, H, W] RGB (``channels=3``)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            grey = img.convert("L").resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(grey, dtype=np.float32) / 255.0
+            mode = "L" if channels == 1 else "RGB"
+            arr = np.asarray(img.convert(mode).resize((size[1], size[0]), Image.BILINEAR), dtype=np.float32) / 255.0
+            return arr if channels == 1 else arr.transpose(2, 0, 1)
     except FileNotFoundError as exc:
         raise DataError(f"image not found: {path}") from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:

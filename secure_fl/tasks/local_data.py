@@ -1,13 +1,14 @@
 """A hospital's own data: a folder of images per class, or a CSV table with a label column.
 
-Each entry of ``paths`` is one site's data (a real deployment has one per hospital). Errors
-name the file or folder at fault.
+Sites are named with ``[[task.sites]]`` (see :mod:`secure_fl.tasks.sites`); the older ``paths``
+list names each site after its file or folder and refuses two paths giving one name. Errors
+name the file or folder at fault, for every bad site at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,30 +16,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import DataError
-from ..speccheck import check_keys, get, in_range
+from ..errors import DataError, SpecError
+from ..speccheck import check_keys, get, in_range, one_of
 from .base import SiteData, Task
-from .heart import HeartTask, split_site, tabular_params
+from .csv_task import _collect
+from .heart import HeartTask
+from .sites import fraction_split, parse_sites
 from .images import IMAGE_SUFFIXES, load_image
 from .models import FaceEncoder
+from .plugins import is_import_path, load_callable
 
-__all__ = ["ImageFolderTask", "build_image_folder", "build_csv", "read_image_folder", "read_csv_site"]
-
-
-def _paths(params: Mapping[str, Any], where: str) -> list[Path]:
-    raw = get(params, "paths", list, where)
-    if not raw:
-        raise DataError(f"{where}.paths: give at least one site folder or file")
-    paths = []
-    for i, p in enumerate(raw):
-        if not isinstance(p, str):
-            raise DataError(f"{where}.paths[{i}]: expected a string path, found {p!r}")
-        paths.append(Path(p).expanduser())
-    return paths
+__all__ = ["ImageFolderTask", "build_image_folder", "build_csv", "read_image_folder"]
 
 
-def read_image_folder(root: Path, size: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
-    """Images [n, 1, H, W] and their class names from ``root/<class>/<image>``."""
+def read_image_folder(root: Path, size: tuple[int, int], channels: int = 1) -> tuple[np.ndarray, list[str]]:
+    """Images [n, C, H, W] (C = ``channels``: 1 grey, 3 RGB) and their class names from ``root/<class>/<image>``."""
     if not root.exists():
         raise DataError(f"image folder not found: {root}")
     if not root.is_dir():
@@ -52,93 +44,93 @@ def read_image_folder(root: Path, size: tuple[int, int]) -> tuple[np.ndarray, li
         if not files:
             raise DataError(f"class folder {d} is empty (no image files with suffix {sorted(IMAGE_SUFFIXES)})")
         for f in files:
-            xs.append(load_image(f, size))
+            xs.append(load_image(f, size, channels))
             labels.append(d.name)
-    return np.stack(xs)[:, None], labels
+    x = np.stack(xs)
+    return (x[:, None] if channels == 1 else x), labels
 
 
 @dataclass
 class ImageFolderTask(Task):
+    """Images per class. ``model``: "cnn" (the small NormFace CNN of tasks/models.py) or the user's
+    ``"module:make_model"``, called as ``make_model(num_classes=..., in_channels=..., image_size=[h, w],
+    **model_args)``."""
+
     embedding_dim: int = 64
+    in_channels: int = 1
+    model: str = "cnn"
+    model_args: dict[str, Any] = field(default_factory=dict)
+
+    def _kwargs(self) -> dict[str, Any]:
+        if self.model == "cnn":
+            return {"num_classes": self.num_classes, "embedding_dim": self.embedding_dim,
+                    "in_channels": self.in_channels}
+        size = list(self.sites[0].x_train.shape[2:])
+        return {"num_classes": self.num_classes, "in_channels": self.in_channels, "image_size": size, **self.model_args}
 
     def make_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
-        return FaceEncoder(self.num_classes, self.embedding_dim)
+        if self.model == "cnn":
+            return FaceEncoder(**self._kwargs())
+        model = load_callable(self.model, "[task].model")(**self._kwargs())
+        if not isinstance(model, nn.Module):
+            raise SpecError(f"[task].model: {self.model!r} returned {type(model).__name__}, not a torch.nn.Module")
+        return model  # type: ignore[no-any-return]
+
+    def model_spec(self) -> tuple[str, dict[str, Any]]:
+        target = "secure_fl.tasks.models:FaceEncoder" if self.model == "cnn" else self.model
+        return target, self._kwargs()
 
 
 def build_image_folder(params: Mapping[str, Any], where: str) -> ImageFolderTask:
-    check_keys(params, ["paths", "image_size", "test_fraction", "split_seed", "embedding_dim"], where)
-    paths = _paths(params, where)
+    """Sites from ``[[task.sites]]`` (``name``, ``data`` folder, or ``train`` + ``test`` folders) or ``paths``.
+
+    A site without a test folder is split per class by a seeded fraction
+    (:func:`secure_fl.tasks.sites.fraction_split`).
+    """
+    keys = ["paths", "sites", "image_size", "channels", "model", "model_args", "test_fraction", "split_seed",
+            "embedding_dim"]
+    check_keys(params, keys, where)
+    channels = get(params, "channels", int, where, 1, one_of(1, 3))
+    model = get(params, "model", str, where, "cnn")
+    if model != "cnn" and not is_import_path(model):
+        raise SpecError(f"{where}.model: expected \"cnn\" or \"module:function\", found {model!r}")
     size = get(params, "image_size", list, where, [56, 46])
     if len(size) != 2 or not all(isinstance(v, int) and v >= 8 for v in size):
         raise DataError(f"{where}.image_size: expected [height, width] with integers >= 8, found {size!r}")
     test_fraction = get(params, "test_fraction", float, where, 0.25, in_range(0, 1, lo_open=True, hi_open=True))
-    rng = np.random.default_rng(get(params, "split_seed", int, where, 0))
-    loaded = [read_image_folder(p, (size[0], size[1])) for p in paths]
-    classes = sorted({c for _, labels in loaded for c in labels})
+    split_seed = get(params, "split_seed", int, where, 0)
+    sources = parse_sites(params, where, test_fraction, name_from="name")
+    for s in sources:
+        if s.split_column is not None:
+            raise SpecError(f"{where}.sites: site {s.name!r}: split_column applies to tables; "
+                            "give a test folder or test_fraction")
+    shape = (size[0], size[1])
+    loaded = _collect(sources, lambda s: (read_image_folder(s.train, shape, channels),
+                                          read_image_folder(s.test, shape, channels) if s.test else None))
+    classes = sorted({c for tr, te in loaded for _, labels in ([tr] + ([te] if te else [])) for c in labels})
     index = {c: i for i, c in enumerate(classes)}
     sites = []
-    for path, (x, labels) in zip(paths, loaded):
-        y = np.array([index[c] for c in labels], dtype=np.int64)
-        sites.append(_split_images(path.name, x, y, test_fraction, rng))
-    return ImageFolderTask("image-folder", len(classes), sites, {"classes": classes}, embedding_dim=get(params, "embedding_dim", int, where, 64, in_range(2)))
-
-
-def _split_images(name: str, x: np.ndarray, y: np.ndarray, test_fraction: float, rng: np.random.Generator) -> SiteData:
-    test = np.zeros(len(y), dtype=bool)
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        test[idx[: int(round(test_fraction * len(idx)))]] = True
-    t = torch.tensor
-    return SiteData(name, t(x[~test]), t(y[~test]), t(x[test]), t(y[test]))
-
-
-def read_csv_site(path: Path, label_column: str, feature_columns: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    import pandas as pd
-
-    if not path.exists():
-        raise DataError(f"CSV file not found: {path}")
-    try:
-        df = pd.read_csv(path)
-    except Exception as exc:  # pandas raises many kinds
-        raise DataError(f"unreadable CSV {path}: {exc}") from exc
-    if label_column not in df.columns:
-        raise DataError(f"{path}: no label column {label_column!r}; columns are {list(df.columns)}")
-    features = feature_columns or [c for c in df.columns if c != label_column]
-    missing = [c for c in features if c not in df.columns]
-    if missing:
-        raise DataError(f"{path}: missing feature column(s) {missing}")
-    bad = [c for c in features if not pd.api.types.is_numeric_dtype(df[c])]
-    if bad:
-        raise DataError(f"{path}: non-numeric feature column(s) {bad}; encode them as numbers first")
-    if df[features].isna().any().any():
-        cols = [c for c in features if df[c].isna().any()]
-        raise DataError(f"{path}: missing values in column(s) {cols}; impute or drop those rows first")
-    if len(df) < 4:
-        raise DataError(f"{path}: only {len(df)} rows; a site needs at least 4 to split train/test")
-    return df[features].to_numpy(dtype=np.float64), df[label_column].to_numpy(), features
+    for src, (tr, te) in zip(sources, loaded):
+        y = np.array([index[c] for c in tr[1]], dtype=np.int64)
+        if te is None:
+            test = fraction_split(y, src.test_fraction or test_fraction, split_seed, src.name)
+            x, t = tr[0], torch.tensor
+            sites.append(SiteData(src.name, t(x[~test]), t(y[~test]), t(x[test]), t(y[test])))
+        else:
+            yte = np.array([index[c] for c in te[1]], dtype=np.int64)
+            t = torch.tensor
+            sites.append(SiteData(src.name, t(tr[0]), t(y), t(te[0]), t(yte)))
+    emb = get(params, "embedding_dim", int, where, 64, in_range(2))
+    info = {"classes": classes, "sites": {s.name: {"data": str(s.train), "split": s.split} for s in sources},
+            "preprocessing": {"kind": "images", "image_size": list(shape), "channels": channels}}
+    args = get(params, "model_args", dict, where, {})
+    return ImageFolderTask("image-folder", len(classes), sites, info, embedding_dim=emb, in_channels=channels,
+                           model=model, model_args=args)
 
 
 def build_csv(params: Mapping[str, Any], where: str) -> HeartTask:
-    p = tabular_params(params, where, extra=("paths", "label_column", "feature_columns"))
-    paths = _paths(params, where)
-    label = get(params, "label_column", str, where)
-    feats = get(params, "feature_columns", list, where, None)
-    loaded = [read_csv_site(path, label, feats) for path in paths]
-    first = loaded[0][2]
-    for path, (_, _, cols) in zip(paths[1:], loaded[1:]):
-        if cols != first:
-            raise DataError(
-                f"{path}: feature columns {cols} do not match {paths[0]} {first} "
-                f"(missing {sorted(set(first) - set(cols))}, extra {sorted(set(cols) - set(first))})"
-            )
-    labels = sorted({str(v) for _, y, _ in loaded for v in y})
-    index = {v: i for i, v in enumerate(labels)}
-    if len(labels) < 2:
-        raise DataError(f"{where}: column {label!r} has a single value {labels} across all sites; nothing to learn")
-    rng = np.random.default_rng(p["split_seed"])
-    sites = [
-        split_site(path.stem, x, np.array([index[str(v)] for v in y], dtype=np.int64), p["test_fraction"], rng)
-        for path, (x, y, _) in zip(paths, loaded)
-    ]
-    return HeartTask("csv", len(labels), sites, {"features": first, "labels": labels}, model=p["model"], hidden=p["hidden"])
+    """The ``csv`` task (see :mod:`secure_fl.tasks.csv_task`)."""
+    from .csv_task import build_csv as build
+
+    return build(params, where)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["LogisticRegression", "MLP", "FaceEncoder"]
+__all__ = ["LogisticRegression", "SingleLogit", "MLP", "FaceEncoder"]
 
 
 class LogisticRegression(nn.Module):
@@ -15,6 +15,22 @@ class LogisticRegression(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
+
+
+class SingleLogit(nn.Module):
+    """Binary logistic regression with one logit ``z = w·x + b`` (FLamby's heart-disease ``Baseline``).
+
+    Returns the two logits ``(0, z)``: softmax gives ``(1 - σ(z), σ(z))`` and cross-entropy equals
+    binary cross-entropy on ``σ(z)``, so the rest of secure-fl treats it as a 2-class model.
+    """
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n_features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.linear(x)
+        return torch.cat([torch.zeros_like(z), z], dim=1)
 
 
 class MLP(nn.Module):
@@ -39,13 +55,18 @@ class FaceEncoder(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int, embedding_dim: int = 64, channels: tuple[int, int, int] = (16, 32, 64), scale: float = 16.0
+        self,
+        num_classes: int,
+        embedding_dim: int = 64,
+        channels: tuple[int, int, int] = (16, 32, 64),
+        scale: float = 16.0,
+        in_channels: int = 1,
     ) -> None:
         super().__init__()
         self.scale = scale
         c1, c2, c3 = channels
         self.features = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d((4, 4)),
         )

@@ -11,6 +11,8 @@ from typing import Any
 from .._lazy import resolve
 from ..errors import SpecError
 from .base import Task
+from .plugins import is_import_path, load_callable
+from .sites import check_unique_names
 
 __all__ = ["TASKS", "build_task"]
 
@@ -25,8 +27,17 @@ TASKS: dict[str, str] = {
 
 
 def build_task(name: str, params: Mapping[str, Any], where: str = "task") -> Task:
-    try:
-        target = TASKS[name]
-    except KeyError:
-        raise SpecError(f"{where}: unknown task {name!r}; known tasks are {sorted(TASKS)}") from None
-    return resolve(target)(params, where)  # type: ignore[no-any-return]
+    """A catalogue task, or the user's own ``"module:build"`` (interface in tasks/plugins.py)."""
+    if is_import_path(name):
+        task = load_callable(name, f"{where}.name")(params, where)
+        if not isinstance(task, Task):
+            raise SpecError(f"{where}.name: {name!r} returned {type(task).__name__}, not a secure_fl Task")
+    else:
+        try:
+            target = TASKS[name]
+        except KeyError:
+            raise SpecError(f"{where}: unknown task {name!r}; known tasks are {sorted(TASKS)} "
+                            "or your own \"module:function\"") from None
+        task = resolve(target)(params, where)
+    check_unique_names([s.name for s in task.sites], f"{where} (task {name!r})")
+    return task

@@ -1,0 +1,374 @@
+"""Preprocessing of a hospital's table: labels, column types, missing values, standardisation.
+
+Configured in the ``[task]`` table of a ``csv`` experiment::
+
+    label_column = "num"
+    label_map = {"0" = 0, "1" = 1, "2" = 1, "3" = 1, "4" = 1}   # optional: raw value -> class
+    positive = 1                # optional: the positive class; asks for a binary task
+    missing = "refuse"          # or "drop" (rows, counted per site) or "impute" (site statistics)
+    standardise = "site"        # or "none"
+    delimiter = ";"             # optional, default ","; decimal = "," for "1,5" (European exports)
+    decimal = ","
+
+    [task.columns]              # optional; without it every other column is numeric
+    age = "numeric"
+    cp = {type = "categorical", levels = ["typical", "atypical", "non-anginal", "asymptomatic"], reference = "typical"}
+    restecg = {type = "ordinal", order = ["normal", "st-t", "lvh"]}
+    notes = "ignore"
+    chol = {type = "numeric", missing = "impute"}
+
+Labels. Values are compared as numbers when they are numbers (``0``, ``0.0`` and ``"0"`` are one
+class) and as stripped text otherwise. A missing label is refused with its file and line.
+Classes are sorted (numerically when all are numbers) with the positive class last, so for a
+binary task class 1 is the positive one and AUC scores it; without ``positive`` a binary task's
+positive class is the larger of the two, and the task description says so. ``positive`` with
+more than two classes is refused: a 5-class model is never trained where binary was asked for.
+
+Columns. ``numeric``: numbers; a non-number or a non-finite value (``inf``) is refused with
+file, column and line. ``categorical``: one 0/1 column per level except the reference level
+(first level unless ``reference`` is given); the levels are ``levels`` if given, otherwise the
+sorted union of the values seen at all sites (the coordinator then learns which values occur: give
+``levels`` to avoid it). A value outside the levels is refused. ``ordinal``: the position of the
+value in ``order``. Every column of a file must be the label, the split column, a declared column
+or ``"ignore"`` (nothing is dropped silently).
+
+Missing values (empty cells, ``NA``): ``refuse`` names the file, column and lines; ``drop`` drops
+the rows before splitting and reports the count per site in the task description; ``impute``
+fills numeric columns with the mean, ordinal and categorical columns with the most frequent value,
+of the site's *training* rows.
+
+Standardisation ``site`` (the default): each numeric and ordinal column is centred and scaled with
+the mean and standard deviation (ddof 0; 1 where it is 0) of the site's own training rows; one-hot
+columns stay 0/1. No statistic leaves the site during training. Federated standardisation (sites
+sum their counts, sums and sums of squares through the protocol's secure sum so every site scales
+with the pooled statistics, revealing only the pooled moments) is future work. The fitted
+statistics are kept per site in ``Preprocessor.stats`` and saved beside the model (``model.json``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError, SpecError
+from ..speccheck import check_keys, get, one_of
+
+__all__ = ["LINE", "line_of", "canon", "ColumnSpec", "LabelSpec", "Preprocessor", "read_table", "parse_columns",
+           "parse_labels"]
+
+MISSING = ("refuse", "drop", "impute")
+TYPES = ("numeric", "categorical", "ordinal", "ignore")
+
+
+def canon(value: Any) -> str | None:
+    """The comparable form of a cell: ``None`` when missing; integral numbers without ``.0``."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return "1" if value else "0"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if math.isnan(v):
+            return None
+        if math.isfinite(v) and v == int(v):
+            return str(int(v))
+        return repr(v)
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        return canon(float(text)) if text.lower() not in ("nan", "inf", "-inf", "infinity", "-infinity") else text
+    except ValueError:
+        return text
+
+
+def _sort_key(v: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(v), v)
+    except ValueError:
+        return (1, 0.0, v)
+
+
+LINE = "__line__"  # the file line of each row (header = line 1), kept through drops and splits
+
+
+def line_of(df: Any, i: int) -> int:
+    return int(df[LINE].iloc[i]) if LINE in df.columns else i + 2
+
+
+def _lines(rows: np.ndarray, df: Any = None, limit: int = 5) -> str:
+    shown = ", ".join(str(line_of(df, int(r)) if df is not None else int(r) + 2) for r in rows[:limit])
+    return f"line(s) {shown}" + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    name: str
+    kind: str  # numeric | categorical | ordinal | ignore
+    levels: tuple[str, ...] = ()  # categorical: all levels; ordinal: the order
+    reference: str | None = None
+    missing: str = "refuse"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.kind, "levels": list(self.levels), "reference": self.reference,
+                "missing": self.missing}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "ColumnSpec":
+        return cls(d["name"], d["type"], tuple(d["levels"]), d["reference"], d["missing"])
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    column: str
+    mapping: dict[str, str] | None
+    positive: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"column": self.column, "map": self.mapping, "positive": self.positive}
+
+
+def parse_labels(params: Mapping[str, Any], where: str) -> LabelSpec:
+    column = get(params, "label_column", str, where)
+    raw_map = get(params, "label_map", dict, where, None)
+    mapping = None
+    if raw_map is not None:
+        mapping = {}
+        for k, v in raw_map.items():
+            key, val = canon(k), canon(v)
+            if key is None or val is None or isinstance(v, (dict, list)):
+                raise SpecError(f"{where}.label_map: {k!r} = {v!r} is not a value -> class pair")
+            if key in mapping and mapping[key] != val:
+                raise SpecError(f"{where}.label_map: {k!r} is mapped twice")
+            mapping[key] = val
+    positive = params.get("positive")
+    pos = canon(positive) if positive is not None else None
+    if positive is not None and (pos is None or isinstance(positive, (dict, list))):
+        raise SpecError(f"{where}.positive: expected a class value, found {positive!r}")
+    if pos is not None and mapping is not None and pos not in set(mapping.values()):
+        classes = sorted(set(mapping.values()))
+        raise SpecError(f"{where}.positive: {positive!r} is not a class of label_map (classes {classes})")
+    return LabelSpec(column, mapping, pos)
+
+
+def parse_columns(params: Mapping[str, Any], where: str, default_missing: str) -> list[ColumnSpec] | None:
+    table = get(params, "columns", dict, where, None)
+    if table is None:
+        return None
+    cols = []
+    for name, v in table.items():
+        w = f"{where}.columns.{name}"
+        if isinstance(v, str):
+            v = {"type": v}
+        if not isinstance(v, dict):
+            raise SpecError(f"{w}: expected a type name {list(TYPES)} or a table, found {v!r}")
+        check_keys(v, ["type", "levels", "reference", "order", "missing"], w)
+        kind = get(v, "type", str, w, None, one_of(*TYPES))
+        missing = get(v, "missing", str, w, default_missing, one_of(*MISSING))
+        levels: tuple[str, ...] = ()
+        reference = None
+        if kind == "categorical":
+            raw = get(v, "levels", list, w, [])
+            levels = tuple(_levels(raw, f"{w}.levels"))
+            ref = v.get("reference")
+            reference = canon(ref) if ref is not None else None
+            if levels and reference is not None and reference not in levels:
+                raise SpecError(f"{w}.reference: {ref!r} is not one of the levels {list(levels)}")
+        elif kind == "ordinal":
+            levels = tuple(_levels(get(v, "order", list, w), f"{w}.order"))
+            if len(levels) < 2:
+                raise SpecError(f"{w}.order: list at least two values, lowest first")
+        else:
+            extra = sorted({"levels", "reference", "order"} & set(v))
+            if extra:
+                raise SpecError(f"{w}: {extra} apply to categorical/ordinal columns, not {kind}")
+        cols.append(ColumnSpec(name, kind, levels, reference, missing))
+    if not any(c.kind != "ignore" for c in cols):
+        raise SpecError(f"{where}.columns: declare at least one feature column")
+    return cols
+
+
+def _levels(raw: list[Any], where: str) -> list[str]:
+    out = []
+    for i, v in enumerate(raw):
+        c = canon(v)
+        if c is None or isinstance(v, (dict, list)):
+            raise SpecError(f"{where}[{i}]: expected a value, found {v!r}")
+        if c in out:
+            raise SpecError(f"{where}: {v!r} listed twice")
+        out.append(c)
+    return out
+
+
+def read_table(path: Path, delimiter: str = ",", decimal: str = ".") -> Any:
+    """A CSV file as a DataFrame of strings (``None`` where empty): types are decided per column later.
+
+    ``delimiter = ";"`` and ``decimal = ","`` read the usual European spreadsheet export
+    (``1,5`` is read as 1.5 in every cell that is a number written with a decimal comma).
+    """
+    import re
+
+    import pandas as pd
+
+    if not path.exists():
+        raise DataError(f"CSV file not found: {path}")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; expected a CSV file")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=True, sep=delimiter)
+    except Exception as exc:  # pandas raises many kinds
+        raise DataError(f"unreadable CSV {path}: {exc}") from exc
+    df.columns = [str(c).strip() for c in df.columns]
+    if len(df.columns) == 1 and delimiter not in df.columns[0] and any(d in df.columns[0] for d in ",;\t"):
+        raise DataError(f"{path}: one column {df.columns[0]!r}; is the delimiter not {delimiter!r}? "
+                        "(set [task].delimiter)")
+    if decimal != ".":
+        number = re.compile(r"^\s*[+-]?\d+" + re.escape(decimal) + r"\d+\s*$")
+
+        def fix(v: Any) -> Any:
+            return v.replace(decimal, ".") if isinstance(v, str) and number.match(v) else v
+
+        df = df.apply(lambda col: col.map(fix))
+    df = df.astype(object).where(df.notna(), None)
+    df[LINE] = np.arange(2, len(df) + 2)
+    return df
+
+
+@dataclass
+class Preprocessor:
+    """Column specs and per-site fitted statistics. ``transform`` turns a table into features."""
+
+    columns: list[ColumnSpec]
+    standardise: str = "site"
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    delimiter: str = ","
+    decimal: str = "."
+
+    @property
+    def features(self) -> list[str]:
+        names = []
+        for c in self.columns:
+            if c.kind == "categorical":
+                names += [f"{c.name}={lv}" for lv in c.levels if lv != c.reference]
+            elif c.kind != "ignore":
+                names.append(c.name)
+        return names
+
+    def missing_rows(self, df: Any, path: Path) -> np.ndarray:
+        """Rows to drop (columns whose policy is ``drop``); raises for ``refuse`` columns."""
+        drop = np.zeros(len(df), dtype=bool)
+        for c in self.columns:
+            if c.kind == "ignore":
+                continue
+            miss = np.array([canon(v) is None for v in df[c.name]], dtype=bool)
+            if not miss.any():
+                continue
+            if c.missing == "refuse":
+                raise DataError(f"{path}: column {c.name!r} has missing values at {_lines(np.flatnonzero(miss), df)}; "
+                                f'set missing = "drop" or "impute" for it, or fill them in')
+            if c.missing == "drop":
+                drop |= miss
+        return drop
+
+    def _column(self, c: ColumnSpec, df: Any, path: Path, fill: Any) -> np.ndarray:
+        values = [canon(v) for v in df[c.name]]
+        if c.kind == "numeric":
+            out = np.empty(len(values))
+            for i, v in enumerate(values):
+                if v is None:
+                    out[i] = np.nan
+                    continue
+                try:
+                    out[i] = float(v)
+                except ValueError:
+                    raise DataError(f"{path}: column {c.name!r} line {line_of(df, i)}: {v!r} is not a number; "
+                                    "declare the column categorical in [task.columns] or fix the value") from None
+            bad = np.flatnonzero(np.isinf(out))
+            if len(bad):
+                raise DataError(f"{path}: column {c.name!r} has non-finite values at {_lines(bad, df)}")
+            if fill is not None:
+                out[np.isnan(out)] = float(fill)
+            return out[:, None]
+        if fill is not None:
+            values = [fill if v is None else v for v in values]
+        absent = np.flatnonzero([v is None for v in values])
+        if len(absent):  # an all-zero one-hot would silently mean the reference level
+            raise DataError(f"{path}: column {c.name!r} has missing values at {_lines(absent, df)} and no imputation "
+                            "for them")
+        unknown = [(i, v) for i, v in enumerate(values) if v is not None and v not in c.levels]
+        if unknown:
+            i, v = unknown[0]
+            raise DataError(f"{path}: column {c.name!r} line {line_of(df, i)}: value {v!r} is not one of "
+                            f"{list(c.levels)} ({len(unknown)} such row(s))")
+        if c.kind == "ordinal":
+            return np.array([np.nan if v is None else c.levels.index(v) for v in values], dtype=float)[:, None]
+        kept = [lv for lv in c.levels if lv != c.reference]
+        return np.array([[float(v == lv) for lv in kept] for v in values], dtype=float).reshape(len(values), len(kept))
+
+    def fit(self, site: str, df: Any, path: Path) -> None:
+        """Statistics of ``site`` from its training rows: imputation values, mean and sd."""
+        fills: dict[str, Any] = {}
+        for c in self.columns:
+            if c.missing != "impute" or c.kind == "ignore":
+                continue
+            vals = [canon(v) for v in df[c.name]]
+            present = [v for v in vals if v is not None]
+            if not present:
+                raise DataError(f"{path}: column {c.name!r} is empty in the training rows; nothing to impute from")
+            if c.kind == "numeric":
+                fills[c.name] = float(np.mean(self._column(c, df.loc[[v is not None for v in vals]], path, None)))
+            else:
+                uniq, counts = np.unique(present, return_counts=True)
+                fills[c.name] = str(uniq[int(np.argmax(counts))])  # ties: the first in sorted order
+        self.stats[site] = {"impute": fills}
+        x = self.transform(site, df, path, standardise=False)
+        scaled = self._scaled_mask()
+        mu = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
+        sd = x.std(axis=0) if len(x) else np.ones(x.shape[1])
+        sd[sd == 0] = 1.0
+        mu[~scaled], sd[~scaled] = 0.0, 1.0
+        if self.standardise == "none":
+            mu[:], sd[:] = 0.0, 1.0
+        self.stats[site].update({"mean": mu.tolist(), "sd": sd.tolist()})
+
+    def _scaled_mask(self) -> np.ndarray:
+        mask = []
+        for c in self.columns:
+            if c.kind == "categorical":
+                mask += [False] * (len(c.levels) - 1)
+            elif c.kind != "ignore":
+                mask.append(True)
+        return np.array(mask, dtype=bool)
+
+    def transform(self, site: str, df: Any, path: Path, standardise: bool = True) -> np.ndarray:
+        """Features [n, d] of ``df`` with ``site``'s statistics (``fit`` first)."""
+        if site not in self.stats:
+            raise DataError(f"no preprocessing statistics for site {site!r}; known sites are {sorted(self.stats)}")
+        missing_cols = [c.name for c in self.columns if c.kind != "ignore" and c.name not in df.columns]
+        if missing_cols:
+            raise DataError(f"{path}: missing column(s) {missing_cols}; columns are {list(df.columns)}")
+        fills = self.stats[site]["impute"]
+        parts = [self._column(c, df, path, fills.get(c.name)) for c in self.columns if c.kind != "ignore"]
+        x = np.concatenate(parts, axis=1) if parts else np.zeros((len(df), 0))
+        if np.isnan(x).any():
+            rows = np.flatnonzero(np.isnan(x).any(axis=1))
+            raise DataError(f"{path}: missing values at {_lines(rows, df)} and no imputation for them")
+        if standardise:
+            x = (x - np.array(self.stats[site]["mean"])) / np.array(self.stats[site]["sd"])
+        return x
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "tabular", "columns": [c.to_json() for c in self.columns], "standardise": self.standardise,
+                "features": self.features, "sites": self.stats, "delimiter": self.delimiter, "decimal": self.decimal}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Preprocessor":
+        return cls([ColumnSpec.from_json(c) for c in d["columns"]], d["standardise"], dict(d["sites"]),
+                   d.get("delimiter", ","), d.get("decimal", "."))
