@@ -11,11 +11,11 @@ aggregator -> sites), each site's input to the secure sum, and what the spec pro
   its weight), nor its quantised encoding under the protocol's :class:`Quantizer` (stochastic
   rounding allowed: each coordinate may be either neighbour on the grid), as a byte substring
   of runs of :data:`WINDOW` consecutive coordinates;
-* no payload, read as little-endian floats (4, 8 bytes) or unsigned integers (1..8 bytes)
-  from any of the first :data:`HEAD` byte offsets or aligned to its end, is rank-correlated
-  (Spearman) with a site's input beyond :data:`MAX_CORRELATION`: under independence the
-  statistic has standard deviation ``1/sqrt(dim)`` (0.022 at dim = 2,000), so the bound is
-  more than six of them;
+* no payload, read as little-endian floats (4, 8 bytes; squashed by ``sign(x) log(1 + |x|)`` so
+  that garbage floats cannot dominate) or unsigned integers (1..8 bytes) from any of the first
+  :data:`HEAD` byte offsets or aligned to its end, is correlated (Pearson) with a site's input
+  beyond :data:`MAX_CORRELATION`: under independence r has standard deviation ``1/sqrt(dim)``
+  (0.022 at dim = 2,000), so the bound is more than six of them;
 * with ``aggregator_sees = "noised"`` the site's own payload may carry its (noised) input, but
   the clean input does not appear, and the payload read back differs from the clean input by at
   least half the stated noise standard deviation per coordinate;
@@ -47,8 +47,10 @@ __all__ = ["SiteInput", "Promise", "audit", "label_check", "quantizer_of", "WIND
 WINDOW = 8
 #: byte offsets tried from the start of a payload (plus the end-aligned ones)
 HEAD = 64
-#: largest |Spearman r| accepted between a payload read as numbers and a site's input
+#: largest |Pearson r| accepted between a payload read as numbers and a site's input
 MAX_CORRELATION = 0.15
+#: bytes tried before the end of a payload (a trailing weight slot or tag)
+_TAIL = 24
 _CKKS_MAGIC = b"SFC1"
 _CKKS_HEAD = struct.Struct("<4sB16sIII")
 
@@ -164,32 +166,56 @@ def _read(payload: bytes, start: int, width: int, kind: str, count: int) -> np.n
 _READINGS = [("f", 4), ("f", 8)] + [("u", w) for w in range(1, 9)]
 
 
-def _readings(payload: bytes, count: int, extra_widths: Sequence[int] = ()) -> Iterator[tuple[str, np.ndarray]]:
+def _readings(payload: bytes, count: int, floats_only: bool = False) -> Iterator[tuple[str, np.ndarray]]:
     """The payload read as ``count`` numbers in every tried encoding and byte offset."""
     for kind, width in _READINGS:
         span = width * count
-        if span > len(payload):
+        if span > len(payload) or (floats_only and kind != "f"):
             continue
-        starts = set(range(min(HEAD, len(payload) - span) + 1))
-        for tail in range(0, 3 * 8 + 1):  # end-aligned, leaving room for a trailing weight slot or tag
-            starts.add(len(payload) - span - tail)
-        for start in sorted(s for s in starts if s >= 0):
+        for start in _starts(len(payload), span):
             arr = _read(payload, start, width, kind, count)
             if arr is not None:
                 yield f"{'float' if kind == 'f' else 'uint'}{8 * width} at byte {start}", arr
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    x = np.where(np.isfinite(x), x, np.nan)
-    order = np.argsort(np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), kind="stable")
-    r = np.empty(x.shape[0], dtype=np.float64)
-    r[order] = np.arange(x.shape[0], dtype=np.float64)
-    r -= r.mean()
-    norm = np.linalg.norm(r)
-    return r / norm if norm > 0 else r
+def _starts(size: int, span: int) -> list[int]:
+    """Byte offsets tried: the first HEAD ones and the end-aligned ones (a trailing weight slot or tag)."""
+    starts = set(range(min(HEAD, size - span) + 1))
+    starts.update(size - span - tail for tail in range(0, _TAIL + 1))
+    return sorted(s for s in starts if s >= 0)
+
+
+def _squash(x: np.ndarray) -> np.ndarray:
+    """Monotone and bounded-growth: garbage floats (1e38, NaN) cannot dominate a correlation."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = np.sign(x) * np.log1p(np.abs(x))
+    return np.where(np.isfinite(out), out, 0.0)
+
+
+def _sliding_pearson(a: np.ndarray, ys: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Pearson r between each ``y`` (centred, unit norm, length d) and every window ``a[j : j + d]``."""
+    d = ys[0].shape[0]
+    if a.shape[0] < d:
+        return []
+    a = a - np.median(a)
+    scale = float(np.max(np.abs(a)))
+    if scale == 0:
+        return []
+    a = a / scale
+    c1 = np.concatenate([[0.0], np.cumsum(a)])
+    c2 = np.concatenate([[0.0], np.cumsum(a * a)])
+    s1, s2 = c1[d:] - c1[:-d], c2[d:] - c2[:-d]
+    denom = np.sqrt(np.maximum(s2 - s1 * s1 / d, 1e-300))
+    return [np.correlate(a, y, mode="valid") / denom for y in ys]
 
 
 # --- the audit ---------------------------------------------------------------------------------
+
+
+def _centred(x: np.ndarray) -> np.ndarray:
+    y = np.asarray(x, dtype=np.float64) - float(np.mean(x))
+    norm = float(np.linalg.norm(y))
+    return y / norm if norm > 0 else y
 
 
 def audit(messages: Sequence[Message], inputs: Mapping[str, SiteInput], promise: Promise) -> list[str]:
@@ -207,7 +233,7 @@ def audit(messages: Sequence[Message], inputs: Mapping[str, SiteInput], promise:
     patterns = []
     if promise.quantizer is not None:
         patterns = [(site, what, p) for site, x in hidden.items() for what, p in _quantised_patterns(promise.quantizer, x, weights[site])]
-    ranks = {site: _ranks(x) for site, x in hidden.items()} if not noised else {}
+    centred = {site: _centred(x) for site, x in hidden.items()} if not noised else {}
     for m in messages:
         where = f"round {m.round} {m.stage!r} {m.sender}->{m.receiver} ({m.kind.value}, {m.nbytes} B)"
         if m.kind is ViewKind.AGGREGATE:
@@ -226,24 +252,38 @@ def audit(messages: Sequence[Message], inputs: Mapping[str, SiteInput], promise:
         for dim in dims:
             if noised and m.sender in inputs and m.sender != AGGREGATOR:
                 problems += [f"{where}: {p}" for p in _check_noise(m.payload, inputs[m.sender])]
-            elif ranks:
-                problems += [f"{where}: {p}" for p in _check_correlation(m.payload, dim, ranks)]
+            elif centred:
+                problems += [f"{where}: {p}" for p in _check_correlation(m.payload, dim, centred)]
     return problems
 
 
-def _check_correlation(payload: bytes, dim: int, ranks: Mapping[str, np.ndarray]) -> list[str]:
-    sites = [s for s, r in ranks.items() if r.shape[0] == dim]
+def _check_correlation(payload: bytes, dim: int, centred: Mapping[str, np.ndarray]) -> list[str]:
+    """Sliding Pearson r of the payload, read in every encoding from every tried offset, with each input."""
+    sites = [s for s, y in centred.items() if y.shape[0] == dim]
     if not sites:
         return []
-    matrix = np.stack([ranks[s] for s in sites])
     worst: tuple[float, str, str] = (0.0, "", "")
-    for reading, arr in _readings(payload, dim):
-        r = matrix @ _ranks(arr)
-        i = int(np.argmax(np.abs(r)))
-        if abs(r[i]) > abs(worst[0]):
-            worst = (float(r[i]), reading, sites[i])
+    for kind, width in _READINGS:
+        span = width * dim
+        if span > len(payload):
+            continue
+        head = min(HEAD, len(payload) - span)
+        regions = [(a, head // width + dim) for a in range(width)]  # every start in [0, HEAD]
+        tail0 = max(0, len(payload) - span - _TAIL)
+        regions += [(tail0 + a, (len(payload) - tail0 - a) // width) for a in range(width)]
+        for first, count in regions:
+            arr = _read(payload, first, width, kind, count)
+            if arr is None:
+                continue
+            if kind == "f":
+                arr = _squash(arr)
+            for site, r in zip(sites, _sliding_pearson(arr, [centred[s] for s in sites])):
+                j = int(np.argmax(np.abs(r)))
+                if abs(r[j]) > abs(worst[0]):
+                    name = f"{'float' if kind == 'f' else 'uint'}{8 * width} at byte {first + j * width}"
+                    worst = (float(r[j]), name, site)
     if abs(worst[0]) > MAX_CORRELATION:
-        return [f"payload read as {worst[1]} is correlated with {worst[2]}'s input (Spearman r = {worst[0]:.3f})"]
+        return [f"payload read as {worst[1]} is correlated with {worst[2]}'s input (Pearson r = {worst[0]:.3f})"]
     return []
 
 
@@ -253,8 +293,8 @@ def _check_noise(payload: bytes, site: SiteInput) -> list[str]:
         return ["the spec says 'noised' but the test gave no clean input and noise level to compare with"]
     clean = np.asarray(site.clean, dtype=np.float64)
     closest = (np.inf, "")
-    for reading, arr in _readings(payload, clean.shape[0]):
-        if not reading.startswith("float") or not np.all(np.isfinite(arr)):
+    for reading, arr in _readings(payload, clean.shape[0], floats_only=True):
+        if not np.all(np.isfinite(arr)):
             continue
         spread = float(np.std(arr - clean))
         if spread < closest[0]:
@@ -310,8 +350,8 @@ def _check_aggregate(m: Message, inputs: Mapping[str, SiteInput], min_contributo
     x = np.stack([inputs[s].values for s in sites], axis=1).astype(np.float64)
     scale = float(np.max(np.abs(x))) or 1.0
     best: tuple[float, np.ndarray | None, str] = (np.inf, None, "")
-    for reading, arr in _readings(m.payload, x.shape[0]):
-        if not reading.startswith("float") or not np.all(np.isfinite(arr)):
+    for reading, arr in _readings(m.payload, x.shape[0], floats_only=True):
+        if not np.all(np.isfinite(arr)):
             continue
         coef, *_ = np.linalg.lstsq(x, arr, rcond=None)
         residual = float(np.max(np.abs(x @ coef - arr))) / scale
