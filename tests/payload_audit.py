@@ -243,6 +243,8 @@ def audit(messages: Sequence[Message], inputs: Mapping[str, SiteInput], promise:
             problems.append(f"{where}: a site message labelled plain, the spec says {promise.aggregator_sees!r}")
         if promise.public_context is not None and m.payload[:4] == _CKKS_MAGIC:
             problems += [f"{where}: {p}" for p in _check_ckks(m, promise.public_context)]
+        elif promise.public_context is not None and m.kind is ViewKind.CIPHERTEXT:
+            problems.append(f"{where}: labelled ciphertext but not a CKKS frame the aggregator's context can load")
         for site, what, needle in needles:
             if needle in m.payload:
                 problems.append(f"{where}: payload contains the {what} of {site}'s input")

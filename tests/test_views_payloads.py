@@ -172,3 +172,72 @@ def test_negative_control_a_site_labelling_its_quantised_vector_masked_is_caught
     assert any("correlated with" in p for p in payloads), payloads
     caught = {m.group(1) for p in payloads if (m := re.search(r"quantised encoding .* of (\w+)'s input", p))}
     assert caught == set(ids), payloads
+
+
+# --- the auditor itself fails where it must ------------------------------------------------------
+
+
+def _site_inputs(n: int = 3, dim: int = 2000, seed: int = 0) -> dict[str, SiteInput]:
+    rng = np.random.default_rng(seed)
+    return {f"s{i}": SiteInput(rng.normal(size=dim) * (i + 2), float(i + 2)) for i in range(n)}
+
+
+def _msg(payload: bytes, kind: ViewKind, sender: str = "s0", receiver: str = "aggregator") -> Message:
+    return Message(0, "submit", sender, receiver, payload, kind)
+
+
+def test_audit_finds_float_encodings_anywhere_in_a_payload() -> None:
+    inputs = _site_inputs()
+    x = inputs["s1"].values
+    hidden = b"\x00" * 37 + (x / inputs["s1"].weight).astype("<f4").tobytes() + b"tail"
+    problems = audit([_msg(hidden, ViewKind.MASKED)], inputs, Promise("masked"))
+    assert any("float32 encoding" in p and "s1's input" in p for p in problems), problems
+    shuffled = np.random.default_rng(1).permutation(x).astype("<f8").tobytes()
+    assert audit([_msg(shuffled, ViewKind.MASKED)], inputs, Promise("masked")) == []
+
+
+def test_audit_finds_a_correlated_vector_without_any_exact_encoding() -> None:
+    inputs = _site_inputs()
+    rng = np.random.default_rng(2)
+    leaky = (inputs["s2"].values + rng.normal(size=2000) * 20).astype("<f4").tobytes()  # r ~ 0.2
+    problems = audit([_msg(b"hdr" + leaky, ViewKind.MASKED)], inputs, Promise("masked"))
+    assert problems and all("correlated with s2's input" in p for p in problems), problems
+
+
+def test_audit_counts_the_contributors_of_an_aggregate_from_its_payload() -> None:
+    inputs = _site_inputs()
+    one = np.float64(2.0).astype("<f8").tobytes() + inputs["s0"].values.astype("<f8").tobytes()
+    all3 = np.float64(9.0).astype("<f8").tobytes() + sum(s.values for s in inputs.values()).astype("<f8").tobytes()
+    assert any("sums 1 site input(s), fewer than min_contributors = 2" in p
+               for p in audit([_msg(one, ViewKind.AGGREGATE)], inputs, Promise("ciphertext", min_contributors=2)))
+    assert audit([_msg(all3, ViewKind.AGGREGATE)], inputs, Promise("ciphertext", min_contributors=3)) == []
+
+
+def test_audit_checks_the_noise_of_a_noised_view_against_the_clean_input() -> None:
+    rng = np.random.default_rng(3)
+    clean = rng.normal(size=2000)
+    for std, caught in ((0.5, False), (0.01, True)):
+        sent = clean + rng.normal(size=2000) * std
+        payload = np.float64(1).astype("<f8").tobytes() + sent.astype("<f4").tobytes()
+        problems = audit([_msg(payload, ViewKind.NOISED)], {"s0": SiteInput(sent, 1.0, clean, 0.5)}, Promise("noised"))
+        assert bool(problems) is caught, (std, problems)
+
+
+def test_audit_loads_every_ckks_frame_under_the_aggregators_public_context() -> None:
+    from secure_fl.crypto.ckks import encrypt_chunks, generate_keys
+    from secure_fl.crypto.ckks_frame import FrameKind, pack_frame
+
+    ours, theirs = generate_keys("small"), generate_keys("small")
+    x = np.random.default_rng(4).normal(size=100) * 0.1
+
+    def frame(keys: Any) -> bytes:
+        return pack_frame(FrameKind.UPDATE, keys.fingerprint, 0, encrypt_chunks(keys.secret(), x))
+
+    promise = Promise("ciphertext", public_context=ours.public())
+    assert audit([_msg(frame(ours), ViewKind.CIPHERTEXT)], {}, promise) == []
+    foreign = audit([_msg(frame(theirs), ViewKind.CIPHERTEXT)], {}, promise)
+    assert any("does not load under the aggregator's public context" in p for p in foreign), foreign
+    opaque = audit([_msg(b"\x01" * 64, ViewKind.CIPHERTEXT)], {}, promise)
+    assert any("not a CKKS frame" in p for p in opaque), opaque
+    with pytest.raises(AssertionError):  # a secret context is no aggregator's context
+        assert audit([_msg(frame(ours), ViewKind.CIPHERTEXT)], {}, Promise("ciphertext", public_context=ours.secret())) == []
