@@ -86,8 +86,8 @@ def quantizer_of(secure_sum: SecureSum, n_sites: int) -> Quantizer | None:
     if isinstance(q, Quantizer):
         return q
     try:
-        return Quantizer(secure_sum.bits, secure_sum.clip_range, secure_sum.max_weight, n_sites,  # type: ignore[attr-defined]
-                         getattr(secure_sum, "noise_bound", 0))
+        bits, clip, top = secure_sum.bits, secure_sum.clip_range, secure_sum.max_weight  # type: ignore[attr-defined]
+        return Quantizer(bits, clip, top, n_sites, getattr(secure_sum, "noise_bound", 0))
     except AttributeError:
         return None
 
@@ -142,9 +142,11 @@ def _quantised_patterns(q: Quantizer, values: np.ndarray, weight: float) -> Iter
     for start in _windows(np.ones_like(x)):
         alternatives = []
         for i in range(start, start + WINDOW):
-            options = {to_wire(np.array([v * w + q.noise_bound], dtype=q.dtype), q.modulus_bits) for v in (low[i], high[i])}
+            slots = (np.array([v * w + q.noise_bound], dtype=q.dtype) for v in (low[i], high[i]))
+            options = {to_wire(slot, q.modulus_bits) for slot in slots}
             alternatives.append(b"(?:" + b"|".join(re.escape(o) for o in sorted(options)) + b")")
-        yield f"quantised encoding of coordinates {start}..{start + WINDOW - 1}", re.compile(b"".join(alternatives), re.DOTALL)
+        pattern = re.compile(b"".join(alternatives), re.DOTALL)
+        yield f"quantised encoding of coordinates {start}..{start + WINDOW - 1}", pattern
 
 
 # --- payloads read as numbers ---------------------------------------------------------------------
@@ -232,7 +234,8 @@ def audit(messages: Sequence[Message], inputs: Mapping[str, SiteInput], promise:
                 for what, b in _float_needles(x / weights[site])]
     patterns = []
     if promise.quantizer is not None:
-        patterns = [(site, what, p) for site, x in hidden.items() for what, p in _quantised_patterns(promise.quantizer, x, weights[site])]
+        patterns = [(site, what, p) for site, x in hidden.items()
+                    for what, p in _quantised_patterns(promise.quantizer, x, weights[site])]
     centred = {site: _centred(x) for site, x in hidden.items()} if not noised else {}
     for m in messages:
         where = f"round {m.round} {m.stage!r} {m.sender}->{m.receiver} ({m.kind.value}, {m.nbytes} B)"
@@ -320,7 +323,8 @@ def _check_ckks(m: Message, public_context: object) -> list[str]:
         return ["truncated CKKS frame"]
     _, kind, _, _, _, _ = _CKKS_HEAD.unpack_from(m.payload, 0)
     try:
-        frame = unpack_frame(m.payload, kind=FrameKind(kind), fingerprint=ctx.fingerprint, round=m.round)  # type: ignore[attr-defined]
+        fingerprint = ctx.fingerprint  # type: ignore[attr-defined]
+        frame = unpack_frame(m.payload, kind=FrameKind(kind), fingerprint=fingerprint, round=m.round)
     except (FrameError, ValueError) as exc:
         return [f"CKKS frame does not load under the aggregator's public context: {exc}"]
     problems = []
@@ -363,8 +367,10 @@ def _check_aggregate(m: Message, inputs: Mapping[str, SiteInput], min_contributo
         return ["AGGREGATE payload is not a sum of site inputs: its contributors cannot be counted"]
     coef = best[1]
     if np.any(np.abs(coef - np.rint(coef)) > 0.05) or np.any((coef < -0.05) | (coef > 1.05)):
-        return [f"AGGREGATE payload read as {best[2]} is a weighted combination {np.round(coef, 3).tolist()} of inputs, not a sum"]
+        return [f"AGGREGATE payload read as {best[2]} is a weighted combination "
+                f"{np.round(coef, 3).tolist()} of inputs, not a sum"]
     count = int(np.sum(coef > 0.5))
     if count < min_contributors:
-        return [f"AGGREGATE payload read as {best[2]} sums {count} site input(s), fewer than min_contributors = {min_contributors}"]
+        return [f"AGGREGATE payload read as {best[2]} sums {count} site input(s), "
+                f"fewer than min_contributors = {min_contributors}"]
     return []

@@ -45,7 +45,8 @@ def _run(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_experi
 
     monkeypatch.setattr(federation, "train_local", train)
     monkeypatch.setattr(federation, "Federation", Recorded)
-    text = tiny_experiment_toml(protocols=f'["{name}"]', rounds=2, task='name = "synthetic-tabular"\nn_sites = 4\nn_per_site = 40')
+    task = 'name = "synthetic-tabular"\nn_sites = 4\nn_per_site = 40'
+    text = tiny_experiment_toml(protocols=f'["{name}"]', rounds=2, task=task)
     run = run_experiment(parse_experiment(tomllib.loads(text), "tiny.toml"), tmp_path, show_progress=False).runs[0]
     text = (Path(run.path) / "rounds.jsonl").read_text()
     return [json.loads(line) for line in text.splitlines()], text, losses, feds[0]

@@ -106,7 +106,9 @@ def _promise(fed: Any, spec: Any) -> Promise:
 
 
 @pytest.mark.parametrize("name", list_protocols())
-def test_what_the_aggregator_carries_keeps_the_spec_promise(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_what_the_aggregator_carries_keeps_the_spec_promise(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """DESIGN.md "Views are explicit", checked on the bytes for every protocol in protocols/."""
     spec = load_protocol(name)
     # two rounds (a second round reuses keys and state), one where a DP ledger makes each round cost ~1 s of accounting
@@ -240,4 +242,5 @@ def test_audit_loads_every_ckks_frame_under_the_aggregators_public_context() -> 
     opaque = audit([_msg(b"\x01" * 64, ViewKind.CIPHERTEXT)], {}, promise)
     assert any("not a CKKS frame" in p for p in opaque), opaque
     with pytest.raises(AssertionError):  # a secret context is no aggregator's context
-        assert audit([_msg(frame(ours), ViewKind.CIPHERTEXT)], {}, Promise("ciphertext", public_context=ours.secret())) == []
+        secret = Promise("ciphertext", public_context=ours.secret())
+        assert audit([_msg(frame(ours), ViewKind.CIPHERTEXT)], {}, secret) == []

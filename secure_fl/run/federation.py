@@ -225,11 +225,13 @@ class Federation:
         spent = {s.name: self.privacy.site(s.name).spent() for s in self.task.sites}
         dropped = {**refused, **outcome.dropped}
         for name in set(train_metrics) | set(dropped):  # what each site keeps for itself
-            self.site_records.setdefault(name, []).append({"round": r, "train": train_metrics.get(name), "dropped": dropped.get(name)})
+            kept = {"round": r, "train": train_metrics.get(name), "dropped": dropped.get(name)}
+            self.site_records.setdefault(name, []).append(kept)
         protected = self.aggregator_sees != "plain"  # then un-noised per-site values stay at the site
         record: dict[str, Any] = {
             "round": r, "applied": applied, "aborted": redact_reason(aborted) if protected and aborted else aborted,
-            "participants": participants, "dropped": {s: redact_reason(why) for s, why in dropped.items()} if protected else dropped,
+            "participants": participants,
+            "dropped": {s: redact_reason(why) for s, why in dropped.items()} if protected else dropped,
             "metrics": metrics,
             "bytes_up_per_site": float(np.mean([outcome.bytes_up[s] for s in participants] or [0])),
             "bytes_down_per_site": float(np.mean([outcome.bytes_down[s] + broadcast for s in participants] or [0])),

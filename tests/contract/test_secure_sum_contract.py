@@ -40,8 +40,9 @@ EXTRA_CONFIGS: dict[str, list[dict[str, Any]]] = {
 _CKKS_MIN = "fixed on branch ckks: CKKS sums and releases below a minimum number of contributors (issue 8 item 2)"
 _CKKS_ORDER = "fixed on branch ckks: CKKS parties do not check stage order (issue 18, stage sequencing)"
 _SECAGG = "fixed on branch secagg: a release needs t + 1 survivors, min_contributors = t + 1 (issue 8 item 3)"
-_PLAIN_ORDER = "not fixed on any branch yet: plain parties do not check stage order (issue 18, stage sequencing in the base)"
-_PLAIN_ROUND = "not fixed on any branch yet: the plain aggregator ignores Message.round and its wire format has no round"
+_PLAIN_ORDER = ("not fixed on any branch yet: plain parties do not check stage order "
+                "(issue 18, stage sequencing in the base)")
+_PLAIN_ROUND = "not fixed on any branch yet: the plain aggregator ignores Message.round; its wire format has no round"
 #: (case, config id or config id-extra) -> why it fails today; strict, so it fails once the fix lands
 XFAIL: dict[tuple[str, str], str] = {
     ("too_few", "ckks"): _CKKS_MIN,
@@ -76,7 +77,8 @@ def _configs() -> list[tuple[str, dict[str, Any]]]:
     for kind in SECURE_SUMS:
         out += [(kind, table) for table in catalogue.get(kind, [])[:1]]
         for table in EXTRA_CONFIGS.get(kind, []):
-            out.append((kind + "-" + "-".join(f"{k}={v}" for k, v in table.items() if k not in ("kind", "preset")), table))
+            label = "-".join(f"{k}={v}" for k, v in table.items() if k not in ("kind", "preset"))
+            out.append((f"{kind}-{label}", table))
     return out
 
 
@@ -125,7 +127,9 @@ def inputs_for(proto: SecureSum, seed: int, sites: Sequence[str] = SITES) -> dic
     return out
 
 
-def tolerance(proto: SecureSum, inputs: Mapping[str, tuple[np.ndarray, float]], contributors: Sequence[str]) -> tuple[float, float]:
+def tolerance(
+    proto: SecureSum, inputs: Mapping[str, tuple[np.ndarray, float]], contributors: Sequence[str]
+) -> tuple[float, float]:
     """The protocol's stated accuracy for a sum over ``contributors``: (values, weight)."""
     peak = sum(float(np.max(np.abs(inputs[s][0]))) for s in contributors)
     weight = sum(inputs[s][1] for s in contributors)
@@ -206,8 +210,8 @@ def assert_correct(proto: SecureSum, outcome: Outcome, inputs: Mapping[str, tupl
     for holder, res in results.items():
         contributors = list(res.contributors)
         assert len(set(contributors)) == len(contributors), f"{holder}: a contributor is listed twice: {contributors}"
-        assert set(contributors) <= set(allowed), f"{holder}: contributors {contributors} include a site outside {allowed}"
-        assert len(contributors) >= max(1, proto.min_contributors), f"{holder}: {len(contributors)} contributors < min_contributors"
+        assert set(contributors) <= set(allowed), f"{holder}: contributors {contributors} include one outside {allowed}"
+        assert len(contributors) >= max(1, proto.min_contributors), f"{holder}: {contributors} < min_contributors"
         want = sum(inputs[s][0] for s in contributors)
         want_w = sum(inputs[s][1] for s in contributors)
         tol, tol_w = tolerance(proto, inputs, contributors)
@@ -223,7 +227,7 @@ def assert_correct(proto: SecureSum, outcome: Outcome, inputs: Mapping[str, tupl
 @pytest.mark.parametrize("kind", sorted(SECURE_SUMS))
 def test_every_registered_kind_is_configured(kind: str) -> None:
     kinds = {table["kind"] for _, table in _configs()}
-    assert kind in kinds, f"secure sum {kind!r} has no configuration: add a spec using it to protocols/ (or EXTRA_CONFIGS)"
+    assert kind in kinds, f"secure sum {kind!r} has no configuration: add a spec using it (or EXTRA_CONFIGS)"
 
 
 # --- honest runs -------------------------------------------------------------------------------------
@@ -271,7 +275,8 @@ def test_payloads_match_the_view_kind(cid: str, table: dict[str, Any]) -> None:
     carried: list[Message] = []
     outcome = drive(proto, 0, inputs, tamper=lambda m: carried.append(m) or [m])
     assert outcome.aborted is None
-    promise = Promise(proto.view_kind.value, proto.min_contributors, quantizer_of(proto, len(SITES)), _public_context(proto))
+    quantizer = quantizer_of(proto, len(SITES))
+    promise = Promise(proto.view_kind.value, proto.min_contributors, quantizer, _public_context(proto))
     site_inputs = {s: SiteInput(v, w) for s, (v, w) in inputs.items()}
     assert audit(carried, site_inputs, promise) == []
 
@@ -291,7 +296,9 @@ def _stage_params(case: str) -> list[Any]:
 
 
 @pytest.mark.parametrize(("cid", "table", "stage"), _stage_params("dropout"))
-def test_a_dropout_before_each_site_stage_gives_the_sum_of_the_others_or_a_clean_abort(cid: str, table: dict[str, Any], stage: str) -> None:
+def test_a_dropout_before_each_site_stage_gives_the_sum_of_the_others_or_a_clean_abort(
+    cid: str, table: dict[str, Any], stage: str
+) -> None:
     proto = protocol(cid, table)
     inputs = inputs_for(proto, 4)
     gone = SITES[-1]
@@ -321,7 +328,7 @@ def test_too_few_contributors_release_nothing(cid: str, table: dict[str, Any]) -
     first = site_stages(table)[0]
     outcome = drive(proto, 0, inputs, drop_before={s: first for s in SITES if s not in keep})
     assert outcome.results() == {}, f"{cid}: a sum over {len(keep)} site(s) was released"
-    assert proto.min_contributors >= 2, f"{cid} hides single inputs but declares min_contributors = {proto.min_contributors}"
+    assert proto.min_contributors >= 2, f"{cid} hides inputs, declares min_contributors = {proto.min_contributors}"
 
 
 @pytest.mark.parametrize(("cid", "table"), params("collusion"))
@@ -431,7 +438,9 @@ def test_a_message_spoofing_another_site_is_ignored_or_refused(cid: str, table: 
 
 
 @pytest.mark.parametrize(("cid", "table", "relabel"), params("replay", ["as-sent", "relabelled"]))
-def test_a_message_replayed_from_the_previous_round_is_ignored_or_refused(cid: str, table: dict[str, Any], relabel: str) -> None:
+def test_a_message_replayed_from_the_previous_round_is_ignored_or_refused(
+    cid: str, table: dict[str, Any], relabel: str
+) -> None:
     """Every message s0 sends in round 1 is replaced by its round-0 message of the same stage (as sent,
     or relabelled round 1): round 0's input must never enter round 1's sum."""
     proto = protocol(cid, table)
