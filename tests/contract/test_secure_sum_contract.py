@@ -13,7 +13,6 @@ and the marker must then be removed.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,8 +22,8 @@ import numpy as np
 import pytest
 
 from payload_audit import Promise, SiteInput, audit, quantizer_of
-from secure_fl.errors import ProtocolError, RoundAborted, SecureFLError, SiteRejected
-from secure_fl.protocol.base import AGGREGATOR, Message, SecureSum, SiteParty, AggregatorParty, SumResult, ViewKind
+from secure_fl.errors import RoundAborted, SecureFLError, SiteRejected
+from secure_fl.protocol.base import AGGREGATOR, AggregatorParty, Message, SecureSum, SiteParty, SumResult, ViewKind
 from secure_fl.protocol.registry import SECURE_SUMS, secure_sum_class
 from secure_fl.protocol.spec import list_protocols, load_protocol
 
