@@ -36,24 +36,11 @@ EXTRA_CONFIGS: dict[str, list[dict[str, Any]]] = {
     "ckks": [{"kind": "ckks", "preset": "wide", "release": "aggregator"}],
 }
 
-_CKKS_MIN = "fixed on branch ckks: CKKS sums and releases below a minimum number of contributors (issue 8 item 2)"
-_CKKS_ORDER = "fixed on branch ckks: CKKS parties do not check stage order (issue 18, stage sequencing)"
-_SECAGG = "fixed on branch secagg: a release needs t + 1 survivors, min_contributors = t + 1 (issue 8 item 3)"
-_PLAIN_ORDER = ("not fixed on any branch yet: plain parties do not check stage order "
+_PLAIN_ORDER = ("not fixed yet: plain parties do not check stage order "
                 "(issue 18, stage sequencing in the base)")
-_PLAIN_ROUND = "not fixed on any branch yet: the plain aggregator ignores Message.round; its wire format has no round"
+_PLAIN_ROUND = "not fixed yet: the plain aggregator ignores Message.round; its wire format has no round"
 #: (case, config id or config id-extra) -> why it fails today; strict, so it fails once the fix lands
 XFAIL: dict[tuple[str, str], str] = {
-    ("too_few", "ckks"): _CKKS_MIN,
-    ("too_few", "ckks-release=aggregator"): _CKKS_MIN,
-    ("too_few", "secagg"): _SECAGG,
-    ("too_few", "secagg-plus"): _SECAGG,
-    ("collusion", "secagg"): _SECAGG,
-    ("collusion", "secagg-plus"): _SECAGG,
-    ("repeat", "ckks"): _CKKS_ORDER,
-    ("repeat", "ckks-release=aggregator"): _CKKS_ORDER,
-    ("skip", "ckks"): _CKKS_ORDER,
-    ("skip", "ckks-release=aggregator"): _CKKS_ORDER,
     ("order", "plain-aggregator"): _PLAIN_ORDER + " (it raises ValueError, not a secure-fl error)",
     ("repeat", "plain"): _PLAIN_ORDER,
     ("replay", "plain"): _PLAIN_ROUND,

@@ -224,6 +224,8 @@ class SecAggSum(SecureSum):
                 f"{self.name}: a release needs at least {self.min_survivors} survivors ({self._survivor_rule()}) "
                 f"but the run has {len(ids)} sites; lower the threshold or add sites"
             )
+        # what every party enforces is what the protocol declares (reports, audits, the contract suite read it)
+        self.min_contributors = self.min_survivors
         self.quantizer = quantizer
 
     def _fix_threshold(self) -> None:
