@@ -167,14 +167,27 @@ def _version() -> str:
 
 
 def _quiet_library_warnings() -> None:
-    """Show a library's repeated warning once per process, not once per site and round.
+    """Show each library warning once per process, not once per site and round.
 
     Opacus registers full backward hooks; PyTorch warns "Full backward hook is firing when gradients
     are computed with respect to module outputs..." on every backward pass whose first layer's input
-    needs no gradient (harmless there): ≈1,900 lines for dp-heart before this filter.
+    needs no gradient (harmless there): ≈1,900 lines for dp-heart. The ``"once"`` filter action is
+    not enough: its registry is cleared whenever any ``warnings.catch_warnings()`` block changes the
+    filters (the accountants use one each round), so repeats are dropped here, by message and category.
     """
-    warnings.filterwarnings("once", message=r"Full backward hook is firing", category=UserWarning)
-    warnings.filterwarnings("once", category=UserWarning, module=r"opacus(\..*)?")
+    show = warnings.showwarning
+    if getattr(show, "secure_fl_once", False):
+        return
+    shown: set[tuple[type, str]] = set()
+
+    def show_once(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        key = (category, str(message))
+        if key not in shown:
+            shown.add(key)
+            show(message, category, filename, lineno, file, line)
+
+    show_once.secure_fl_once = True  # type: ignore[attr-defined]
+    warnings.showwarning = show_once
 
 
 def main(argv: list[str] | None = None) -> int:

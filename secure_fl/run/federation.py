@@ -32,7 +32,7 @@ from ..training.flat import flatten, load_flat
 from ..training.local import train_local
 from .experiment import Experiment, Variant
 from .checkpoint import federation_state, load_checkpoint, restore_federation, save_checkpoint
-from .records import RunFolder, read_jsonl, read_rounds, site_stats, utc_now
+from .records import RunFolder, read_jsonl, read_rounds, run_status, site_stats, utc_now
 
 __all__ = ["RunSummary", "Federation", "run_variant", "derive_seed"]
 
@@ -128,7 +128,7 @@ def run_variant(
     if previous is not None:
         summary.started_utc, summary.resumed = previous.started_utc or now, list(previous.resumed)
         summary.resumed.append({"at_utc": now, "from_round": ckpt["round"] + 1 if ckpt else 0,
-                                "previous_status": previous.status, "previous_pid": previous.pid})
+                                "previous_status": run_status(run_dir), "previous_pid": previous.pid})
     summary.pid, summary.host = os.getpid(), socket.gethostname()
     _write_summary(folder, summary)
     try:
