@@ -104,7 +104,7 @@ def cmd_protocols(args: argparse.Namespace) -> int:
 
     table = Table(title="protocol catalogue (protocols/*.toml)", title_justify="left")
     for h in ("name", "secure sum", "aggregator sees", "privacy", "summary"):
-        table.add_column(h)
+        table.add_column(h, no_wrap=h == "name")
     for name in list_protocols():
         try:
             spec = load_protocol(name)
@@ -115,7 +115,7 @@ def cmd_protocols(args: argparse.Namespace) -> int:
         table.add_row(spec.name, spec.secure_sum_kind, spec.threat_model.aggregator_sees, dp, spec.summary)
     for ref in REFERENCES:
         table.add_row(ref, "–", "–", "–", "reference point (not a protocol): " + ("centralised training on all sites' data" if ref == "pooled" else "each site trains alone"))
-    Console(width=max(Console().width, 160)).print(table)
+    Console().print(table)  # rich fits the table to the terminal
     return 0
 
 

@@ -27,7 +27,7 @@ from .federation import RunSummary, run_variant
 from .provenance import data_digests, environment
 from .records import (REFUSALS, RunLock, new_run_id, point_latest, run_status, strict_json, utc_now, write_json)
 
-__all__ = ["CompareResult", "run_experiment", "resume_experiment", "format_markdown", "table_rows", "site_rows",
+__all__ = ["CompareResult", "prepare", "run_experiment", "resume_experiment", "format_markdown", "table_rows", "site_rows",
            "site_table", "compare_json"]
 
 
@@ -52,6 +52,15 @@ def _check_run_id(run_id: str) -> str:
     return run_id
 
 
+def prepare(exp: Experiment, variants: list[str] | None = None) -> tuple[list[Variant], Task]:
+    """Everything checked before a run starts: the chosen variants exist, the task builds, and the
+    cross-field checks against its sites hold (``min_sites``, ``site_budgets``). Raises SpecError."""
+    chosen = select_variants(exp, variants)
+    task = build_task(exp.task_name, exp.task_params, f"{exp.source} [task]")
+    check_against_task(exp, task, chosen)
+    return chosen, task
+
+
 def run_experiment(
     exp: Experiment, out_root: Path, variants: list[str] | None = None, show_progress: bool = True, threads: int = 1,
     run_id: str | None = None, overwrite: bool = False,
@@ -67,9 +76,7 @@ def run_experiment(
     import torch
 
     torch.set_num_threads(threads)
-    chosen = select_variants(exp, variants)
-    task = build_task(exp.task_name, exp.task_params, f"{exp.source} [task]")
-    check_against_task(exp, task, chosen)
+    chosen, task = prepare(exp, variants)
     exp_dir = out_root / exp.name
     run_id = _check_run_id(run_id) if run_id else new_run_id()
     out_dir = exp_dir / run_id
