@@ -49,13 +49,15 @@ def _print_table(result) -> None:  # type: ignore[no-untyped-def]
     if srows:
         sites = Table(title="per site: rounds taken part, refused (and why), ε spent", title_justify="left")
         for h in site_header:
-            sites.add_column(h, justify="left" if h in ("protocol", "site") else "right", no_wrap=h in ("protocol", "site"))
+            left = h in ("protocol", "site")
+            sites.add_column(h, justify="left" if left else "right", no_wrap=left)
         for r in srows:
             sites.add_row(*(escape(c) for c in r))
         console.print(sites)
     console.print(
         f"seeds {result.experiment.seeds}, {result.experiment.rounds} rounds; metrics on the pooled test sets of all sites "
-        f"(mean ± sd over seeds); KB up/down = bytes per participating site per round; run {result.run_id} in {result.out_dir}"
+        f"(mean ± sd over seeds); KB up/down = bytes per participating site per round; "
+        f"run {result.run_id} in {result.out_dir}"
     )
     failed = [r for r in result.runs if r.status != "finished"]
     for r in failed:
@@ -81,7 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume is not None:
         given = [f for f in ("experiment", "protocol", "rounds", "seeds", "run_id") if getattr(args, f) is not None]
         if given or args.overwrite:
-            raise SpecError(f"--resume continues a run with its own settings; drop {given + (['overwrite'] if args.overwrite else [])}")
+            given += ["overwrite"] if args.overwrite else []
+            raise SpecError(f"--resume continues a run with its own settings; drop {given}")
         from .run.compare import resume_experiment
 
         result = resume_experiment(Path(args.resume), show_progress=not args.quiet, threads=args.threads)
@@ -147,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("run", help="one protocol of an experiment (the first listed unless --protocol)")
     experiment_args(p, optional=False)
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a crashed run (runs/<experiment>/<run-id>) from its last finished round")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a crashed run (runs/<experiment>/<run-id>) from its last finished round")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("protocols", help="list the protocol catalogue")
     p.set_defaults(func=cmd_protocols)

@@ -22,11 +22,10 @@ import torch
 
 import secure_fl
 from secure_fl.cli import main
-from secure_fl.errors import SecureFLError
 from secure_fl.privacy.ledger import PrivacyLedger
 from secure_fl.protocol.spec import PROTOCOLS_DIR
 from secure_fl.run.compare import resume_experiment, run_experiment
-from secure_fl.run.experiment import load_experiment, parse_experiment
+from secure_fl.run.experiment import load_experiment
 from secure_fl.run.provenance import data_digests, git_info
 from secure_fl.run.records import RunLock, RunLocked, read_rounds, resolve_latest, run_status, strict_json
 from secure_fl.tasks.registry import build_task
@@ -40,7 +39,8 @@ def _seeded_dp_protocol(path: Path) -> Path:
     text = (PROTOCOLS_DIR / "dp-fedavg-central.toml").read_text()
     for old, new in [('name = "dp-fedavg-central"', 'name = "dp-seeded"'), ('noise = "central"', 'noise = "local"'),
                      ('noise_adder = "aggregator"', ""), ("target_epsilon = 4.0", "noise_multiplier = 2.0"),
-                     ("secure_noise = true", "secure_noise = false"), ('aggregator_sees = "plain"', 'aggregator_sees = "noised"')]:
+                     ("secure_noise = true", "secure_noise = false"),
+                     ('aggregator_sees = "plain"', 'aggregator_sees = "noised"')]:
         assert old in text, old
         text = text.replace(old, new)
     out = path / "dp-seeded.toml"
@@ -104,13 +104,15 @@ def test_two_processes_into_the_same_experiment_lose_nothing(tmp_path, experimen
 def test_a_live_writer_holds_the_lock_and_a_dead_ones_lock_is_taken_over(tmp_path, experiment, capsys):
     run_dir = tmp_path / "runs" / "tiny" / "mine"
     run_dir.mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, pathlib; from secure_fl.run.records import RunLock; "
-                               f"RunLock(pathlib.Path({str(run_dir)!r})).acquire(); print('held', flush=True); sys.stdin.read()"],
+    code = ("import sys, pathlib; from secure_fl.run.records import RunLock; "
+            f"RunLock(pathlib.Path({str(run_dir)!r})).acquire(); print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code],
                               cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        args = ["run", str(experiment), "--protocol", "pooled", "--out", str(tmp_path / "runs"), "--run-id", "mine", "--quiet"]
+        args = ["run", str(experiment), "--protocol", "pooled", "--out", str(tmp_path / "runs"), "--run-id", "mine",
+                "--quiet"]
         assert main(args) == 2
         err = capsys.readouterr().err
         assert f"is being written by pid {holder.pid} on host {socket.gethostname()!r}" in err
@@ -208,7 +210,10 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, experiment):
     assert summary["resumed"][0]["from_round"] == done
     views = [json.loads(line) for line in (seed_dir / "views.jsonl").read_text().splitlines()]
     whole_views = [json.loads(line) for line in (whole_dir / "views.jsonl").read_text().splitlines()]
-    assert [(v["round"], v["stage"], v["sender"]) for v in views] == [(v["round"], v["stage"], v["sender"]) for v in whole_views]
+    def keys(vs):
+        return [(v["round"], v["stage"], v["sender"]) for v in vs]
+
+    assert keys(views) == keys(whole_views)
 
 
 def test_a_crash_after_charging_is_not_charged_twice_on_resume(tmp_path, experiment, monkeypatch):
@@ -241,7 +246,8 @@ def test_a_crash_after_charging_is_not_charged_twice_on_resume(tmp_path, experim
     for s in SITES:
         assert _ledger(seed_dir, s) == _ledger(whole_dir, s)
         history = PrivacyLedger(seed_dir / "sites" / s / "ledger.sqlite", s).records(include_superseded=True)
-        assert [(r.round, r.superseded_by is not None) for r in history] == [(0, False), (1, True), (1, False), (2, False)]
+        got = [(r.round, r.superseded_by is not None) for r in history]
+        assert got == [(0, False), (1, True), (1, False), (2, False)]
     resume_experiment(run_dir, show_progress=False)  # finished: nothing runs again, nothing is charged
     assert [r[0] for r in _ledger(seed_dir, "site1")] == [0, 1, 2]
 
@@ -282,7 +288,8 @@ def test_per_site_table_says_who_took_part_and_why_not(tmp_path, capsys, monkeyp
     monkeypatch.setenv("COLUMNS", "250")
     _seeded_dp_protocol(tmp_path)
     proto = tmp_path / "dp-seeded.toml"
-    proto.write_text(proto.read_text().replace("secure_noise = false", "secure_noise = false\nsite_budgets = { site1 = 1.0 }"))
+    budget = "secure_noise = false\nsite_budgets = { site1 = 1.0 }"
+    proto.write_text(proto.read_text().replace("secure_noise = false", budget))
     path = tmp_path / "e.toml"
     path.write_text('name = "e"\nprotocols = ["dp-seeded.toml"]\nrounds = 2\n[task]\nname = "synthetic-tabular"\n'
                     'n_sites = 3\nn_per_site = 40\n[training]\nbatch_size = 16\n')
@@ -333,4 +340,5 @@ def test_a_library_warning_is_shown_once_even_when_filters_change_between_rounds
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
         warnings.warn("another warning", UserWarning)
-    assert [str(w.message) for w in log] == ["Full backward hook is firing when gradients are computed", "another warning"]
+    shown = [str(w.message) for w in log]
+    assert shown == ["Full backward hook is firing when gradients are computed", "another warning"]

@@ -51,7 +51,8 @@ def _value(v: Any) -> str:
 def _toml(data: dict[str, Any]) -> str:
     """A small TOML writer (scalars, lists, inline tables, one level of tables) that keeps nan and inf."""
     top = [f'"{k}" = {_value(v)}' for k, v in data.items() if not isinstance(v, dict)]
-    tables = [f"[{k}]\n" + "\n".join(f'"{kk}" = {_value(vv)}' for kk, vv in v.items()) for k, v in data.items() if isinstance(v, dict)]
+    tables = [f"[{k}]\n" + "\n".join(f'"{kk}" = {_value(vv)}' for kk, vv in v.items())
+              for k, v in data.items() if isinstance(v, dict)]
     return "\n".join(top) + "\n\n" + "\n\n".join(tables) + "\n"
 
 
@@ -149,7 +150,8 @@ PROTOCOL_CASES = [
     ("dp-sgd-local", "privacy.epsilon_budget", INF, "[privacy].epsilon_budget: expected a finite number"),
     ("dp-sgd-local", "privacy.epsilon_budget", 0.0, "[privacy].epsilon_budget: must be > 0"),
     ("dp-sgd-local", "privacy.site_budgets", {"site9": 1.0}, "site_budgets: unknown site(s) ['site9']"),
-    ("dp-sgd-local", "privacy.site_budgets", {"site1": INF}, "site_budgets.site1: expected a finite number > 0, found inf"),
+    ("dp-sgd-local", "privacy.site_budgets", {"site1": INF},
+     "site_budgets.site1: expected a finite number > 0, found inf"),
     ("dp-sgd-local", "privacy.site_budgets", {"site1": NAN}, "site_budgets.site1: expected a number > 0, found nan"),
     ("dp-sgd-local", "privacy.site_budgets", {"site1": -1.0}, "site_budgets.site1: expected a number > 0, found -1.0"),
     ("dp-sgd-local", "privacy.accountant", "moments", "[privacy].accountant: expected one of"),

@@ -59,9 +59,10 @@ def _privacy_state(layer: Any) -> dict[str, Any]:
     sites = getattr(layer, "_sites", None)
     if sites is None:
         return {}
+    adaptive = getattr(layer, "adaptive", None)
     out: dict[str, Any] = {
         "server_rng": _rng_state(getattr(getattr(layer, "server_source", None), "rng", None)),
-        "adaptive": copy.deepcopy(getattr(layer, "adaptive", None).__dict__) if getattr(layer, "adaptive", None) else None,
+        "adaptive": copy.deepcopy(adaptive.__dict__) if adaptive is not None else None,
         "bits": copy.deepcopy(getattr(layer, "_bits", {})),
         "sites": {},
     }

@@ -12,7 +12,6 @@ import math
 import os
 import shutil
 import socket
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,8 @@ from .federation import RunSummary, run_variant
 from .provenance import data_digests, environment
 from .records import (REFUSALS, RunLock, new_run_id, point_latest, run_status, strict_json, utc_now, write_json)
 
-__all__ = ["CompareResult", "prepare", "run_experiment", "resume_experiment", "format_markdown", "table_rows", "site_rows",
-           "site_table", "compare_json"]
+__all__ = ["CompareResult", "prepare", "run_experiment", "resume_experiment", "format_markdown", "table_rows",
+           "site_rows", "site_table", "compare_json"]
 
 
 
@@ -48,7 +47,8 @@ def _safe(label: str) -> str:
 
 def _check_run_id(run_id: str) -> str:
     if not run_id or run_id in (".", "..", "latest") or _safe(run_id) != run_id:
-        raise SpecError(f"--run-id: expected a plain folder name (letters, digits, - _ . =), not 'latest', found {run_id!r}")
+        raise SpecError(f"--run-id: expected a plain folder name (letters, digits, - _ . =), not 'latest', "
+                        f"found {run_id!r}")
     return run_id
 
 
@@ -128,7 +128,8 @@ def resume_experiment(run_dir: Path, show_progress: bool = True, threads: int = 
     if data_digests(task) != resolved["data"]:
         raise SecureFLError(f"--resume {run_dir}: the sites' data differ from the run's (sha256 in resolved.json)")
     with RunLock(run_dir):
-        return _execute(exp, task, chosen, run_dir, str(resolved.get("run_id", run_dir.name)), show_progress, resume=True)
+        run_id = str(resolved.get("run_id", run_dir.name))
+        return _execute(exp, task, chosen, run_dir, run_id, show_progress, resume=True)
 
 
 def _execute(exp: Experiment, task: Task, chosen: list[Variant], out_dir: Path, run_id: str, show_progress: bool,
@@ -151,14 +152,16 @@ def _execute(exp: Experiment, task: Task, chosen: list[Variant], out_dir: Path, 
                             key = f"pooled/{task.primary_metric}"
                             val = m.get(key)
                             shown = f"{key}={val:.3f}" if isinstance(val, float) and not math.isnan(val) else ""
-                            bar.update(job, completed=done + r + 1, description=f"{label} round {r + 1}/{exp.rounds} {shown}")
+                            bar.update(job, completed=done + r + 1,
+                                       description=f"{label} round {r + 1}/{exp.rounds} {shown}")
 
                     done = len(runs) * exp.rounds
                     run = run_variant(exp, task, v, seed, out_dir / _safe(v.label) / f"seed{seed}", tick, resume=resume)
                     runs.append(run)
                     if bar is not None:
                         bar.update(job, completed=len(runs) * exp.rounds)
-                    top["runs"] = [{"variant": r.variant, "seed": r.seed, "status": r.status, "path": r.path} for r in runs]
+                    top["runs"] = [{"variant": r.variant, "seed": r.seed, "status": r.status, "path": r.path}
+                                   for r in runs]
                     top["updated_utc"] = utc_now()
                     write_json(out_dir / "summary.json", top)
         top["status"] = "finished"
@@ -319,5 +322,6 @@ def format_markdown(result: CompareResult) -> str:
     lines = _markdown(*table_rows(result))
     site_header, srows = site_rows(result)
     if srows:
-        lines += ["", "Per site (summed over seeds; ε at the end, mean over seeds):", "", *_markdown(site_header, srows)]
+        lines += ["", "Per site (summed over seeds; ε at the end, mean over seeds):", ""]
+        lines += _markdown(site_header, srows)
     return "\n".join(lines)

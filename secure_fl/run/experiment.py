@@ -156,7 +156,8 @@ def parse_experiment(data: Mapping[str, Any], source: str = "<memory>", base_dir
             if isinstance(v, float) and not math.isfinite(v):
                 raise SpecError(f"{where} [sweep].{key}[{j}]: expected a finite number, found {v!r}")
         if "." not in key:
-            raise SpecError(f"{where} [sweep].{key}: expected a dotted key into a protocol table, e.g. 'privacy.target_epsilon'")
+            raise SpecError(f"{where} [sweep].{key}: expected a dotted key into a protocol table, "
+                            "e.g. 'privacy.target_epsilon'")
     swept_tables: set[str] = set()
     variants: list[Variant] = []
     for i, p in enumerate(protocols):
@@ -178,7 +179,8 @@ def parse_experiment(data: Mapping[str, Any], source: str = "<memory>", base_dir
             variants.append(Variant(f"{spec.name}[{key.split('.')[-1]}={value}]", spec, overrides={key: value}))
     for key in sweep:
         if key.split(".")[0] not in swept_tables:
-            tables = sorted({t for v in variants if v.spec is not None for t, x in v.spec.raw.items() if isinstance(x, dict)})
+            tables = sorted({t for v in variants if v.spec is not None
+                             for t, x in v.spec.raw.items() if isinstance(x, dict)})
             raise SpecError(
                 f"{where} [sweep].{key}: no listed protocol has a table {key.split('.')[0]!r}, so the sweep would "
                 f"change nothing; the protocols' tables are {tables}"
@@ -208,8 +210,8 @@ def _check_site_budget_values(v: Variant, where: str) -> None:
     privacy = getattr(v.spec, "privacy", None) if v.spec is not None else None
     for site, value in (getattr(privacy, "site_budgets", None) or {}).items():
         if not math.isfinite(value):
-            raise SpecError(f"{where}: protocol {v.label!r} [privacy].site_budgets.{site}: expected a finite number > 0, "
-                            f"found {value!r}")
+            raise SpecError(f"{where}: protocol {v.label!r} [privacy].site_budgets.{site}: "
+                            f"expected a finite number > 0, found {value!r}")
 
 
 def with_overrides(exp: Experiment, rounds: int | None = None, seeds: Sequence[int] | None = None) -> Experiment:
@@ -272,4 +274,4 @@ def load_experiment(path_or_name: str | Path) -> Experiment:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path}: not valid TOML ({exc})") from exc
-    return parse_experiment(data, source=str(path), base_dir=path.parent)
+    return parse_experiment(data, source=str(path), base_dir=path.parent.resolve())

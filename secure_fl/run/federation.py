@@ -326,7 +326,8 @@ def _run_protocol(exp: Experiment, task: Task, variant: Variant, seed: int, fold
             restore_federation(fed, ckpt["state"])
         _redo_round_charges(fed, folder.path, first)
         for r in read_rounds(folder.path):
-            summary.rounds_done, summary.metrics, summary.epsilon = r["round"] + 1, r["metrics"], r.get("privacy_spent", {})
+            summary.rounds_done, summary.metrics = r["round"] + 1, r["metrics"]
+            summary.epsilon = r.get("privacy_spent", {})
     for r in range(first, exp.rounds):
         record = fed.round(r)
         views = [{**v.to_json(), "round": r} for v in fed.last_views]

@@ -268,8 +268,8 @@ def site_stats(rounds: list[dict[str, Any]], sites: list[str]) -> dict[str, dict
     rounds it was not picked, rounds that aborted before any sum (no participants; the record does
     not say who was picked then), and its ε at the end (``None`` without DP)."""
     out: dict[str, dict[str, Any]] = {
-        s: {"took_part": 0, "released": 0, "refused": {k: 0 for k in REFUSALS}, "not_picked": 0, "round_aborted": 0, "epsilon": None,
-            "last_refusal": None}
+        s: {"took_part": 0, "released": 0, "refused": {k: 0 for k in REFUSALS}, "not_picked": 0, "round_aborted": 0,
+            "epsilon": None, "last_refusal": None}
         for s in sites
     }
     for rec in rounds:
