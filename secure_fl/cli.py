@@ -27,7 +27,12 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return exp
 
 
-def _print_table(result) -> None:  # type: ignore[no-untyped-def]
+def _print_table(result, as_json: bool = False) -> None:  # type: ignore[no-untyped-def]
+    if as_json:  # the same strict JSON as compare.json, for scripts
+        from .run.compare import compare_json
+
+        print(compare_json(result))
+        return
     from rich.console import Console
     from rich.table import Table
 
@@ -69,7 +74,7 @@ def _start(args: argparse.Namespace, chosen: list[str] | None) -> int:
 
     result = run_experiment(_load(args), Path(args.out), variants=chosen, show_progress=not args.quiet,
                             threads=args.threads, run_id=args.run_id, overwrite=args.overwrite)
-    _print_table(result)
+    _print_table(result, args.json)
     return 0
 
 
@@ -88,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .run.compare import resume_experiment
 
         result = resume_experiment(Path(args.resume), show_progress=not args.quiet, threads=args.threads)
-        _print_table(result)
+        _print_table(result, args.json)
         return 0
     if args.experiment is None:
         raise SpecError("run: give an EXPERIMENT (TOML or name in experiments/), or --resume RUN_DIR")
@@ -143,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run-id", help="name of the run folder (default: UTC start time + random hex)")
         p.add_argument("--overwrite", action="store_true", help="replace an existing run folder named by --run-id")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--json", action="store_true", help="print compare.json (strict JSON) instead of the tables")
         p.add_argument("--threads", type=int, default=int(os.environ.get("SECURE_FL_THREADS", "1")), help="torch threads (default 1, or $SECURE_FL_THREADS)")
 
     p = sub.add_parser("compare", help="several protocols on the same task and seeds; prints the table")

@@ -317,6 +317,17 @@ def test_compare_json_is_strict(tmp_path, experiment):
     assert data["runs"][0]["variant"] == "pooled" and data["table"]["header"][0] == "protocol"
 
 
+def test_cli_json_prints_strict_json(tmp_path, experiment, capsys):
+    assert main(["run", str(experiment), "--protocol", "pooled", "--rounds", "1", "--json", "--quiet",
+                 "--out", str(tmp_path / "runs")]) == 0
+
+    def refuse(name):
+        raise ValueError(f"non-strict JSON constant {name}")
+
+    data = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert data["runs"][0]["variant"] == "pooled" and data["rounds"] == 1
+
+
 def test_progress_goes_to_stderr_with_an_eta(tmp_path, experiment, capsys):
     run_experiment(load_experiment(experiment), tmp_path, ["pooled"], show_progress=True)
     captured = capsys.readouterr()
