@@ -40,8 +40,8 @@ def _print_table(result, as_json: bool = False) -> None:  # type: ignore[no-unty
 
     header, rows = table_rows(result)
     table = Table(title=f"{result.experiment.name}: {result.task.describe()}", title_justify="left")
-    for h in header:
-        table.add_column(h, justify="left" if h == "protocol" else "right", no_wrap=h == "protocol")
+    for h in header:  # narrower than the table: cells fold, nothing is cut off (protocol names stay whole)
+        table.add_column(h, justify="left" if h == "protocol" else "right", no_wrap=h == "protocol", overflow="fold")
     from rich.markup import escape
 
     for r in rows:
@@ -52,10 +52,12 @@ def _print_table(result, as_json: bool = False) -> None:  # type: ignore[no-unty
 
     site_header, srows = site_rows(result)
     if srows:
-        sites = Table(title="per site: rounds taken part, refused (and why), ε spent", title_justify="left")
+        from .run.compare import SITE_LEGEND
+
+        sites = Table(title="per site", caption=SITE_LEGEND, title_justify="left", caption_justify="left")
         for h in site_header:
             left = h in ("protocol", "site")
-            sites.add_column(h, justify="left" if left else "right", no_wrap=left)
+            sites.add_column(h, justify="left" if left else "right", no_wrap=left, overflow="fold")
         for r in srows:
             sites.add_row(*(escape(c) for c in r))
         console.print(sites)

@@ -295,7 +295,8 @@ def test_per_site_table_says_who_took_part_and_why_not(tmp_path, capsys, monkeyp
                     'n_sites = 3\nn_per_site = 40\n[training]\nbatch_size = 16\n')
     assert main(["run", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "refused: budget exhausted" in out
+    site1 = next(line for line in out.splitlines() if "site1" in line and "dp-seeded" in line)
+    assert [c.strip() for c in site1.split("│")[3:6]] == ["0/2", "0", "2"]  # took part, released, budget exhausted
     data = json.loads((resolve_latest(tmp_path / "runs" / "e") / "compare.json").read_text())
     sites = data["sites"]["dp-seeded"]
     assert sites["site1"]["took_part"] == 0 and sites["site1"]["refused"]["budget exhausted"] == 2

@@ -286,10 +286,14 @@ def site_table(result: CompareResult) -> dict[str, dict[str, dict[str, Any]]]:
     return out
 
 
+SITE_LEGEND = ("rounds taken part (of rounds run) and of those released; rounds refused because the site's "
+               "budget was exhausted, it dropped out, or its update was rejected; rounds not picked; rounds that "
+               "aborted before any sum; ε spent at the end (mean over seeds; – if never charged)")
+
+
 def site_rows(result: CompareResult) -> tuple[list[str], list[list[str]]]:
     """The per-site table: who took part, who was refused and why, and what each spent."""
-    header = ["protocol", "site", "took part", "released", *[f"refused: {k}" for k in REFUSALS], "not picked",
-              "round aborted", "ε spent"]
+    header = ["protocol", "site", "took part", "released", "budget", "dropped", "rejected", "not picked", "aborted", "ε"]
     rows = []
     for label, per in site_table(result).items():
         for site, acc in per.items():
@@ -322,6 +326,6 @@ def format_markdown(result: CompareResult) -> str:
     lines = _markdown(*table_rows(result))
     site_header, srows = site_rows(result)
     if srows:
-        lines += ["", "Per site (summed over seeds; ε at the end, mean over seeds):", ""]
+        lines += ["", f"Per site, summed over seeds: {SITE_LEGEND}", ""]
         lines += _markdown(site_header, srows)
     return "\n".join(lines)
