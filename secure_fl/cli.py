@@ -17,9 +17,7 @@ DEFAULT_EXPERIMENT = "quickstart"
 
 
 def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from .run.experiment import load_experiment
-
-    from .run.experiment import with_overrides
+    from .run.experiment import load_experiment, with_overrides
 
     exp = load_experiment(args.experiment)
     if args.rounds is not None or args.seeds is not None:
@@ -71,10 +69,10 @@ def _print_table(result, as_json: bool = False) -> None:  # type: ignore[no-unty
         console.print(f"[red]{escape(r.variant)} seed {r.seed}: {escape(r.status)}[/red]")
 
 
-def _start(args: argparse.Namespace, chosen: list[str] | None) -> int:
+def _start(args: argparse.Namespace, chosen: list[str] | None, exp=None) -> int:  # type: ignore[no-untyped-def]
     from .run.compare import run_experiment
 
-    result = run_experiment(_load(args), Path(args.out), variants=chosen, show_progress=not args.quiet,
+    result = run_experiment(exp or _load(args), Path(args.out), variants=chosen, show_progress=not args.quiet,
                             threads=args.threads, run_id=args.run_id, overwrite=args.overwrite)
     _print_table(result, args.json)
     return 0
@@ -99,10 +97,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if args.experiment is None:
         raise SpecError("run: give an EXPERIMENT (TOML or name in experiments/), or --resume RUN_DIR")
-    if args.protocol:
-        return _start(args, args.protocol)
     exp = _load(args)
-    return _start(args, [exp.variants[0].label])
+    return _start(args, args.protocol or [exp.variants[0].label], exp)
 
 
 def cmd_protocols(args: argparse.Namespace) -> int:
