@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import SecureFLError
@@ -16,17 +17,20 @@ DEFAULT_EXPERIMENT = "quickstart"
 
 
 def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from .run.experiment import load_experiment
+    from .run.experiment import load_experiment, with_overrides
 
     exp = load_experiment(args.experiment)
-    if getattr(args, "rounds", None):
-        exp.rounds = args.rounds
-    if getattr(args, "seeds", None):
-        exp.seeds = args.seeds
+    if args.rounds is not None or args.seeds is not None:
+        exp = with_overrides(exp, rounds=args.rounds, seeds=args.seeds)
     return exp
 
 
-def _print_table(result) -> None:  # type: ignore[no-untyped-def]
+def _print_table(result, as_json: bool = False) -> None:  # type: ignore[no-untyped-def]
+    if as_json:  # the same strict JSON as compare.json, for scripts
+        from .run.compare import compare_json
+
+        print(compare_json(result))
+        return
     from rich.console import Console
     from rich.table import Table
 
@@ -34,45 +38,67 @@ def _print_table(result) -> None:  # type: ignore[no-untyped-def]
 
     header, rows = table_rows(result)
     table = Table(title=f"{result.experiment.name}: {result.task.describe()}", title_justify="left")
-    for h in header:
-        table.add_column(h, justify="left" if h == "protocol" else "right")
+    for h in header:  # narrower than the table: cells fold, nothing is cut off (protocol names stay whole)
+        table.add_column(h, justify="left" if h == "protocol" else "right", no_wrap=h == "protocol", overflow="fold")
     from rich.markup import escape
 
     for r in rows:
         table.add_row(*(escape(c) for c in r))  # labels like "dp-sgd-local[target_epsilon=1.0]" are not markup
-    console = Console(width=max(Console().width, 150))
+    console = Console()  # rich fits the table to the terminal (wrapping cells) and prints 80 columns into a pipe
     console.print(table)
+    from .run.compare import site_rows
+
+    site_header, srows = site_rows(result)
+    if srows:
+        from .run.compare import SITE_LEGEND
+
+        sites = Table(title="per site", caption=SITE_LEGEND, title_justify="left", caption_justify="left")
+        for h in site_header:
+            left = h in ("protocol", "site")
+            sites.add_column(h, justify="left" if left else "right", no_wrap=left, overflow="fold")
+        for r in srows:
+            sites.add_row(*(escape(c) for c in r))
+        console.print(sites)
     console.print(
         f"seeds {result.experiment.seeds}, {result.experiment.rounds} rounds; metrics on the pooled test sets of all sites "
-        f"(mean ± sd over seeds); KB up/down = bytes per participating site per round; run folders under {result.out_dir}"
+        f"(mean ± sd over seeds); KB up/down = bytes per participating site per round; "
+        f"run {result.run_id} in {result.out_dir}"
     )
     failed = [r for r in result.runs if r.status != "finished"]
     for r in failed:
         console.print(f"[red]{escape(r.variant)} seed {r.seed}: {escape(r.status)}[/red]")
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
+def _start(args: argparse.Namespace, chosen: list[str] | None, exp=None) -> int:  # type: ignore[no-untyped-def]
     from .run.compare import run_experiment
 
-    exp = _load(args)
-    result = run_experiment(exp, Path(args.out), variants=args.protocol or None, show_progress=not args.quiet, threads=args.threads)
-    _print_table(result)
+    result = run_experiment(exp or _load(args), Path(args.out), variants=chosen, show_progress=not args.quiet,
+                            threads=args.threads, run_id=args.run_id, overwrite=args.overwrite)
+    _print_table(result, args.json)
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    return _start(args, args.protocol or None)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .errors import SpecError
-    from .run.compare import run_experiment
 
+    if args.resume is not None:
+        given = [f for f in ("experiment", "protocol", "rounds", "seeds", "run_id") if getattr(args, f) is not None]
+        if given or args.overwrite:
+            given += ["overwrite"] if args.overwrite else []
+            raise SpecError(f"--resume continues a run with its own settings; drop {given}")
+        from .run.compare import resume_experiment
+
+        result = resume_experiment(Path(args.resume), show_progress=not args.quiet, threads=args.threads)
+        _print_table(result, args.json)
+        return 0
+    if args.experiment is None:
+        raise SpecError("run: give an EXPERIMENT (TOML or name in experiments/), or --resume RUN_DIR")
     exp = _load(args)
-    labels = [v.label for v in exp.variants]
-    chosen = args.protocol or labels[:1]
-    unknown = [p for p in chosen if p not in labels]
-    if unknown:
-        raise SpecError(f"--protocol {unknown}: not in {exp.source} (it lists {labels})")
-    result = run_experiment(exp, Path(args.out), variants=chosen, show_progress=not args.quiet, threads=args.threads)
-    _print_table(result)
-    return 0
+    return _start(args, args.protocol or [exp.variants[0].label], exp)
 
 
 def cmd_protocols(args: argparse.Namespace) -> int:
@@ -84,7 +110,7 @@ def cmd_protocols(args: argparse.Namespace) -> int:
 
     table = Table(title="protocol catalogue (protocols/*.toml)", title_justify="left")
     for h in ("name", "secure sum", "aggregator sees", "privacy", "summary"):
-        table.add_column(h)
+        table.add_column(h, no_wrap=h == "name")
     for name in list_protocols():
         try:
             spec = load_protocol(name)
@@ -95,7 +121,7 @@ def cmd_protocols(args: argparse.Namespace) -> int:
         table.add_row(spec.name, spec.secure_sum_kind, spec.threat_model.aggregator_sees, dp, spec.summary)
     for ref in REFERENCES:
         table.add_row(ref, "–", "–", "–", "reference point (not a protocol): " + ("centralised training on all sites' data" if ref == "pooled" else "each site trains alone"))
-    console = Console(width=max(Console().width, 160))
+    console = Console()  # rich fits the table to the terminal
     console.print(table)
     if args.sites:  # guarantees that depend on n (masking: threshold, collusion bound, failure probability)
         for name in list_protocols():
@@ -116,18 +142,22 @@ _EXTRA_COMMANDS.append(("secure_fl.cli_predict", "add_parser"))
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secure-fl", description="Privacy-preserving federated learning between hospitals.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def experiment_args(p: argparse.ArgumentParser, optional: bool) -> None:
         if optional:
             p.add_argument("experiment", nargs="?", default=DEFAULT_EXPERIMENT, help="experiment TOML or name in experiments/ (default: quickstart)")
         else:
-            p.add_argument("experiment", help="experiment TOML or name in experiments/")
+            p.add_argument("experiment", nargs="?", help="experiment TOML or name in experiments/")
         p.add_argument("--protocol", action="append", help="only this protocol (repeatable)")
         p.add_argument("--rounds", type=int, help="override the number of rounds")
         p.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
         p.add_argument("--out", default="runs", help="root of the run folders (default: runs)")
+        p.add_argument("--run-id", help="name of the run folder (default: UTC start time + random hex)")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing run folder named by --run-id")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--json", action="store_true", help="print compare.json (strict JSON) instead of the tables")
         p.add_argument("--threads", type=int, default=int(os.environ.get("SECURE_FL_THREADS", "1")), help="torch threads (default 1, or $SECURE_FL_THREADS)")
 
     p = sub.add_parser("compare", help="several protocols on the same task and seeds; prints the table")
@@ -135,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("run", help="one protocol of an experiment (the first listed unless --protocol)")
     experiment_args(p, optional=False)
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a crashed run (runs/<experiment>/<run-id>) from its last finished round")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("protocols", help="list the protocol catalogue")
     p.add_argument("--sites", type=int, help="also print each masking protocol's guarantee for this many sites")
@@ -148,8 +180,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _quiet_library_warnings() -> None:
+    """Show each library warning once per process, not once per site and round.
+
+    Opacus registers full backward hooks; PyTorch warns "Full backward hook is firing when gradients
+    are computed with respect to module outputs..." on every backward pass whose first layer's input
+    needs no gradient (harmless there): ≈1,900 lines for dp-heart. The ``"once"`` filter action is
+    not enough: its registry is cleared whenever any ``warnings.catch_warnings()`` block changes the
+    filters (the accountants use one each round), so repeats are dropped here, by message and category.
+    """
+    show = warnings.showwarning
+    if getattr(show, "secure_fl_once", False):
+        return
+    shown: set[tuple[type, str]] = set()
+
+    def show_once(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        key = (category, str(message))
+        if key not in shown:
+            shown.add(key)
+            show(message, category, filename, lineno, file, line)
+
+    show_once.secure_fl_once = True  # type: ignore[attr-defined]
+    warnings.showwarning = show_once
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_library_warnings()
     try:
         return int(args.func(args))
     except SecureFLError as exc:

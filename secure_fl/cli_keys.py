@@ -52,8 +52,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_provision(args: argparse.Namespace) -> int:
     from .crypto.ckks import provision
+    from .errors import SecureFLError
 
-    manifest = provision(args.sites, args.out, args.preset)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SecureFLError(f"--out {out}: is a file, not a folder; give a new or empty folder for the key set")
+    if out.is_dir() and any(out.iterdir()):
+        raise SecureFLError(f"--out {out}: the folder is not empty; give a new or empty folder (its files and "
+                            "permissions were left as they are)")
+    manifest = provision(args.sites, out, args.preset)
     params = manifest["params"]
     print(f"key set {manifest['fingerprint']} written to {args.out}")
     print(

@@ -7,6 +7,7 @@ found 4096``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -43,7 +44,11 @@ def get(
     default: Any = REQUIRED,
     check: Callable[[Any], str | None] | None = None,
 ) -> T:
-    """Read ``table[key]`` as ``typ``; ``check`` returns an error text or ``None``."""
+    """Read ``table[key]`` as ``typ``; ``check`` returns an error text or ``None``.
+
+    Floats must be finite: TOML allows ``nan`` and ``inf``, and both pass every range comparison
+    (``nan < 0`` is false), so they are refused here, for every key, before any check runs.
+    """
     if key not in table:
         if default is REQUIRED:
             raise SpecError(f"{where}: missing required key {key!r}")
@@ -57,6 +62,8 @@ def get(
     if not ok:
         expected = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
         raise SpecError(f"{where}.{key}: expected {expected}, found {value!r} ({type(value).__name__})")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(f"{where}.{key}: expected a finite number, found {value!r}")
     if check is not None:
         problem = check(value)
         if problem:

@@ -74,7 +74,8 @@ def test_whole_run_of_each_task(tmp_path, tiny_experiment_toml, task):
     assert all(r["applied"] for r in rounds)
     assert (run_dir / "model.pt").exists() and (run_dir / "resolved.json").exists()
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
-    assert (tmp_path / "tiny" / "compare.md").read_text().count("\n") >= 4
+    assert (tmp_path / "tiny" / "latest" / "compare.md").read_text().count("\n") >= 4
+    assert result.out_dir.parent == tmp_path / "tiny" and run_dir.parent.parent == result.out_dir
 
 
 def test_fedavg_learns_and_is_close_to_pooled_on_heart_disease(tmp_path, tiny_experiment_toml):
@@ -121,14 +122,15 @@ def test_crashed_run_leaves_finished_rounds_readable(tmp_path, tiny_experiment_t
     monkeypatch.setattr(base.Task, "evaluate", flaky)
     with pytest.raises(RuntimeError, match="power cut"):
         run_experiment(exp, tmp_path, show_progress=False)
-    run_dir = tmp_path / "tiny" / "plain-fedavg" / "seed0"
+    run_dir = tmp_path / "tiny" / "latest" / "plain-fedavg" / "seed0"
     assert [r["round"] for r in read_rounds(run_dir)] == [0, 1]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"].startswith("failed: RuntimeError: power cut") and summary["rounds_done"] == 2
     assert "power cut" in (run_dir / "error.txt").read_text()
 
 
-def test_cli_compare_prints_the_table(tmp_path, tiny_experiment_toml, capsys):
+def test_cli_compare_prints_the_table(tmp_path, tiny_experiment_toml, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # rich sizes tables to the terminal; a wide one keeps headers on one line
     path = tmp_path / "tiny.toml"
     path.write_text(tiny_experiment_toml())
     assert main(["compare", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
@@ -187,11 +189,12 @@ def test_a_failing_site_is_dropped_and_the_round_goes_on(tmp_path, tiny_experime
     assert first["participants"] == ["site2", "site3", "site4"]
 
 
-def test_rerun_into_the_same_folder_replaces_the_simulated_ledgers(tmp_path, tiny_experiment_toml):
+def test_rerun_starts_a_new_run_folder_with_fresh_simulated_ledgers(tmp_path, tiny_experiment_toml):
     text = tiny_experiment_toml(protocols='["dp-sgd-local"]', rounds=2)
     first = run_experiment(_exp(text), tmp_path, show_progress=False).runs[0]
     again = run_experiment(_exp(text), tmp_path, show_progress=False).runs[0]
     assert first.epsilon and first.epsilon == again.epsilon
+    assert first.path != again.path and len(read_rounds(Path(first.path))) == 2  # the first run is kept
 
 
 @pytest.mark.parametrize("protected", ["ckks-fedavg", "secagg-fedavg", "secagg-plus-fedavg"])

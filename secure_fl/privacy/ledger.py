@@ -104,6 +104,11 @@ class PrivacyLedger:
     different budget is refused, so a restart cannot silently raise the limit.
     """
 
+    #: rounds whose charges in the file come from an attempt that crashed before the round finished.
+    #: Set only when a simulated run is resumed (``secure-fl run --resume``): charging such a round again
+    #: supersedes those charges (kept in the file, marked ``superseded_by``) instead of adding a second one.
+    redo_rounds: frozenset[int] = frozenset()
+
     def __init__(self, path: str | Path, dataset: str, budget: Budget | None = None) -> None:
         if not dataset:
             raise ValueError("ledger dataset name must be a non-empty string")
@@ -209,7 +214,13 @@ class PrivacyLedger:
         mechanism: str,
         note: str = "",
     ) -> ChargeRecord:
-        """Check the budget, then write and commit the charge; return the row (cumulative ε in it)."""
+        """Check the budget, then write and commit the charge; return the row (cumulative ε in it).
+
+        A round in :attr:`redo_rounds` that already has a charge in force is charged in place of it.
+        """
+        if round in self.redo_rounds and any(r.round == round for r in self.records()):
+            note = note or f"round {round} re-run after a crash (resume): replaces the unfinished attempt's charge"
+            return self._write(round, event, delta, protocol, spec_hash, mechanism, note, supersede_round=round)
         return self._write(round, event, delta, protocol, spec_hash, mechanism, note, supersede_round=None)
 
     def amend(

@@ -19,8 +19,10 @@ alone) are the two reference points every comparison needs; they are not protoco
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,10 @@ from ..protocol.spec import ProtocolSpec, parse_protocol, PROTOCOLS_DIR
 from ..speccheck import check_keys, get, get_table, in_range
 from ..training.config import TrainingConfig
 
-__all__ = ["REFERENCES", "FederationConfig", "Experiment", "Variant", "load_experiment", "parse_experiment", "EXPERIMENTS_DIR"]
+__all__ = [
+    "REFERENCES", "FederationConfig", "Experiment", "Variant", "load_experiment", "parse_experiment", "EXPERIMENTS_DIR",
+    "with_overrides", "select_variants", "check_against_task",
+]
 
 REFERENCES = ("pooled", "local-only")
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
@@ -75,6 +80,21 @@ class Experiment:
     training: TrainingConfig
     source: str
     raw: dict[str, Any]
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    def resolved(self) -> dict[str, Any]:
+        """The effective, validated config (after overrides) as plain data, for ``resolved.json``."""
+        return {
+            "name": self.name, "summary": self.summary, "source": self.source, "base_dir": str(self.base_dir),
+            "task": {"name": self.task_name, **self.task_params}, "seeds": list(self.seeds), "rounds": self.rounds,
+            "federation": dataclasses.asdict(self.federation), "training": dataclasses.asdict(self.training),
+            "variants": [
+                {"label": v.label, "reference": v.reference, "overrides": dict(v.overrides),
+                 "protocol": v.spec.name if v.spec else None, "spec_hash": v.spec.spec_hash if v.spec else None}
+                for v in self.variants
+            ],
+            "raw": self.raw,
+        }
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any, where: str) -> None:
@@ -120,6 +140,8 @@ def parse_experiment(data: Mapping[str, Any], source: str = "<memory>", base_dir
     for i, s in enumerate(seeds):
         if not isinstance(s, int) or isinstance(s, bool):
             raise SpecError(f"{where}.seeds[{i}]: expected an integer, found {s!r}")
+        if s < 0:
+            raise SpecError(f"{where}.seeds[{i}]: must be >= 0, found {s}")
     if not seeds:
         raise SpecError(f"{where}.seeds: list at least one seed")
     task = get_table(data, "task", where)
@@ -130,6 +152,13 @@ def parse_experiment(data: Mapping[str, Any], source: str = "<memory>", base_dir
     for key, vals in sweep.items():
         if not isinstance(vals, list) or not vals:
             raise SpecError(f"{where} [sweep].{key}: expected a non-empty list of values, found {vals!r}")
+        for j, v in enumerate(vals):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise SpecError(f"{where} [sweep].{key}[{j}]: expected a finite number, found {v!r}")
+        if "." not in key:
+            raise SpecError(f"{where} [sweep].{key}: expected a dotted key into a protocol table, "
+                            "e.g. 'privacy.target_epsilon'")
+    swept_tables: set[str] = set()
     variants: list[Variant] = []
     for i, p in enumerate(protocols):
         if not isinstance(p, str):
@@ -140,6 +169,7 @@ def parse_experiment(data: Mapping[str, Any], source: str = "<memory>", base_dir
         raw, fname = _resolve_protocol(p, f"{where}.protocols[{i}]", base_dir)
         # a sweep applies to the protocols that have the table it patches (e.g. [privacy])
         swept = [(k, v) for k, vals in sweep.items() for v in vals if k.split(".")[0] in raw]
+        swept_tables.update(k.split(".")[0] for k, _ in swept)
         if not swept:
             variants.append(Variant(str(raw.get("name", p)), parse_protocol(raw, fname)))
         for key, value in swept:
@@ -147,6 +177,16 @@ def parse_experiment(data: Mapping[str, Any], source: str = "<memory>", base_dir
             _set_dotted(patched, key, value, f"{where} [sweep]")
             spec = parse_protocol(patched, f"{fname} with {key} = {value!r}")
             variants.append(Variant(f"{spec.name}[{key.split('.')[-1]}={value}]", spec, overrides={key: value}))
+    for key in sweep:
+        if key.split(".")[0] not in swept_tables:
+            tables = sorted({t for v in variants if v.spec is not None
+                             for t, x in v.spec.raw.items() if isinstance(x, dict)})
+            raise SpecError(
+                f"{where} [sweep].{key}: no listed protocol has a table {key.split('.')[0]!r}, so the sweep would "
+                f"change nothing; the protocols' tables are {tables}"
+            )
+    for v in variants:
+        _check_site_budget_values(v, where)
     labels = [v.label for v in variants]
     if len(set(labels)) != len(labels):
         raise SpecError(f"{where}.protocols: listed twice: {sorted({l for l in labels if labels.count(l) > 1})}")
@@ -162,21 +202,65 @@ def parse_experiment(data: Mapping[str, Any], source: str = "<memory>", base_dir
         training=TrainingConfig.from_table(get_table(data, "training", where, {}), f"{where} [training]"),
         source=source,
         raw=dict(data),
+        base_dir=base_dir,
     )
 
 
-def check_site_names(exp: Experiment, sites: list[str]) -> None:
-    """Refuse a ``[privacy].site_budgets`` key that names no site of the task.
+def _check_site_budget_values(v: Variant, where: str) -> None:
+    privacy = getattr(v.spec, "privacy", None) if v.spec is not None else None
+    for site, value in (getattr(privacy, "site_budgets", None) or {}).items():
+        if not math.isfinite(value):
+            raise SpecError(f"{where}: protocol {v.label!r} [privacy].site_budgets.{site}: "
+                            f"expected a finite number > 0, found {value!r}")
 
-    A misspelt site would otherwise silently keep the default budget. Called once the task is
-    built, since only then are its site names known.
-    """
-    for v in exp.variants:
-        budgets = getattr(getattr(v.spec, "privacy", None), "site_budgets", None) or {}
-        unknown = sorted(set(budgets) - set(sites))
+
+def with_overrides(exp: Experiment, rounds: int | None = None, seeds: Sequence[int] | None = None) -> Experiment:
+    """``exp`` with ``--rounds``/``--seeds`` applied and validated exactly like the spec file's own values."""
+    data = copy.deepcopy(exp.raw)
+    if rounds is not None:
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise SpecError(f"--rounds: must be an integer >= 1, found {rounds!r}")
+        data["rounds"] = rounds
+    if seeds is not None:
+        seeds = list(seeds)
+        if not seeds:
+            raise SpecError("--seeds: list at least one seed")
+        bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+        if bad:
+            raise SpecError(f"--seeds: every seed must be an integer >= 0, found {bad}")
+        data["seeds"] = seeds
+    return parse_experiment(data, exp.source, exp.base_dir)
+
+
+def select_variants(exp: Experiment, labels: Sequence[str] | None) -> list[Variant]:
+    """The variants named by ``--protocol`` (all when ``labels`` is empty); an unknown label is refused."""
+    if not labels:
+        return list(exp.variants)
+    known = [v.label for v in exp.variants]
+    unknown = [p for p in labels if p not in known]
+    if unknown:
+        raise SpecError(f"--protocol {unknown}: not in {exp.source} (it lists {known})")
+    return [v for v in exp.variants if v.label in labels]
+
+
+def check_against_task(exp: Experiment, task: Any, variants: Sequence[Variant] | None = None) -> None:
+    """Cross-field checks that need the sites: ``min_sites`` reachable, ``site_budgets`` naming real sites."""
+    names = [s.name for s in task.sites]
+    fed = exp.federation
+    where = f"{exp.source} [federation]"
+    if fed.min_sites > len(names):
+        raise SpecError(f"{where}.min_sites: {fed.min_sites} exceeds the {len(names)} sites of task {exp.task_name!r}; "
+                        "every round would abort")
+    picked = max(1, int(round(fed.fraction * len(names))))
+    if fed.min_sites > picked:
+        raise SpecError(f"{where}.min_sites: {fed.min_sites} exceeds the {picked} site(s) picked per round "
+                        f"(fraction {fed.fraction:g} of {len(names)}); every round would abort")
+    for v in variants if variants is not None else exp.variants:
+        privacy = getattr(v.spec, "privacy", None) if v.spec is not None else None
+        unknown = sorted(set(getattr(privacy, "site_budgets", None) or {}) - set(names))
         if unknown:
-            raise SpecError(f"{exp.source}: protocol {v.label!r} [privacy].site_budgets names {unknown}, "
-                            f"which are not sites of the task (its sites are {sites})")
+            raise SpecError(f"protocol {v.label!r} [privacy].site_budgets: unknown site(s) {unknown}; "
+                            f"task {exp.task_name!r} has sites {names}")
 
 
 def load_experiment(path_or_name: str | Path) -> Experiment:
@@ -190,4 +274,4 @@ def load_experiment(path_or_name: str | Path) -> Experiment:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path}: not valid TOML ({exc})") from exc
-    return parse_experiment(data, source=str(path), base_dir=path.parent)
+    return parse_experiment(data, source=str(path), base_dir=path.parent.resolve())

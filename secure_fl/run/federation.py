@@ -7,7 +7,11 @@ layer of protocol/), the secure sum (driven by a carrier from engine/), the serv
 
 from __future__ import annotations
 
+import copy
+import json
+import os
 import re
+import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -19,7 +23,7 @@ import numpy as np
 
 from ..aggregation.server import make_server
 from ..engine.local import drive_round
-from ..errors import SiteRejected
+from ..errors import SecureFLError, SiteRejected
 from ..protocol.base import SecureSum
 from ..protocol.pipeline import NoPrivacy, PrivacyLayer
 from ..tasks.base import Task
@@ -28,7 +32,8 @@ from ..training.config import RunPlan
 from ..training.flat import flatten, load_flat
 from ..training.local import train_local
 from .experiment import Experiment, Variant
-from .records import RunFolder
+from .checkpoint import federation_state, load_checkpoint, restore_federation, save_checkpoint
+from .records import RunFolder, read_jsonl, read_rounds, run_status, site_stats, utc_now
 
 __all__ = ["RunSummary", "Federation", "run_variant", "derive_seed"]
 
@@ -37,6 +42,9 @@ ProgressFn = Callable[[int, dict[str, Any]], None]
 
 @dataclass
 class RunSummary:
+    """``summary.json`` of one variant and seed: written at start (``running``, with pid and host),
+    after every round, and at the end (``finished``, ``failed: ...`` or ``interrupted``)."""
+
     variant: str
     seed: int
     status: str
@@ -49,9 +57,21 @@ class RunSummary:
     epsilon: dict[str, Any] = field(default_factory=dict)
     aborted_rounds: int = 0
     path: str = ""
+    rounds_planned: int = 0
+    sites: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pid: int = 0
+    host: str = ""
+    started_utc: str = ""
+    updated_utc: str = ""
+    resumed: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "RunSummary":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 #: a number in a refusal reason, other than a round number
@@ -92,19 +112,45 @@ def _privacy_layer(variant: Variant, exp: Experiment, task: Task, run_dir: Path,
     )
 
 
-def run_variant(exp: Experiment, task: Task, variant: Variant, seed: int, run_dir: Path, progress: ProgressFn | None = None) -> RunSummary:
+def run_variant(
+    exp: Experiment, task: Task, variant: Variant, seed: int, run_dir: Path, progress: ProgressFn | None = None,
+    resume: bool = False,
+) -> RunSummary:
+    """Run (or, with ``resume``, continue) one variant under one seed in ``run_dir``.
+
+    A fresh run refuses a folder that already holds one (nothing is overwritten here; the caller
+    decides about ``--overwrite``). A resumed run continues from the round after the one saved in
+    ``checkpoint.pt``; a run whose ``summary.json`` says ``finished`` is returned as it is.
+    """
     folder = RunFolder(run_dir)
-    folder.write_json(
-        "resolved.json",
-        {"experiment": exp.raw, "variant": variant.label, "protocol": variant.spec.raw if variant.spec else variant.reference,
-         "overrides": variant.overrides, "seed": seed, "task": task.describe()},
-    )
-    summary = RunSummary(variant.label, seed, "running", 0, path=str(run_dir))
+    previous = _read_summary(run_dir)
+    if not resume and previous is not None:
+        raise SecureFLError(f"{run_dir}: already holds a run ({previous.status}); start a new run folder")
+    if resume and previous is not None and previous.status == "finished":
+        return previous
+    ckpt = load_checkpoint(run_dir) if resume else None
+    if previous is None or not (run_dir / "resolved.json").exists():
+        folder.write_json(
+            "resolved.json",
+            {"experiment": exp.resolved(), "variant": variant.label,
+             "protocol": variant.spec.raw if variant.spec else variant.reference,
+             "spec_hash": variant.spec.spec_hash if variant.spec else None,
+             "overrides": variant.overrides, "seed": seed, "task": task.describe()},
+        )
+    now = utc_now()
+    summary = RunSummary(variant.label, seed, "running", 0, path=str(run_dir), rounds_planned=exp.rounds,
+                         started_utc=now)
+    if previous is not None:
+        summary.started_utc, summary.resumed = previous.started_utc or now, list(previous.resumed)
+        summary.resumed.append({"at_utc": now, "from_round": ckpt["round"] + 1 if ckpt else 0,
+                                "previous_status": run_status(run_dir), "previous_pid": previous.pid})
+    summary.pid, summary.host = os.getpid(), socket.gethostname()
+    _write_summary(folder, summary)
     try:
         if variant.reference is not None:
-            _run_reference(exp, task, variant.reference, seed, folder, summary, progress)
+            _run_reference(exp, task, variant.reference, seed, folder, summary, progress, ckpt)
         else:
-            _run_protocol(exp, task, variant, seed, folder, summary, progress)
+            _run_protocol(exp, task, variant, seed, folder, summary, progress, ckpt)
         summary.status = "finished"
     except KeyboardInterrupt:
         summary.status = "interrupted"
@@ -114,8 +160,23 @@ def run_variant(exp: Experiment, task: Task, variant: Variant, seed: int, run_di
         (run_dir / "error.txt").write_text(traceback.format_exc())
         raise
     finally:
-        folder.write_json("summary.json", summary.to_json())
+        summary.sites = site_stats(read_rounds(run_dir), [s.name for s in task.sites]) if variant.spec else {}
+        _write_summary(folder, summary)
     return summary
+
+
+def _read_summary(run_dir: Path) -> RunSummary | None:
+    try:
+        return RunSummary.from_json(json.loads((run_dir / "summary.json").read_text()))
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise SecureFLError(f"{run_dir / 'summary.json'}: unreadable ({exc})") from exc
+
+
+def _write_summary(folder: RunFolder, summary: RunSummary) -> None:
+    summary.updated_utc = utc_now()
+    folder.write_json("summary.json", summary.to_json())
 
 
 class Federation:
@@ -246,23 +307,64 @@ class Federation:
         return record
 
 
-def _run_protocol(exp: Experiment, task: Task, variant: Variant, seed: int, folder: RunFolder, summary: RunSummary, progress: ProgressFn | None) -> None:
+def _continue_logs(folder: RunFolder, ckpt: dict[str, Any] | None) -> int:
+    """On resume: make ``rounds.jsonl``/``views.jsonl`` hold exactly the rounds up to the checkpoint's
+    (dropping a torn last line, adding the checkpoint's round if the crash came before its line);
+    return the first round to run."""
+    last = ckpt["round"] if ckpt else -1
+    rounds = [r for r in read_rounds(folder.path) if r.get("round", last + 1) < last]
+    views = [v for v in read_jsonl(folder.path / "views.jsonl") if v.get("round", last + 1) < last]
+    if ckpt:
+        rounds.append(ckpt["record"])
+        views += ckpt["views"]
+    folder.rewrite_jsonl("rounds.jsonl", rounds)
+    folder.rewrite_jsonl("views.jsonl", views)
+    return last + 1
+
+
+def _redo_round_charges(fed: "Federation", run_dir: Path, first: int) -> None:
+    """A crash inside round ``first`` may have charged some ledgers for it: the re-run replaces those
+    charges rather than adding a second one (the ledger's round keys decide; see PrivacyLedger.redo_rounds)."""
+    for site in fed.task.sites:
+        if (run_dir / "sites" / site.name / "ledger.sqlite").exists():
+            ledger = getattr(fed.privacy.site(site.name), "ledger", None)
+            if ledger is not None:
+                ledger.redo_rounds = frozenset({first})
+
+
+def _finish_round(folder: RunFolder, summary: RunSummary, r: int, record: dict[str, Any], views: list[dict[str, Any]],
+                  state: dict[str, Any], progress: ProgressFn | None) -> None:
+    save_checkpoint(folder.path, {"round": r, "state": state, "record": record, "views": views})
+    folder.append("views.jsonl", *views)
+    folder.append("rounds.jsonl", record)
+    summary.rounds_done = r + 1
+    summary.metrics = record["metrics"]
+    summary.epsilon = record.get("privacy_spent", {})
+    _write_summary(folder, summary)
+    if progress:
+        progress(r, record)
+
+
+def _run_protocol(exp: Experiment, task: Task, variant: Variant, seed: int, folder: RunFolder, summary: RunSummary,
+                  progress: ProgressFn | None, ckpt: dict[str, Any] | None = None) -> None:
     fed = Federation(exp, task, variant, seed, folder.path)
-    records = []
-    for r in range(exp.rounds):
+    first = 0
+    if summary.resumed:
+        first = _continue_logs(folder, ckpt)
+        if ckpt:
+            restore_federation(fed, ckpt["state"])
+        _redo_round_charges(fed, folder.path, first)
+        for r in read_rounds(folder.path):
+            summary.rounds_done, summary.metrics = r["round"] + 1, r["metrics"]
+            summary.epsilon = r.get("privacy_spent", {})
+    for r in range(first, exp.rounds):
         record = fed.round(r)
-        records.append(record)
-        folder.append("rounds.jsonl", record)
-        for v in fed.last_views:
-            folder.append("views.jsonl", v.to_json())
-        summary.rounds_done = r + 1
-        summary.metrics = record["metrics"]
-        summary.epsilon = record["privacy_spent"]
-        summary.aborted_rounds += not record["applied"]
-        if progress:
-            progress(r, record)
+        views = [{**v.to_json(), "round": r} for v in fed.last_views]
+        _finish_round(folder, summary, r, record, views, federation_state(fed), progress)
     load_flat(fed.model, fed.weights)
     save_model(task, fed.model, folder.path)  # model.pt (state_dict) + model.json (tasks/export.py)
+    records = read_rounds(folder.path)
+    summary.aborted_rounds = sum(not r["applied"] for r in records)
     summary.bytes_up_per_site_round = float(np.mean([r["bytes_up_per_site"] for r in records]))
     summary.bytes_down_per_site_round = float(np.mean([r["bytes_down_per_site"] for r in records]))
     summary.seconds_per_round = float(np.mean([r["seconds"] for r in records]))
@@ -270,7 +372,8 @@ def _run_protocol(exp: Experiment, task: Task, variant: Variant, seed: int, fold
     summary.stage_seconds = {k: sum(r["stage_seconds"].get(k, 0.0) for r in records) / len(records) for k in stages}
 
 
-def _run_reference(exp: Experiment, task: Task, reference: str, seed: int, folder: RunFolder, summary: RunSummary, progress: ProgressFn | None) -> None:
+def _run_reference(exp: Experiment, task: Task, reference: str, seed: int, folder: RunFolder, summary: RunSummary,
+                   progress: ProgressFn | None, ckpt: dict[str, Any] | None = None) -> None:
     """``pooled``: one model on the union of the sites' data; ``local-only``: each site alone.
 
     Both train for the same number of local epochs per round as the federated sites do.
@@ -281,19 +384,21 @@ def _run_reference(exp: Experiment, task: Task, reference: str, seed: int, folde
     else:
         datasets = {s.name: s for s in task.sites}
     models = {name: task.make_model(seed) for name in datasets}
-    secs = []
-    for r in range(exp.rounds):
+    first = 0
+    if summary.resumed:
+        first = _continue_logs(folder, ckpt)
+        if ckpt:
+            for name, state in ckpt["state"]["models"].items():
+                models[name].load_state_dict(state)
+    for r in range(first, exp.rounds):
         t0 = time.perf_counter()
         for i, (name, data) in enumerate(datasets.items()):
             train_local(models[name], data.x_train, data.y_train, exp.training, loss_fn, derive_seed(seed, r, i))
         metrics = task.evaluate(models["pooled"]) if reference == "pooled" else task.evaluate_local_models(models)
-        secs.append(time.perf_counter() - t0)
-        record = {"round": r, "applied": True, "metrics": metrics, "seconds": secs[-1], "bytes_up_per_site": 0, "bytes_down_per_site": 0}
-        folder.append("rounds.jsonl", record)
-        summary.rounds_done = r + 1
-        summary.metrics = metrics
-        if progress:
-            progress(r, record)
+        record = {"round": r, "applied": True, "metrics": metrics, "seconds": time.perf_counter() - t0,
+                  "bytes_up_per_site": 0, "bytes_down_per_site": 0}
+        state = {"models": {name: copy.deepcopy(m.state_dict()) for name, m in models.items()}}
+        _finish_round(folder, summary, r, record, [], state, progress)
     save_model(task, models["pooled"] if reference == "pooled" else models, folder.path)
-    summary.seconds_per_round = float(np.mean(secs))
+    summary.seconds_per_round = float(np.mean([r["seconds"] for r in read_rounds(folder.path)]))
     summary.stage_seconds = {"local_training": summary.seconds_per_round}

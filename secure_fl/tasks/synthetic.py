@@ -17,8 +17,8 @@ __all__ = ["build_synthetic_tabular", "build_synthetic_faces"]
 def build_synthetic_tabular(params: Mapping[str, Any], where: str) -> HeartTask:
     """A logistic ground truth with a per-site covariate shift (sites differ, as hospitals do)."""
     extra = ("n_sites", "n_per_site", "n_features", "seed")
+    check_keys(params, [*extra, "model", "hidden", "test_fraction", "split_seed"], where)  # before the base keys' check
     p = tabular_params({k: v for k, v in params.items() if k not in extra}, where)
-    check_keys(params, [*extra, "model", "hidden", "test_fraction", "split_seed"], where)
     n_sites = get(params, "n_sites", int, where, 4, in_range(1))
     n = get(params, "n_per_site", int, where, 120, in_range(8))
     d = get(params, "n_features", int, where, 13, in_range(1))
@@ -35,13 +35,14 @@ def build_synthetic_tabular(params: Mapping[str, Any], where: str) -> HeartTask:
 def build_synthetic_faces(params: Mapping[str, Any], where: str) -> FacesTask:
     """Identities are random smooth templates; photographs are noisy, shifted copies."""
     extra = ("n_identities", "per_identity", "seed")
+    check_keys(params, ["n_sites", "partition", "alpha", "image_size", "heldout_identities", "test_per_identity",
+                        "embedding_dim", "split_seed", *extra], where)
     n_ids = get(params, "n_identities", int, where, 12, in_range(4))
     per_id = get(params, "per_identity", int, where, 8, in_range(3))
     base = {k: v for k, v in params.items() if k not in extra}
     base.setdefault("image_size", [16, 16])
     base.setdefault("heldout_identities", 2)
     base.setdefault("test_per_identity", 2)
-    check_keys(params, ["n_sites", "partition", "alpha", "image_size", "heldout_identities", "test_per_identity", "embedding_dim", "split_seed", *extra], where)
     p = faces_params(base, where, n_ids, per_id)
     rng = np.random.default_rng(get(params, "seed", int, where, 0))
     h, w = p["image_size"]
