@@ -94,7 +94,7 @@ data = "{b}"
 "privacy.site_budgets" = [{{hospA = 3.0, hospX = 2.0}}]
 """
     exp = parse_experiment(tomllib.loads(text), "budgets.toml")
-    with pytest.raises(SpecError, match=r"site_budgets names \['hospX'\], which are not sites of the task"):
+    with pytest.raises(SpecError, match=r"site_budgets: unknown site\(s\) \['hospX'\]"):
         run_experiment(exp, tmp_path / "runs", show_progress=False)
 
 

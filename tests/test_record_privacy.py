@@ -45,7 +45,8 @@ def _run(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_experi
 
     monkeypatch.setattr(federation, "train_local", train)
     monkeypatch.setattr(federation, "Federation", Recorded)
-    task = 'name = "synthetic-tabular"\nn_sites = 4\nn_per_site = 40'
+    # 7 sites: SecAgg (t = 5) releases a sum only over >= t + 1 = 6 survivors, so one site may be refused
+    task = 'name = "synthetic-tabular"\nn_sites = 7\nn_per_site = 40'
     text = tiny_experiment_toml(protocols=f'["{name}"]', rounds=2, task=task)
     run = run_experiment(parse_experiment(tomllib.loads(text), "tiny.toml"), tmp_path, show_progress=False).runs[0]
     text = (Path(run.path) / "rounds.jsonl").read_text()

@@ -203,8 +203,10 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, experiment):
     assert [r["round"] for r in read_rounds(seed_dir)] == list(range(6))
     for s in SITES:
         assert _ledger(seed_dir, s) == _ledger(whole_dir, s)
-    killed_w = torch.load(seed_dir / "model.pt")["weights"].numpy()
-    np.testing.assert_array_equal(killed_w, torch.load(whole_dir / "model.pt")["weights"].numpy())
+    killed_w, whole_w = torch.load(seed_dir / "model.pt"), torch.load(whole_dir / "model.pt")  # state_dicts
+    assert killed_w.keys() == whole_w.keys()
+    for name in killed_w:
+        np.testing.assert_array_equal(killed_w[name].numpy(), whole_w[name].numpy())
     summary = json.loads((seed_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["resumed"][0]["previous_status"] == "crashed"
     assert summary["resumed"][0]["from_round"] == done
