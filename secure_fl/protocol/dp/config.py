@@ -65,6 +65,11 @@ class PrivacyConfig:
         """The neighbouring relation the ε is for, e.g. "add/remove one patient"."""
         return f"{self.spec.adjacency(self)} {self.unit}"
 
+    def constrain(self, secure_sum: SecureSum) -> None:
+        """Push this mechanism's requirements into ``secure_sum`` (e.g. its minimum contributors),
+        which enforces them where the data flows. Called for every secure sum a spec builds."""
+        self.spec.constrain(self, secure_sum)
+
     def guarantee(self) -> list[str]:
         """Plain-language statement of the guarantee and what it assumes."""
         return self.spec.guarantee(self)
@@ -120,5 +125,5 @@ def parse_privacy(table: Mapping[str, Any], where: str, secure_sum: SecureSum) -
         options=MappingProxyType({k.name: k.read(table, where) for k in spec.keys}),
     )
     spec.validate(cfg, table, secure_sum, where)
-    spec.constrain(cfg, secure_sum)
+    cfg.constrain(secure_sum)
     return cfg

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from dp_accounting import dp_event
 
-from ...errors import RoundAborted, SiteRejected, SpecError
+from ...errors import RoundAborted, SpecError
 from ...privacy.accounting import poisson_gaussian_event
 from ...privacy.mechanisms import effective_noise_multiplier
-from ...speccheck import in_range, one_of
+from ...speccheck import in_range
 from ..base import SecureSum, SumResult, ViewKind
 from .mechanism import DpMechanism, Key
 
@@ -35,6 +35,15 @@ __all__ = ["DistributedDpSgd"]
 _MASKING_SUMS = ("secagg", "secagg-plus")
 
 
+def _on_too_few(value: str) -> str | None:
+    if value == "charge_weaker":
+        return ("'charge_weaker' was removed: the sites decrypt the sum inside the secure sum, before the release "
+                "step, so charging a weaker ε afterwards protects no one; a sum over fewer than min_sites "
+                "contributors is never opened (the secure sum's min_contributors), so only 'abort' remains; "
+                "expected one of ['abort']")
+    return None if value == "abort" else "expected one of ['abort']"
+
+
 class DistributedDpSgd(DpMechanism):
     name = "distributed-dp-sgd"
     placements = ("distributed",)
@@ -42,8 +51,9 @@ class DistributedDpSgd(DpMechanism):
     keys = (
         Key("sample_rate", float, None, in_range(0, 1, lo_open=True),
             required="Poisson rate at which every site samples its patients"),
-        Key("min_sites", int, 1, in_range(1), required="how many sites' noise shares make the full noise"),
-        Key("on_too_few", str, "abort", one_of("abort", "charge_weaker")),
+        Key("min_sites", int, 2, in_range(2), required="fewest contributors whose noise shares, minus one curious "
+            "site's own, make the full noise; the secure sum refuses to open a sum over fewer"),
+        Key("on_too_few", str, "abort", _on_too_few),
     )
 
     # -- spec time -------------------------------------------------------------------------
@@ -55,8 +65,8 @@ class DistributedDpSgd(DpMechanism):
         if view == ViewKind.PLAIN:
             raise SpecError(
                 f"{where}.noise: 'distributed' noise needs a secure sum, but [secure_sum].kind = {kind!r}: the "
-                f"aggregator would see each site's share, which carries only 1/{cfg.min_sites} of the noise "
-                "variance; use kind = 'ckks'"
+                f"aggregator would see each site's share, which carries only 1/{cfg.min_sites - 1} of the "
+                "noise variance; use kind = 'ckks'"
             )
         if kind in _MASKING_SUMS or view == ViewKind.MASKED:
             raise SpecError(
@@ -65,11 +75,22 @@ class DistributedDpSgd(DpMechanism):
             )
 
     @classmethod
+    def constrain(cls, cfg: "PrivacyConfig", secure_sum: SecureSum) -> None:
+        # enforced where the data flows: the aggregator withholds, and every key holder refuses to
+        # open, a sum with fewer than min_sites contributors (Kairouz et al.'s precondition)
+        secure_sum.require_contributors(int(cfg.min_sites))
+
+    @classmethod
     def guarantee(cls, cfg: "PrivacyConfig") -> list[str]:
-        return [f"patient-level ({cfg.target_text()}) for the released aggregates, one Poisson-sampled Gaussian step "
-                "per round on the union of all sites' patients",
-                f"assumes: at least {cfg.min_sites} sites add honest noise shares and nobody sees a single share "
-                f"(secure sum {cfg.secure_sum_kind!r}); fewer than {cfg.min_sites} contributors: {cfg.on_too_few}"]
+        m = cfg.min_sites
+        return [f"patient-level ({cfg.target_text()}, add/remove one patient) for the released aggregates, one "
+                "Poisson-sampled Gaussian step per round on the union of all sites' patients, against the public and "
+                "against any one curious contributing site (its own noise share subtracted)",
+                f"each site adds noise of variance (σC)²/{m - 1}: any k >= {m} contributors minus one carry at least "
+                "(σC)²; the secure sum never opens a sum of fewer than min_sites contributors",
+                f"assumes: at least {m} sites add honest noise shares from a secret source, nobody sees a single share "
+                f"(secure sum {cfg.secure_sum_kind!r}) and no two key holders pool their shares; dataset sizes and "
+                "participation are public"]
 
     # -- run time --------------------------------------------------------------------------
 
@@ -104,28 +125,15 @@ class DistributedDpSgd(DpMechanism):
         cfg, layer = self.config, self.layer
         k = len(contributors)
         sigma = min(layer.noise_multiplier_for(s) for s in contributors)
-        if k < cfg.min_sites:
-            weak_sigma = effective_noise_multiplier(sigma, k, cfg.min_sites)
-            if cfg.on_too_few == "abort":
-                raise RoundAborted(
-                    f"round {round}: only {k} site(s) added noise shares, min_sites is {cfg.min_sites}; the sum carries "
-                    f"noise multiplier {weak_sigma:.3g} instead of {sigma:.3g}, so it is not released (on_too_few = 'abort')"
-                )
-            weak = poisson_gaussian_event(weak_sigma, cfg.sample_rate)
-            sites = [layer.site(s) for s in contributors]
-            try:  # check every budget first, then amend: all or nothing
-                for sp in sites:
-                    sp.ledger.check(weak, round, replacing_round=round)
-            except SiteRejected as exc:
-                raise RoundAborted(f"round {round}: only {k} of {cfg.min_sites} noise shares; charging the weaker "
-                                   f"guarantee would exceed a budget: {exc}") from exc
-            for sp in sites:
-                rec = sp.ledger.amend(round, weak, cfg.delta, protocol=layer.protocol_name, spec_hash=layer.spec_hash,
-                                      mechanism=cfg.mechanism,
-                                      note=f"only {k} of min_sites={cfg.min_sites} noise shares: noise multiplier {weak_sigma:.4g}")
-                sp._spent = sp._summary(rec.epsilon_rdp, rec.epsilon_pld)
-            layer.last_release["weaker_noise_multiplier"] = weak_sigma
-            layer.last_release["charged_weaker"] = {s.site_id: s.spent()["epsilon"] for s in sites}
+        if k < cfg.min_sites:  # defence in depth: the secure sum already refused to open this sum
+            raise RoundAborted(
+                f"round {round}: only {k} site(s) added noise shares, min_sites is {cfg.min_sites}; without its own "
+                f"share a contributor would see noise multiplier "
+                f"{effective_noise_multiplier(sigma, k, cfg.min_sites):.3g} instead of {sigma:.3g}, so it is not released"
+            )
+        # what the other sites' patients actually get (the ledger holds σ, the k = min_sites worst case)
+        layer.last_release["noise_multiplier_vs_contributor"] = effective_noise_multiplier(sigma, k, cfg.min_sites, 1)
+        layer.last_release["noise_multiplier_vs_public"] = effective_noise_multiplier(sigma, k, cfg.min_sites, 0)
         expected_batch = cfg.sample_rate * sum(layer.site_sizes[s] for s in contributors)
         layer.last_release.update({"expected_batch": expected_batch})
         # the descent direction on the union, -(Σ clipped grads + noise) / (q · N); the server step
