@@ -85,3 +85,72 @@ def test_noise_against_a_curious_contributor_meets_the_target_for_every_k(tmp_pa
         assert layer.last_release["noise_multiplier_vs_contributor"] == pytest.approx(math.sqrt((k - 1) / 2))
         assert layer.last_release["noise_multiplier_vs_public"] == pytest.approx(math.sqrt(k / 2))
     assert layer.site("A").planned_event() == A.poisson_gaussian_event(1.0, 0.25)
+
+
+# -- item 6: adaptive clipping charges what it spends -----------------------------------------
+
+class _KnownNoise:
+    """A stand-in for the server's NoiseSource: each draw is ``std · z`` (z chosen by the test),
+    and the std asked for is recorded, so the mechanism's noise scale can be read off exactly."""
+
+    def __init__(self, z_count: float) -> None:
+        self.z_count, self.asked = z_count, []
+
+    def normal(self, std, shape):
+        self.asked.append((std, shape))
+        n = shape if isinstance(shape, int) else int(np.prod(shape))
+        return np.full(n, std * (self.z_count if n == 1 else 0.0))
+
+
+def _adaptive_layer(tmp_path, sigma=1.0, rounds=30):
+    from secure_fl.protocol.plain import PlainSum
+
+    table = {"mechanism": "dp-fedavg", "noise": "central", "noise_adder": "aggregator", "delta": 1e-5,
+             "noise_multiplier": sigma, "max_grad_norm": 1.0, "clipping": "adaptive", "clip_learning_rate": 0.3,
+             "target_quantile": 0.5, "secure_noise": False}
+    plan = RunPlan(rounds=rounds, fraction=1.0, training=TrainingConfig())
+    return build_privacy_layer(parse_privacy(table, "[privacy]", PlainSum()), weighting="uniform", plan=plan,
+                               site_sizes={"A": 10, "B": 20, "C": 30}, run_dir=tmp_path,
+                               noise_rng=np.random.default_rng(0), protocol_name="p", spec_hash="h")
+
+
+def _released_fraction(tmp_path, sites: tuple[str, ...], c_norm: float, z: float) -> tuple[float, float, float]:
+    """(the unclipped-fraction estimate the clip update released, update noise std / C, count-noise slope)."""
+    layer = _adaptive_layer(tmp_path)
+    source = _KnownNoise(z)
+    layer.server_source = source
+    norms = {"A": 0.2, "B": 5.0, "C": c_norm}  # A unclipped, B clipped, C either
+    total = np.zeros(4)
+    for s in sites:
+        values, _ = layer.site(s).transform(np.full(4, norms[s] / 2.0), 1, 0)
+        total += values
+    old = layer.clip
+    layer.release(SumResult(total, float(len(sites)), sites), 0, list(sites))
+    eta, gamma = 0.3, 0.5
+    fraction = gamma - math.log(layer.last_release["next_clip"] / old) / eta  # C_new = C·exp(-η(b̄ − γ))
+    update_std = next(std for std, shape in source.asked if shape == 4)
+    return fraction, update_std / old, source.asked[-1][0]
+
+
+def test_adaptive_clipping_charges_what_it_spends(tmp_path):
+    """Add/remove one site (C). The released fraction is an affine function of the count noise;
+    in units of that noise, C moves it by at most Δ, so the count is a Gaussian mechanism with
+    multiplier 1/Δ. Composed with the update's Gaussian, ε spent (recomputed with dp_accounting)
+    must equal the ε charged to each ledger (Andrew et al. 2021, Thm 1)."""
+    worst = 0.0
+    for i, c_norm in enumerate((0.1, 9.0)):  # C unclipped / clipped
+        units = []
+        for j, sites in enumerate((("A", "B", "C"), ("A", "B"))):
+            d = tmp_path / f"{i}{j}"
+            f0, sigma_update, _ = _released_fraction(d / "0", sites, c_norm, 0.0)
+            f1, _, _ = _released_fraction(d / "1", sites, c_norm, 1.0)
+            units.append(f0 / (f1 - f0))  # the released statistic in units of its noise std
+        worst = max(worst, abs(units[0] - units[1]))
+    from dp_accounting import dp_event
+
+    spent_round = dp_event.ComposedDpEvent([A.gaussian_event(sigma_update), A.gaussian_event(1.0 / worst)])
+    layer = _adaptive_layer(tmp_path / "charged")
+    spent = dp_event.SelfComposedDpEvent(spent_round, 30)
+    charged = dp_event.SelfComposedDpEvent(layer.site("A").planned_event(), 30)
+    assert A.epsilon(spent, 1e-5, "rdp") == pytest.approx(A.epsilon(charged, 1e-5, "rdp"), rel=1e-6)
+    assert A.epsilon(spent, 1e-5, "pld") == pytest.approx(A.epsilon(charged, 1e-5, "pld"), rel=5e-3)

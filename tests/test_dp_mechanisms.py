@@ -122,12 +122,16 @@ def test_adaptive_clip_tracks_the_target_quantile():
     norms_dist = lambda k: np.exp(rng.normal(0.0, 0.5, size=k))  # noqa: E731  median 1.0
     for _ in range(400):
         norms = norms_dist(50)
-        clip.update(sum(clip.bit(n) for n in norms), 50, src)
+        clip.update(sum(clip.centred_bit(n) for n in norms), 50, src)
     assert clip.clip == pytest.approx(1.0, rel=0.25)
     # geometric update (Andrew et al. 2021, Alg. 1): all unclipped -> shrink by exp(-η(1-γ))
     c = AdaptiveClip(clip=2.0, target_quantile=0.3, learning_rate=0.5)
-    assert c.update(10, 10, src) == pytest.approx(2.0 * math.exp(-0.5 * 0.7))
-    assert c.update(0, 0, src) == pytest.approx(2.0 * math.exp(-0.5 * 0.7))  # no contributors: unchanged
+    assert c.centred_bit(1.0) == 0.5 and c.centred_bit(3.0) == -0.5
+    assert c.update(10 * 0.5, 10, src) == pytest.approx(2.0 * math.exp(-0.5 * 0.7))
+    # nobody reported out of an expected 10: the estimate is ½ (not a division by zero)
+    assert c.update(0.0, 10, src) == pytest.approx(2.0 * math.exp(-0.5 * 0.7) * math.exp(-0.5 * 0.2))
+    with pytest.raises(ValueError, match="expected count must be a finite number > 0, found 0"):
+        c.update(0.0, 0, src)
 
 
 def test_adaptive_clip_rejects_bad_parameters():

@@ -125,9 +125,17 @@ def split_noise_multiplier(noise_multiplier: float, count_stddev: float) -> floa
 class AdaptiveClip:
     """Quantile-tracking clip norm (Andrew et al. 2021, Algorithm 1, geometric update).
 
-    Each round every contributor reports ``b = 1[||Δ|| ≤ C]``; the server gets the noised sum
-    of the bits, estimates the unclipped fraction ``b̄`` and sets
-    ``C ← C · exp(-η (b̄ - γ))`` so that C moves towards the γ-quantile of update norms.
+    Each round every contributor reports its *centred* clip indicator ``b − 1/2`` with
+    ``b = 1[||Δ|| ≤ C]`` (:meth:`centred_bit`); the server adds N(0, σ_b²) to their sum,
+    divides by the *expected* number of contributors ``m`` (public, data-independent) and
+    estimates the unclipped fraction ``b̄ = (Σ(b − ½) + N(0, σ_b²)) / m + ½``, then sets
+    ``C ← C · exp(-η (b̄ − γ))`` so that C moves towards the γ-quantile of update norms.
+
+    Centring is what makes the count's sensitivity 1/2 under add/remove of one contributor,
+    the assumption of :func:`split_noise_multiplier` (Andrew et al. 2021, §3 and Thm 1; as in
+    TF-Privacy's ``QuantileEstimatorQuery``, which sums ``below − 0.5`` and normalises by
+    ``expected_num_records``). Dividing by the actual count would make the scale depend on who
+    took part; with raw {0, 1} bits the sensitivity is 1 and the count costs 4× the privacy.
     """
 
     clip: float
@@ -144,15 +152,22 @@ class AdaptiveClip:
             raise ValueError(f"clip count stddev must be >= 0, found {self.count_stddev}")
 
     def bit(self, norm: float) -> float:
-        """The clip indicator a contributor reports for an update of L2 norm ``norm``."""
+        """The clip indicator ``1[norm ≤ C]`` of an update of L2 norm ``norm``."""
         return 1.0 if norm <= self.clip else 0.0
 
-    def update(self, bit_sum: float, contributors: int, source: NoiseSource) -> float:
-        """Move the clip norm from the (noised) count of unclipped updates; return the new norm."""
-        if contributors <= 0:
-            return self.clip
-        noised = bit_sum + float(source.normal(self.count_stddev, 1)[0]) if self.count_stddev > 0 else bit_sum
-        fraction = noised / contributors
+    def centred_bit(self, norm: float) -> float:
+        """What a contributor reports: ``bit − 1/2``, in {−½, +½} (sensitivity ½ under add/remove)."""
+        return self.bit(norm) - 0.5
+
+    def update(self, centred_sum: float, expected_count: float, source: NoiseSource) -> float:
+        """Move the clip norm from the noised sum of centred bits; return the new norm.
+
+        ``expected_count`` is the public number of contributors expected per round (not the
+        number that reported).
+        """
+        _positive("expected count", expected_count)
+        noise = float(source.normal(self.count_stddev, 1)[0]) if self.count_stddev > 0 else 0.0
+        fraction = (centred_sum + noise) / expected_count + 0.5
         self.clip = self.clip * math.exp(-self.learning_rate * (fraction - self.target_quantile))
         return self.clip
 

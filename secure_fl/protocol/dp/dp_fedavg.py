@@ -105,6 +105,7 @@ class DpFedAvg(DpMechanism):
         self.adaptive: AdaptiveClip | None = None
         self.update_sigma: float | None = None
         self._bits: dict[int, dict[str, float]] = {}
+        self.expected_count = 1
 
     def validate_plan(self) -> None:
         if self.layer.weighting != "uniform":
@@ -123,6 +124,7 @@ class DpFedAvg(DpMechanism):
             return
         sites = len(self.layer.site_sizes)
         expected = max(1, round(self.layer.plan.fraction * sites))
+        self.expected_count = expected  # public: the clip-count denominator (Andrew et al. 2021, Alg. 1)
         sigma = self.layer.noise_multiplier_for(sorted(self.layer.site_sizes)[0])
         # Andrew et al. suggest m/20 for m ~ hundreds of clients; with few sites that leaves the update
         # no budget (need 2σ_b > σ), so the default also keeps σ_Δ within ~3% of σ (σ_b >= 2σ).
@@ -146,7 +148,7 @@ class DpFedAvg(DpMechanism):
         elif self.adaptive is not None:
             # the unclipped indicator (central noise, plain sum only: the aggregator sees the clipped
             # update and could compute it itself)
-            self._bits.setdefault(round, {})[site.site_id] = self.adaptive.bit(norm)
+            self._bits.setdefault(round, {})[site.site_id] = self.adaptive.centred_bit(norm)
         return clipped, 1.0, site.planned_event()
 
     def release(self, result: SumResult, round: int, contributors: list[str], expected: Sequence[str]) -> np.ndarray:
@@ -160,7 +162,8 @@ class DpFedAvg(DpMechanism):
         denominator = max(len(expected), len(contributors))
         if self.adaptive is not None:
             bits = self._bits.pop(round, {})
-            new_clip = self.adaptive.update(sum(bits.get(s, 0.0) for s in contributors), len(contributors),
+            # Σ(b − ½) over contributors, normalised by the expected (public) count, never the actual one
+            new_clip = self.adaptive.update(sum(bits.get(s, 0.0) for s in contributors), self.expected_count,
                                             layer.server_source)
             layer.last_release["next_clip"] = new_clip
         layer.last_release.update({"clip": clip, "noise_std": sigma * clip})
