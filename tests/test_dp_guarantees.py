@@ -154,3 +154,60 @@ def test_adaptive_clipping_charges_what_it_spends(tmp_path):
     charged = dp_event.SelfComposedDpEvent(layer.site("A").planned_event(), 30)
     assert A.epsilon(spent, 1e-5, "rdp") == pytest.approx(A.epsilon(charged, 1e-5, "rdp"), rel=1e-6)
     assert A.epsilon(spent, 1e-5, "pld") == pytest.approx(A.epsilon(charged, 1e-5, "pld"), rel=5e-3)
+
+
+# -- item 10: the neighbouring relation and what is public ------------------------------------
+
+@pytest.mark.parametrize(
+    ("name", "adjacency"),
+    [("dp-sgd-local", "add/remove one patient"), ("dp-fedavg-central", "add/remove one site"),
+     ("dp-fedavg-secagg", "add/remove one site"), ("dp-distributed-ckks", "add/remove one patient")],
+)
+def test_each_dp_spec_states_its_adjacency_and_what_is_public(name, adjacency):
+    from secure_fl.protocol.spec import load_protocol
+
+    spec = load_protocol(name)
+    assert spec.privacy.adjacency == adjacency
+    text = " ".join(spec.threat_model.assumptions + spec.threat_model.guarantees)
+    assert f"adjacency: {adjacency}" in text or adjacency in " ".join(spec.privacy.guarantee())
+    assert "public" in text and "took part" in text
+    assert adjacency in " ".join(spec.privacy.guarantee())
+
+
+def test_local_update_level_noise_is_replace_one_and_says_so(tmp_path):
+    """Local DP-FedAvg protects what a site sends against any change of its data (2C): its ε is
+    not comparable with an add/remove ε without saying so; the ledger summary carries the relation."""
+    from secure_fl.protocol.plain import PlainSum
+
+    table = {"mechanism": "dp-fedavg", "noise": "local", "delta": 1e-5, "noise_multiplier": 2.0,
+             "max_grad_norm": 1.0, "secure_noise": False}
+    cfg = parse_privacy(table, "[privacy]", PlainSum())
+    assert cfg.adjacency == "replace one site"
+    layer = build_privacy_layer(cfg, weighting="uniform", plan=RunPlan(1, 1.0, TrainingConfig()), site_sizes={"A": 3},
+                                run_dir=tmp_path, noise_rng=np.random.default_rng(0), protocol_name="p", spec_hash="h")
+    sp = layer.site("A")
+    sp.before_round(0)
+    sp.transform(np.ones(3), 3, 0)
+    assert sp.charge(0)["adjacency"] == "replace one site"
+    assert sp.ledger.events() == [A.gaussian_event(1.0)]  # σ/2: sensitivity 2C
+
+
+def test_compare_table_says_which_relation_each_epsilon_is_for():
+    from types import SimpleNamespace
+
+    from secure_fl.run.compare import table_rows
+    from secure_fl.run.federation import RunSummary
+
+    def run(label, spent):
+        return RunSummary(label, 0, "finished", 1, metrics={"pooled/auc": 0.8}, epsilon=spent)
+
+    runs = [run("dp-sgd-local", {"A": {"epsilon": 4.0, "adjacency": "add/remove one patient"}}),
+            run("dp-fedavg-local", {"A": {"epsilon": 4.0, "adjacency": "replace one site"}}),
+            run("plain-fedavg", {})]
+    variants = [SimpleNamespace(label=r.variant, reference=None) for r in runs]
+    result = SimpleNamespace(task=SimpleNamespace(primary_metric="auc"), runs=runs,
+                             experiment=SimpleNamespace(variants=variants))
+    header, rows = table_rows(result)
+    col = header.index("ε for")
+    assert header[col - 1] == "ε per site"
+    assert [r[col] for r in rows] == ["add/remove one patient", "replace one site", "–"]

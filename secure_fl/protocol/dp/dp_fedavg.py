@@ -90,13 +90,22 @@ class DpFedAvg(DpMechanism):
         return ViewKind.NOISED.value if cfg.noise == "local" else ViewKind.PLAIN.value
 
     @classmethod
+    def adjacency(cls, cfg: "PrivacyConfig") -> str:
+        # local noise protects what one site sends: any two datasets of that site (replace one, 2C);
+        # central noise protects the released sum: add/remove one site (C)
+        return Adjacency.REPLACE_ONE if cfg.noise == "local" else Adjacency.ADD_REMOVE
+
+    @classmethod
     def guarantee(cls, cfg: "PrivacyConfig") -> list[str]:
         target = cfg.target_text()
         if cfg.noise == "local":
-            return [f"site-level ({target}) for each site's noised update, composed over all planned rounds",
-                    "assumes: nothing; each site adds all of its noise itself (sensitivity 2C)"]
+            return [f"site-level ({target}, replace one site's data: sensitivity 2C) for each site's noised update, "
+                    "composed over all planned rounds; under add/remove or zero-out one site (sensitivity C) the same "
+                    "noise gives the ε of multiplier 2σ",
+                    "assumes: nothing; each site adds all of its noise itself; which sites take part is public"]
         return [f"site-level ({target}) for the released models (add/remove one site, sensitivity C)",
-                f"assumes: the noise adder ({cfg.noise_adder}) is trusted: it sees the sum before noise"]
+                f"assumes: the noise adder ({cfg.noise_adder}) is trusted: it sees the sum before noise; which sites "
+                "take part is public"]
 
     # -- run time --------------------------------------------------------------------------
 

@@ -37,9 +37,10 @@ class DpSgd(DpMechanism):
 
     @classmethod
     def guarantee(cls, cfg: "PrivacyConfig") -> list[str]:
-        return [f"patient-level ({cfg.target_text()}) for everything that leaves each site, composed over all "
-                "planned rounds",
-                "assumes: nothing; every site adds all of its noise itself"]
+        return [f"patient-level ({cfg.target_text()}, add/remove one patient) for everything that leaves each site, "
+                "composed over all planned rounds",
+                "assumes: nothing; every site adds all of its noise itself; each site's dataset size (the Poisson rate "
+                "batch_size/n and the update's weight) and which sites take part are public"]
 
     def rate(self, site_id: str) -> float:
         """Poisson rate of DP-SGD at a site: expected batch = ``training.batch_size``."""

@@ -93,6 +93,7 @@ class DpSite:
         out: dict[str, Any] = {
             "epsilon": eps_pld if cfg.accountant == "pld" else eps_rdp,
             "epsilon_rdp": eps_rdp, "epsilon_pld": eps_pld, "delta": cfg.delta, "unit": cfg.unit,
+            "adjacency": cfg.adjacency,
             "noise_multiplier": self.noise_multiplier,
         }
         hook = getattr(self, "_hook", None)

@@ -41,8 +41,14 @@ COMMON_KEYS = ("mechanism", "noise", "delta", "noise_multiplier", "target_epsilo
 
 class Adjacency:
     """Neighbouring relations an ε can be stated for (Dwork & Roth 2014, §2.3; Ponomareva et al.,
-    "How to DP-fy ML", JAIR 2023, §2.1.3). Every ε secure-fl reports is for ``ADD_REMOVE`` of one
-    privacy unit (a patient or a site); replace-one costs at most twice the sensitivity."""
+    "How to DP-fy ML", JAIR 2023, §2.1.3), of one privacy unit (a patient or a site).
+
+    ``ADD_REMOVE``: the dataset with or without the unit. ``ZERO_OUT``: the unit's contribution
+    replaced by zero (same sensitivity as add/remove for clipped sums). ``REPLACE_ONE``: the unit's
+    data changed arbitrarily; for a clipped sum it doubles the sensitivity (2C), so the same noise
+    gives the ε of multiplier σ/2. ε values are comparable only under the same relation and unit;
+    in every relation the dataset sizes and which sites take part are public.
+    """
 
     ADD_REMOVE = "add/remove one"
     ZERO_OUT = "zero-out one"
