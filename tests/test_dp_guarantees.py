@@ -211,3 +211,44 @@ def test_compare_table_says_which_relation_each_epsilon_is_for():
     col = header.index("ε for")
     assert header[col - 1] == "ε per site"
     assert [r[col] for r in rows] == ["add/remove one patient", "replace one site", "–"]
+
+
+# -- item 12 (DP part): what a site's privacy layer hands out is noised, public or kept -------
+
+@pytest.mark.parametrize("name", ["dp-sgd-local", "dp-fedavg-central", "dp-distributed-ckks"])
+def test_site_outputs_beyond_the_update_do_not_depend_on_private_data(tmp_path, name):
+    """Two sites of the same (public) size with different private data: the weight they send, the
+    spend summary that goes into run records and the releasable metrics are identical; training
+    loss stays at the site."""
+    import torch
+    from torch import nn
+
+    from secure_fl.training.local import train_local
+
+    data = copy.deepcopy(_raw(name))
+    data["privacy"].pop("target_epsilon")
+    data["privacy"].update(noise_multiplier=1.0, secure_noise=False)  # no calibration: keeps the test fast
+    cfg = parse_protocol(data, "x.toml").privacy
+    weighting = "uniform" if cfg.mechanism == "dp-fedavg" else "examples"
+    plan = RunPlan(rounds=2, fraction=1.0, training=TrainingConfig(batch_size=8, local_steps=2))
+    layer = build_privacy_layer(cfg, weighting=weighting, plan=plan, site_sizes={"A": 30, "B": 30, "C": 30},
+                                run_dir=tmp_path, noise_rng=np.random.default_rng(0), protocol_name=name,
+                                spec_hash="h")
+    loss_fn = nn.functional.cross_entropy
+    outputs = []
+    for site, seed in (("A", 1), ("B", 2)):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(30, 4, generator=g) * seed
+        y = (x[:, 0] > 0).long()
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 2))
+        sp = layer.site(site)
+        sp.before_round(0)
+        out = sp.local_update(model, x, y, loss_fn, 0)
+        if out is None:
+            res = train_local(model, x, y, plan.training, loss_fn, seed, sp.training_hook())
+            assert "train_loss" in res.metrics and sp.public_metrics(res.metrics) == {}
+            out = sp.transform(res.delta, res.n_examples, 0)
+        _, weight = out
+        outputs.append((weight, sp.charge(0), sp.public_metrics({"train_loss": 0.3})))
+    assert outputs[0] == outputs[1]

@@ -86,7 +86,19 @@ class DpSite:
         return dict(self._spent)
 
     def spent(self) -> dict[str, Any]:
+        """What this site has spent: ε (from the planned, data-independent events), δ, σ, unit, adjacency.
+        Public: it may go into run records."""
         return dict(self._spent)
+
+    def public_metrics(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        """The local-training metrics that may leave this site: none.
+
+        Training loss (and any statistic of the site's private batches) is neither noised nor
+        charged to the ledger, so under a DP guarantee it stays at the site; a run record must
+        not carry it. The update itself, its public weight (dataset size) and :meth:`spent` are
+        what leaves.
+        """
+        return {}
 
     def _summary(self, eps_rdp: float, eps_pld: float) -> dict[str, Any]:
         cfg = self.layer.config
