@@ -88,7 +88,8 @@ def share_std(noise_multiplier: float, clip: float, min_sites: int) -> float:
     return noise_multiplier * clip / math.sqrt(min_sites - 1)
 
 
-def effective_noise_multiplier(noise_multiplier: float, contributors: int, min_sites: int, known_shares: int = 1) -> float:
+def effective_noise_multiplier(noise_multiplier: float, contributors: int, min_sites: int,
+                               known_shares: int = 1) -> float:
     """Noise multiplier protecting the others' patients when ``contributors`` shares of
     :func:`share_std` were added and the observer knows ``known_shares`` of them.
 

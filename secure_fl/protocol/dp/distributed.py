@@ -126,10 +126,11 @@ class DistributedDpSgd(DpMechanism):
         k = len(contributors)
         sigma = min(layer.noise_multiplier_for(s) for s in contributors)
         if k < cfg.min_sites:  # defence in depth: the secure sum already refused to open this sum
+            weak = effective_noise_multiplier(sigma, k, cfg.min_sites)
             raise RoundAborted(
                 f"round {round}: only {k} site(s) added noise shares, min_sites is {cfg.min_sites}; without its own "
-                f"share a contributor would see noise multiplier "
-                f"{effective_noise_multiplier(sigma, k, cfg.min_sites):.3g} instead of {sigma:.3g}, so it is not released"
+                f"share a contributor would see noise multiplier {weak:.3g} instead of {sigma:.3g}, so it is not "
+                "released"
             )
         # what the other sites' patients actually get (the ledger holds σ, the k = min_sites worst case)
         layer.last_release["noise_multiplier_vs_contributor"] = effective_noise_multiplier(sigma, k, cfg.min_sites, 1)

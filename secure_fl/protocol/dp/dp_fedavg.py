@@ -58,8 +58,8 @@ class DpFedAvg(DpMechanism):
         if cfg.noise == "central":
             if cfg.noise_adder is None:
                 raise SpecError(
-                    f"{where}: central noise needs 'noise_adder' = 'aggregator' or 'key-holders': the spec must say who "
-                    "adds the noise, because that party sees the sum before noise"
+                    f"{where}: central noise needs 'noise_adder' = 'aggregator' or 'key-holders': the spec must say "
+                    "who adds the noise, because that party sees the sum before noise"
                 )
             releases = getattr(secure_sum, "releases_to_aggregator", True)
             expected = "aggregator" if releases else "key-holders"
@@ -69,15 +69,16 @@ class DpFedAvg(DpMechanism):
                     f"{expected} add the central noise, found {cfg.noise_adder!r}"
                 )
         elif cfg.noise_adder is not None:
-            raise SpecError(f"{where}.noise_adder: only for noise = 'central', found {cfg.noise_adder!r} with noise = 'local'")
+            raise SpecError(f"{where}.noise_adder: only for noise = 'central', found {cfg.noise_adder!r} "
+                            "with noise = 'local'")
         if cfg.clipping == "adaptive":
             if cfg.noise != "central":
                 raise SpecError(f"{where}.clipping: 'adaptive' clipping (Andrew et al. 2021) needs noise = 'central', "
                                 f"found {cfg.noise!r}")
             if view != ViewKind.PLAIN:
                 raise SpecError(
-                    f"{where}.clipping: 'adaptive' clipping is implemented for secure_sum.kind = 'plain' only (the clip "
-                    f"bits would have to travel inside the {kind!r} sum), found {kind!r}"
+                    f"{where}.clipping: 'adaptive' clipping is implemented for secure_sum.kind = 'plain' only (the "
+                    f"clip bits would have to travel inside the {kind!r} sum), found {kind!r}"
                 )
         else:
             for key in _ADAPTIVE_KEYS:
@@ -119,8 +120,9 @@ class DpFedAvg(DpMechanism):
     def validate_plan(self) -> None:
         if self.layer.weighting != "uniform":
             raise SpecError(
-                f"{self.config.where}: update-level DP needs [aggregation].weighting = 'uniform' (each clipped update "
-                f"counts once, so one site moves the sum by at most C; McMahan et al. 2018), found {self.layer.weighting!r}"
+                f"{self.config.where}: update-level DP needs [aggregation].weighting = 'uniform' (each clipped "
+                "update counts once, so one site moves the sum by at most C; McMahan et al. 2018), "
+                f"found {self.layer.weighting!r}"
             )
 
     def round_event(self, site_id: str, sigma: float) -> dp_event.DpEvent:

@@ -28,6 +28,11 @@ def _site_generator(base: int, site_id: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([base, int.from_bytes(digest[:8], "little")]))
 
 
+def _source(secure: bool, base: int, name: str) -> NoiseSource:
+    """The OS CSPRNG in production; a per-party seeded stream for reproducible experiments and tests."""
+    return NoiseSource.secure() if secure else NoiseSource.seeded(_site_generator(base, name))
+
+
 class DpSite:
     """One site's persistent privacy state: ledger, noise source, training hook, this round's event."""
 
@@ -37,7 +42,7 @@ class DpSite:
         limit = cfg.site_budgets.get(site_id, cfg.epsilon_budget)
         budget = Budget(limit, cfg.delta, cfg.accountant) if limit is not None else None
         self.ledger = PrivacyLedger(layer.run_dir / "sites" / site_id / "ledger.sqlite", site_id, budget)
-        self.source = NoiseSource.secure() if cfg.secure_noise else NoiseSource.seeded(_site_generator(layer.seed_base, site_id))
+        self.source = _source(cfg.secure_noise, layer.seed_base, site_id)
         self.noise_multiplier = layer.noise_multiplier_for(site_id)
         self._event: dp_event.DpEvent | None = None  # this round's event, known once the update is ready
         self._spent: dict[str, Any] = {}
@@ -124,7 +129,7 @@ class DpPrivacyLayer:
         self.run_dir = pathlib.Path(run_dir)
         self.protocol_name, self.spec_hash = protocol_name, spec_hash
         self.seed_base = int(noise_rng.integers(2**63))
-        self.server_source = NoiseSource.secure() if config.secure_noise else NoiseSource.seeded(_site_generator(self.seed_base, "\x00server"))
+        self.server_source = _source(config.secure_noise, self.seed_base, "\x00server")
         self._sites: dict[str, DpSite] = {}
         self.last_release: dict[str, Any] = {}
         self.mechanism: DpMechanism = config.spec(self)

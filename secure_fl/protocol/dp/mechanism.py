@@ -31,7 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import PrivacyConfig
     from .layer import DpPrivacyLayer, DpSite
 
-__all__ = ["COMMON_KEYS", "Key", "DpMechanism", "Adjacency", "register_mechanism", "mechanism_class", "REGISTRY", "MECHANISMS"]
+__all__ = ["COMMON_KEYS", "Key", "DpMechanism", "Adjacency", "register_mechanism", "mechanism_class", "REGISTRY",
+           "MECHANISMS"]
 
 
 #: keys of ``[privacy]`` that every mechanism has (parsed by :func:`.config.parse_privacy`)
