@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 from ...errors import SpecError
@@ -35,7 +34,7 @@ class PrivacyConfig:
     site_budgets: Mapping[str, float] = field(default_factory=dict)
     secure_sum_kind: str = "plain"
     where: str = "[privacy]"
-    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name == "options":
@@ -122,7 +121,7 @@ def parse_privacy(table: Mapping[str, Any], where: str, secure_sum: SecureSum) -
         site_budgets={k: float(v) for k, v in budgets.items()},
         secure_sum_kind=getattr(secure_sum, "name", "") or "plain",
         where=where,
-        options=MappingProxyType({k.name: k.read(table, where) for k in spec.keys}),
+        options={k.name: k.read(table, where) for k in spec.keys},
     )
     spec.validate(cfg, table, secure_sum, where)
     cfg.constrain(secure_sum)
