@@ -69,24 +69,28 @@ def test_poisson_sampling_rate():
         NoiseSource.secure().bernoulli(1.5, 3)
 
 
-@pytest.mark.parametrize("min_sites", [1, 3, 5])
-def test_sum_of_min_sites_shares_has_the_central_variance(min_sites):
+@pytest.mark.parametrize("min_sites", [2, 3, 5])
+def test_min_sites_shares_minus_a_curious_sites_own_have_the_central_variance(min_sites):
+    """A contributing site subtracts its own share: the other m − 1 shares must still carry (σC)²."""
     sigma, clip = 1.3, 0.7
     rng = np.random.default_rng(min_sites)
     std = share_std(sigma, clip, min_sites)
-    assert std == pytest.approx(sigma * clip / math.sqrt(min_sites))
+    assert std == pytest.approx(sigma * clip / math.sqrt(min_sites - 1))
     shares = [gaussian_noise(NoiseSource.seeded(rng), std, N) for _ in range(min_sites)]
-    _check_gaussian(np.sum(shares, axis=0), sigma * clip)
-    # one share alone is too weak whenever min_sites > 1
-    if min_sites > 1:
+    _check_gaussian(np.sum(shares[1:], axis=0), sigma * clip)  # what site 0 sees of the others' noise
+    # one share alone is too weak whenever min_sites > 2
+    if min_sites > 2:
         assert shares[0].std() < 0.9 * sigma * clip
+    with pytest.raises(ValueError, match="min_sites must be an integer >= 2"):
+        share_std(sigma, clip, 1)
 
 
 def test_effective_noise_multiplier():
-    assert effective_noise_multiplier(2.0, 5, 5) == pytest.approx(2.0)
-    assert effective_noise_multiplier(2.0, 8, 5) == pytest.approx(2.0)  # extra shares are not counted
-    assert effective_noise_multiplier(2.0, 2, 8) == pytest.approx(1.0)
-    assert effective_noise_multiplier(2.0, 0, 8) == 0.0
+    assert effective_noise_multiplier(2.0, 5, 5) == pytest.approx(2.0)  # a contributor knows its own share
+    assert effective_noise_multiplier(2.0, 5, 5, known_shares=0) == pytest.approx(2.0 * math.sqrt(5 / 4))
+    assert effective_noise_multiplier(2.0, 9, 5) == pytest.approx(2.0 * math.sqrt(2))  # extra honest shares count
+    assert effective_noise_multiplier(2.0, 3, 9) == pytest.approx(1.0)
+    assert effective_noise_multiplier(2.0, 1, 8) == 0.0
 
 
 def test_clip_l2_known_answers():
@@ -118,12 +122,16 @@ def test_adaptive_clip_tracks_the_target_quantile():
     norms_dist = lambda k: np.exp(rng.normal(0.0, 0.5, size=k))  # noqa: E731  median 1.0
     for _ in range(400):
         norms = norms_dist(50)
-        clip.update(sum(clip.bit(n) for n in norms), 50, src)
+        clip.update(sum(clip.centred_bit(n) for n in norms), 50, src)
     assert clip.clip == pytest.approx(1.0, rel=0.25)
     # geometric update (Andrew et al. 2021, Alg. 1): all unclipped -> shrink by exp(-η(1-γ))
     c = AdaptiveClip(clip=2.0, target_quantile=0.3, learning_rate=0.5)
-    assert c.update(10, 10, src) == pytest.approx(2.0 * math.exp(-0.5 * 0.7))
-    assert c.update(0, 0, src) == pytest.approx(2.0 * math.exp(-0.5 * 0.7))  # no contributors: unchanged
+    assert c.centred_bit(1.0) == 0.5 and c.centred_bit(3.0) == -0.5
+    assert c.update(10 * 0.5, 10, src) == pytest.approx(2.0 * math.exp(-0.5 * 0.7))
+    # nobody reported out of an expected 10: the estimate is ½ (not a division by zero)
+    assert c.update(0.0, 10, src) == pytest.approx(2.0 * math.exp(-0.5 * 0.7) * math.exp(-0.5 * 0.2))
+    with pytest.raises(ValueError, match="expected count must be a finite number > 0, found 0"):
+        c.update(0.0, 0, src)
 
 
 def test_adaptive_clip_rejects_bad_parameters():

@@ -10,9 +10,10 @@ References:
   quantile of update norms, from a noised count of unclipped updates; Theorem 1: how the
   noise multiplier is split between the update and the count).
 * Kairouz, Liu, Steinke, "The Distributed Discrete Gaussian Mechanism for Federated
-  Learning with Secure Aggregation", ICML 2021 (each of n sites adds a 1/n share of the
-  noise variance so that the *sum* carries the full noise; discrete noise for integer
-  secure sums).
+  Learning with Secure Aggregation", ICML 2021 (each of n sites adds a share of the noise
+  variance so that the *sum* carries the full noise; discrete noise for integer secure
+  sums). Here the shares are ``1/(m−1)`` of the variance, so that the sum minus one curious
+  site's own share still carries the full noise (:func:`share_std`).
 
 Nothing here knows about sites, rounds or transports (DESIGN.md, "Math is separate").
 """
@@ -64,32 +65,43 @@ def gaussian_noise(source: NoiseSource, std: float, dim: int) -> np.ndarray:
     return source.normal(std, dim)
 
 
-def share_std(noise_multiplier: float, clip: float, min_sites: int) -> float:
-    """Standard deviation of one site's share of distributed Gaussian noise: ``σ·C/√m``.
+def _min_sites(min_sites: int) -> None:
+    if isinstance(min_sites, bool) or not isinstance(min_sites, int) or min_sites < 2:
+        raise ValueError(f"min_sites must be an integer >= 2 (a site knows its own share, so one share protects "
+                         f"no one), found {min_sites!r}")
 
-    The sum of the shares of any ``m = min_sites`` sites has variance ``m·(σC)²/m = (σC)²``,
-    the noise a central Gaussian mechanism with multiplier σ and sensitivity C would add
-    (Kairouz et al. 2021, §3, continuous analogue). One share alone is weak noise: it must
-    only ever be seen inside a secure sum.
+
+def share_std(noise_multiplier: float, clip: float, min_sites: int) -> float:
+    """Standard deviation of one site's share of distributed Gaussian noise: ``σ·C/√(m−1)``.
+
+    Whoever opens the sum may be a contributing site, and it knows (and can subtract) its own
+    share. With shares of variance ``(σC)²/(m−1)``, any ``k ≥ m = min_sites`` honest shares
+    minus the curious site's own still carry ``(k−1)(σC)²/(m−1) ≥ (σC)²``: the noise of a
+    central Gaussian mechanism with multiplier σ and sensitivity C (Kairouz, Liu, Steinke 2021,
+    §3, continuous analogue, whose shares ``1/n`` assume the decryptor holds no share). Assumes
+    no two decrypting sites pool their shares. One share alone is weak noise: it must only
+    ever be seen inside a secure sum.
     """
     _positive("noise multiplier", noise_multiplier)
     _positive("clip bound", clip)
-    if not isinstance(min_sites, int) or min_sites < 1:
-        raise ValueError(f"min_sites must be an integer >= 1, found {min_sites!r}")
-    return noise_multiplier * clip / math.sqrt(min_sites)
+    _min_sites(min_sites)
+    return noise_multiplier * clip / math.sqrt(min_sites - 1)
 
 
-def effective_noise_multiplier(noise_multiplier: float, contributors: int, min_sites: int) -> float:
-    """Noise multiplier the released sum actually carries when ``contributors`` shares were added.
+def effective_noise_multiplier(noise_multiplier: float, contributors: int, min_sites: int,
+                               known_shares: int = 1) -> float:
+    """Noise multiplier protecting the others' patients when ``contributors`` shares of
+    :func:`share_std` were added and the observer knows ``known_shares`` of them.
 
-    ``σ·√(min(k, m)/m)``: with ``k ≥ m`` honest shares the sum has at least the planned noise
-    (extra shares are not counted, since colluding sites know their own shares); with
-    ``k < m`` it has only ``k/m`` of the planned variance, a weaker guarantee.
+    ``σ·√((k − known)/(m − 1))``: a contributing site (``known = 1``) gets exactly σ when
+    ``k = m`` and more noise when ``k > m``; the public or a non-contributing key holder
+    (``known = 0``) gets ``σ·√(k/(m−1))``. With ``k ≤ known`` there is no noise left (0).
     """
     _positive("noise multiplier", noise_multiplier)
-    if contributors < 0 or min_sites < 1:
-        raise ValueError(f"need contributors >= 0 and min_sites >= 1, found {contributors} and {min_sites}")
-    return noise_multiplier * math.sqrt(min(contributors, min_sites) / min_sites)
+    _min_sites(min_sites)
+    if contributors < 0 or known_shares < 0:
+        raise ValueError(f"need contributors >= 0 and known_shares >= 0, found {contributors} and {known_shares}")
+    return noise_multiplier * math.sqrt(max(contributors - known_shares, 0) / (min_sites - 1))
 
 
 def split_noise_multiplier(noise_multiplier: float, count_stddev: float) -> float:
@@ -114,9 +126,17 @@ def split_noise_multiplier(noise_multiplier: float, count_stddev: float) -> floa
 class AdaptiveClip:
     """Quantile-tracking clip norm (Andrew et al. 2021, Algorithm 1, geometric update).
 
-    Each round every contributor reports ``b = 1[||Δ|| ≤ C]``; the server gets the noised sum
-    of the bits, estimates the unclipped fraction ``b̄`` and sets
-    ``C ← C · exp(-η (b̄ - γ))`` so that C moves towards the γ-quantile of update norms.
+    Each round every contributor reports its *centred* clip indicator ``b − 1/2`` with
+    ``b = 1[||Δ|| ≤ C]`` (:meth:`centred_bit`); the server adds N(0, σ_b²) to their sum,
+    divides by the *expected* number of contributors ``m`` (public, data-independent) and
+    estimates the unclipped fraction ``b̄ = (Σ(b − ½) + N(0, σ_b²)) / m + ½``, then sets
+    ``C ← C · exp(-η (b̄ − γ))`` so that C moves towards the γ-quantile of update norms.
+
+    Centring is what makes the count's sensitivity 1/2 under add/remove of one contributor,
+    the assumption of :func:`split_noise_multiplier` (Andrew et al. 2021, §3 and Thm 1; as in
+    TF-Privacy's ``QuantileEstimatorQuery``, which sums ``below − 0.5`` and normalises by
+    ``expected_num_records``). Dividing by the actual count would make the scale depend on who
+    took part; with raw {0, 1} bits the sensitivity is 1 and the count costs 4× the privacy.
     """
 
     clip: float
@@ -133,15 +153,22 @@ class AdaptiveClip:
             raise ValueError(f"clip count stddev must be >= 0, found {self.count_stddev}")
 
     def bit(self, norm: float) -> float:
-        """The clip indicator a contributor reports for an update of L2 norm ``norm``."""
+        """The clip indicator ``1[norm ≤ C]`` of an update of L2 norm ``norm``."""
         return 1.0 if norm <= self.clip else 0.0
 
-    def update(self, bit_sum: float, contributors: int, source: NoiseSource) -> float:
-        """Move the clip norm from the (noised) count of unclipped updates; return the new norm."""
-        if contributors <= 0:
-            return self.clip
-        noised = bit_sum + float(source.normal(self.count_stddev, 1)[0]) if self.count_stddev > 0 else bit_sum
-        fraction = noised / contributors
+    def centred_bit(self, norm: float) -> float:
+        """What a contributor reports: ``bit − 1/2``, in {−½, +½} (sensitivity ½ under add/remove)."""
+        return self.bit(norm) - 0.5
+
+    def update(self, centred_sum: float, expected_count: float, source: NoiseSource) -> float:
+        """Move the clip norm from the noised sum of centred bits; return the new norm.
+
+        ``expected_count`` is the public number of contributors expected per round (not the
+        number that reported).
+        """
+        _positive("expected count", expected_count)
+        noise = float(source.normal(self.count_stddev, 1)[0]) if self.count_stddev > 0 else 0.0
+        fraction = (centred_sum + noise) / expected_count + 0.5
         self.clip = self.clip * math.exp(-self.learning_rate * (fraction - self.target_quantile))
         return self.clip
 

@@ -217,7 +217,7 @@ def table_rows(result: CompareResult) -> tuple[list[str], list[list[str]]]:
     if any(k.endswith("/top5") and k.startswith("pooled") for r in result.runs for k in r.metrics):
         metric_keys.append("pooled/top5")
     metric_keys += extra
-    header = ["protocol", *[k.replace("pooled/", "") for k in metric_keys], "ε per site", "KB up", "KB down", "s/round", "aborted"]
+    header = ["protocol", *[k.replace("pooled/", "") for k in metric_keys], "ε per site", "ε for", "KB up", "KB down", "s/round", "aborted"]
     rows = []
     for v in result.experiment.variants:
         runs = [r for r in result.runs if r.variant == v.label]
@@ -227,6 +227,7 @@ def table_rows(result: CompareResult) -> tuple[list[str], list[list[str]]]:
         for k in metric_keys:
             row.append(_mean_sd([r.metrics.get(k, float("nan")) for r in runs]))
         row.append(_epsilon_cell(runs) if v.reference is None else "–")
+        row.append(_adjacency_cell(runs) if v.reference is None else "–")
         if v.reference is None:
             row.append(f"{np.mean([r.bytes_up_per_site_round for r in runs]) / 1024:.1f}")
             row.append(f"{np.mean([r.bytes_down_per_site_round for r in runs]) / 1024:.1f}")
@@ -256,6 +257,14 @@ def _epsilon_cell(runs: list[RunSummary]) -> str:
     if hi - lo < 0.01:
         return f"{hi:.3f}"
     return f"{lo:.2f}–{hi:.2f} (" + ", ".join(f"{s}: {e:.2f}" for s, e in means.items()) + ")"
+
+
+def _adjacency_cell(runs: list[RunSummary]) -> str:
+    """The neighbouring relation the ε is for (e.g. "add/remove one patient"): ε of different rows
+    compare only under the same relation and unit."""
+    found = sorted({str(s["adjacency"]) for r in runs for s in r.epsilon.values() if s.get("adjacency")})
+    return ", ".join(found) or "–"
+
 
 
 def site_table(result: CompareResult) -> dict[str, dict[str, dict[str, Any]]]:
