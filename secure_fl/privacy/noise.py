@@ -26,6 +26,7 @@ integer noise for the masking secure sum is the job of the discrete Gaussian
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,6 +89,31 @@ class NoiseSource:
         radius = np.sqrt(-2.0 * np.log(u1))
         z = np.concatenate([radius * np.cos(_TWO_PI * u2), radius * np.sin(_TWO_PI * u2)])[:size]
         return (std * z).reshape(shape)
+
+    def integers_below(self, bounds: np.ndarray) -> np.ndarray:
+        """Exactly uniform integers, entry ``i`` in ``[0, bounds[i])`` (int64; ``1 <= bounds < 2^62``).
+
+        The exact samplers of :mod:`secure_fl.privacy.discrete_gaussian` draw only these.
+        Seeded: numpy's bounded integers (Lemire's rejection, exact given uniform bits).
+        Secure: 63-bit words from :func:`secrets.token_bytes`, rejected at or above the
+        largest multiple of the bound below 2^63, then reduced modulo the bound (exact).
+        """
+        b = np.asarray(bounds, dtype=np.int64)
+        if b.size and (int(b.min()) < 1 or int(b.max()) >= 1 << 62):
+            raise ValueError(f"integer bounds must be in [1, 2^62), found min {int(b.min())}, max {int(b.max())}")
+        if self.rng is not None:
+            return self.rng.integers(0, b, dtype=np.int64) if b.size else np.zeros(b.shape, dtype=np.int64)
+        flat = b.reshape(-1)
+        out = np.empty(flat.shape, dtype=np.int64)
+        todo = np.arange(flat.size)
+        while todo.size:
+            words = (np.frombuffer(secrets.token_bytes(8 * todo.size), dtype="<u8") >> np.uint64(1)).astype(np.int64)
+            bound = flat[todo]
+            limit = (np.int64(2**63 - 1) // bound) * bound  # a multiple of bound, <= 2^63 - 1: [0, limit) is fair
+            ok = words < limit
+            out[todo[ok]] = words[ok] % bound[ok]
+            todo = todo[~ok]
+        return out.reshape(b.shape)
 
     def bernoulli(self, p: float, n: int) -> np.ndarray:
         """``n`` independent draws of Bernoulli(``p``) as a boolean mask (Poisson sampling)."""
