@@ -69,24 +69,28 @@ def test_poisson_sampling_rate():
         NoiseSource.secure().bernoulli(1.5, 3)
 
 
-@pytest.mark.parametrize("min_sites", [1, 3, 5])
-def test_sum_of_min_sites_shares_has_the_central_variance(min_sites):
+@pytest.mark.parametrize("min_sites", [2, 3, 5])
+def test_min_sites_shares_minus_a_curious_sites_own_have_the_central_variance(min_sites):
+    """A contributing site subtracts its own share: the other m − 1 shares must still carry (σC)²."""
     sigma, clip = 1.3, 0.7
     rng = np.random.default_rng(min_sites)
     std = share_std(sigma, clip, min_sites)
-    assert std == pytest.approx(sigma * clip / math.sqrt(min_sites))
+    assert std == pytest.approx(sigma * clip / math.sqrt(min_sites - 1))
     shares = [gaussian_noise(NoiseSource.seeded(rng), std, N) for _ in range(min_sites)]
-    _check_gaussian(np.sum(shares, axis=0), sigma * clip)
-    # one share alone is too weak whenever min_sites > 1
-    if min_sites > 1:
+    _check_gaussian(np.sum(shares[1:], axis=0), sigma * clip)  # what site 0 sees of the others' noise
+    # one share alone is too weak whenever min_sites > 2
+    if min_sites > 2:
         assert shares[0].std() < 0.9 * sigma * clip
+    with pytest.raises(ValueError, match="min_sites must be an integer >= 2"):
+        share_std(sigma, clip, 1)
 
 
 def test_effective_noise_multiplier():
-    assert effective_noise_multiplier(2.0, 5, 5) == pytest.approx(2.0)
-    assert effective_noise_multiplier(2.0, 8, 5) == pytest.approx(2.0)  # extra shares are not counted
-    assert effective_noise_multiplier(2.0, 2, 8) == pytest.approx(1.0)
-    assert effective_noise_multiplier(2.0, 0, 8) == 0.0
+    assert effective_noise_multiplier(2.0, 5, 5) == pytest.approx(2.0)  # a contributor knows its own share
+    assert effective_noise_multiplier(2.0, 5, 5, known_shares=0) == pytest.approx(2.0 * math.sqrt(5 / 4))
+    assert effective_noise_multiplier(2.0, 9, 5) == pytest.approx(2.0 * math.sqrt(2))  # extra honest shares count
+    assert effective_noise_multiplier(2.0, 3, 9) == pytest.approx(1.0)
+    assert effective_noise_multiplier(2.0, 1, 8) == 0.0
 
 
 def test_clip_l2_known_answers():

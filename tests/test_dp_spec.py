@@ -55,7 +55,7 @@ def test_distributed_noise_without_a_secure_sum_is_refused():
         parse_protocol(data, "x.toml")
     msg = str(err.value)
     assert msg.startswith("x.toml [privacy].noise: 'distributed' noise needs a secure sum")
-    assert "kind = 'plain'" in msg and "1/3 of the noise" in msg
+    assert "kind = 'plain'" in msg and "1/2 of the noise" in msg
 
 
 @pytest.mark.parametrize("masking", ["secagg-fedavg", "secagg-plus-fedavg"])
@@ -90,8 +90,8 @@ def test_distributed_noise_under_masking_needs_discrete_gaussian(masking):
         ("dp-fedavg-central", {"noise": "local"}, "[privacy].noise_adder: only for noise = 'central'"),
         ("dp-fedavg-central", {"target_quantile": 0.5}, "[privacy].target_quantile: only for clipping = 'adaptive'"),
         ("dp-distributed-ckks", {"sample_rate": None}, "missing required key 'sample_rate'"),
-        ("dp-distributed-ckks", {"min_sites": 0}, "[privacy].min_sites: must be >= 1, found 0"),
-        ("dp-distributed-ckks", {"on_too_few": "ignore"}, "[privacy].on_too_few: expected one of ['abort', 'charge_weaker']"),
+        ("dp-distributed-ckks", {"min_sites": 1}, "[privacy].min_sites: must be >= 2, found 1"),
+        ("dp-distributed-ckks", {"on_too_few": "ignore"}, "[privacy].on_too_few: expected one of ['abort']"),
     ],
 )
 def test_bad_privacy_tables_name_key_and_value(name, change, message):

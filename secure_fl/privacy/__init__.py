@@ -2,7 +2,7 @@
 ``dp_accounting`` events, and the per-site privacy ledger.
 
 Nothing here knows about sites, rounds or transports (DESIGN.md, "Math is separate from
-orchestration"); :mod:`secure_fl.protocol.dp` composes these pieces into the privacy layer.
+orchestration"); the package :mod:`secure_fl.protocol.dp` composes these pieces into the privacy layer.
 """
 
 from .accounting import (

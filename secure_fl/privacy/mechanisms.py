@@ -10,9 +10,10 @@ References:
   quantile of update norms, from a noised count of unclipped updates; Theorem 1: how the
   noise multiplier is split between the update and the count).
 * Kairouz, Liu, Steinke, "The Distributed Discrete Gaussian Mechanism for Federated
-  Learning with Secure Aggregation", ICML 2021 (each of n sites adds a 1/n share of the
-  noise variance so that the *sum* carries the full noise; discrete noise for integer
-  secure sums).
+  Learning with Secure Aggregation", ICML 2021 (each of n sites adds a share of the noise
+  variance so that the *sum* carries the full noise; discrete noise for integer secure
+  sums). Here the shares are ``1/(m−1)`` of the variance, so that the sum minus one curious
+  site's own share still carries the full noise (:func:`share_std`).
 
 Nothing here knows about sites, rounds or transports (DESIGN.md, "Math is separate").
 """
@@ -64,32 +65,42 @@ def gaussian_noise(source: NoiseSource, std: float, dim: int) -> np.ndarray:
     return source.normal(std, dim)
 
 
-def share_std(noise_multiplier: float, clip: float, min_sites: int) -> float:
-    """Standard deviation of one site's share of distributed Gaussian noise: ``σ·C/√m``.
+def _min_sites(min_sites: int) -> None:
+    if isinstance(min_sites, bool) or not isinstance(min_sites, int) or min_sites < 2:
+        raise ValueError(f"min_sites must be an integer >= 2 (a site knows its own share, so one share protects "
+                         f"no one), found {min_sites!r}")
 
-    The sum of the shares of any ``m = min_sites`` sites has variance ``m·(σC)²/m = (σC)²``,
-    the noise a central Gaussian mechanism with multiplier σ and sensitivity C would add
-    (Kairouz et al. 2021, §3, continuous analogue). One share alone is weak noise: it must
-    only ever be seen inside a secure sum.
+
+def share_std(noise_multiplier: float, clip: float, min_sites: int) -> float:
+    """Standard deviation of one site's share of distributed Gaussian noise: ``σ·C/√(m−1)``.
+
+    Whoever opens the sum may be a contributing site, and it knows (and can subtract) its own
+    share. With shares of variance ``(σC)²/(m−1)``, any ``k ≥ m = min_sites`` honest shares
+    minus the curious site's own still carry ``(k−1)(σC)²/(m−1) ≥ (σC)²``: the noise of a
+    central Gaussian mechanism with multiplier σ and sensitivity C (Kairouz, Liu, Steinke 2021,
+    §3, continuous analogue, whose shares ``1/n`` assume the decryptor holds no share). Assumes
+    no two decrypting sites pool their shares. One share alone is weak noise: it must only
+    ever be seen inside a secure sum.
     """
     _positive("noise multiplier", noise_multiplier)
     _positive("clip bound", clip)
-    if not isinstance(min_sites, int) or min_sites < 1:
-        raise ValueError(f"min_sites must be an integer >= 1, found {min_sites!r}")
-    return noise_multiplier * clip / math.sqrt(min_sites)
+    _min_sites(min_sites)
+    return noise_multiplier * clip / math.sqrt(min_sites - 1)
 
 
-def effective_noise_multiplier(noise_multiplier: float, contributors: int, min_sites: int) -> float:
-    """Noise multiplier the released sum actually carries when ``contributors`` shares were added.
+def effective_noise_multiplier(noise_multiplier: float, contributors: int, min_sites: int, known_shares: int = 1) -> float:
+    """Noise multiplier protecting the others' patients when ``contributors`` shares of
+    :func:`share_std` were added and the observer knows ``known_shares`` of them.
 
-    ``σ·√(min(k, m)/m)``: with ``k ≥ m`` honest shares the sum has at least the planned noise
-    (extra shares are not counted, since colluding sites know their own shares); with
-    ``k < m`` it has only ``k/m`` of the planned variance, a weaker guarantee.
+    ``σ·√((k − known)/(m − 1))``: a contributing site (``known = 1``) gets exactly σ when
+    ``k = m`` and more noise when ``k > m``; the public or a non-contributing key holder
+    (``known = 0``) gets ``σ·√(k/(m−1))``. With ``k ≤ known`` there is no noise left (0).
     """
     _positive("noise multiplier", noise_multiplier)
-    if contributors < 0 or min_sites < 1:
-        raise ValueError(f"need contributors >= 0 and min_sites >= 1, found {contributors} and {min_sites}")
-    return noise_multiplier * math.sqrt(min(contributors, min_sites) / min_sites)
+    _min_sites(min_sites)
+    if contributors < 0 or known_shares < 0:
+        raise ValueError(f"need contributors >= 0 and known_shares >= 0, found {contributors} and {known_shares}")
+    return noise_multiplier * math.sqrt(max(contributors - known_shares, 0) / (min_sites - 1))
 
 
 def split_noise_multiplier(noise_multiplier: float, count_stddev: float) -> float:

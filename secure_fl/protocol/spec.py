@@ -107,6 +107,8 @@ class ProtocolSpec:
         view = getattr(self.privacy, "aggregator_view", None)
         if view is not None and hasattr(secure_sum, "input_kind"):
             secure_sum.input_kind = ViewKind(view)  # e.g. locally noised inputs over a plain channel
+        if self.privacy is not None:
+            self.privacy.constrain(secure_sum)  # e.g. distributed DP's min_sites -> the sum's min_contributors
         return secure_sum
 
     @property

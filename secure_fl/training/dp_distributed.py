@@ -3,8 +3,10 @@
 Each round, every site samples its patients by Poisson sampling with the *same* rate ``q``,
 computes per-example gradients of the global model (``torch.func``: ``vmap`` of ``grad``),
 clips each to L2 norm ``C``, sums them and adds only its *share* of the Gaussian noise,
-N(0, (σC)²/m) with ``m = min_sites``. The secure sum adds the shares; over the union of all
-sites' patients this is one step of DP-SGD (Abadi et al. 2016) whose noise is distributed
+N(0, (σC)²/(m−1)) with ``m = min_sites``, so that the sum of any ``k ≥ m`` shares minus one
+curious site's own still has variance at least (σC)². The secure sum adds the shares and opens
+no sum of fewer than ``m``; over the union of all sites' patients this is one step of DP-SGD
+(Abadi et al. 2016) whose noise is distributed
 (Kairouz, Liu, Steinke 2021, continuous analogue; see
 :func:`secure_fl.privacy.mechanisms.share_std`). The released sum is divided by the
 expected batch size ``q · N_total`` (a public, data-independent denominator) and negated;
