@@ -13,7 +13,6 @@ from hypothesis.extra.numpy import arrays
 from secure_fl.privacy.mechanisms import (
     AdaptiveClip,
     clip_l2,
-    discrete_gaussian_share,
     effective_noise_multiplier,
     gaussian_noise,
     share_std,
@@ -144,11 +143,6 @@ def test_split_noise_multiplier_theorem_1():
     assert zd > z
     with pytest.raises(ValueError, match="too small for noise multiplier 3.0"):
         split_noise_multiplier(3.0, 1.0)
-
-
-def test_secagg_hook_says_what_is_missing():
-    with pytest.raises(NotImplementedError, match="not yet implemented for secagg: needs discrete Gaussian shares"):
-        discrete_gaussian_share(np.zeros(3), scale=1.0, noise_multiplier=1.0, clip=1.0, min_sites=2, source=NoiseSource.secure())
 
 
 # -- DP-FedAvg through the privacy layer ------------------------------------------------------------

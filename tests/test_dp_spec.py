@@ -59,7 +59,7 @@ def test_distributed_noise_without_a_secure_sum_is_refused():
 
 
 @pytest.mark.parametrize("masking", ["secagg-fedavg", "secagg-plus-fedavg"])
-def test_distributed_noise_under_masking_needs_discrete_gaussian(masking):
+def test_continuous_distributed_noise_under_masking_points_to_ddg(masking):
     data = _raw("dp-distributed-ckks")
     data["secure_sum"] = _raw(masking)["secure_sum"]
     data["threat_model"]["aggregator_sees"] = "masked"
@@ -67,8 +67,9 @@ def test_distributed_noise_under_masking_needs_discrete_gaussian(masking):
         parse_protocol(data, "x.toml")
     kind = data["secure_sum"]["kind"]
     assert str(err.value).startswith(
-        f"x.toml [privacy].noise: distributed noise is not yet implemented for {kind}: needs discrete Gaussian shares"
+        f"x.toml [privacy].mechanism: 'distributed-dp-sgd' adds continuous Gaussian shares, which a masking sum ({kind})"
     )
+    assert "use mechanism = 'ddg'" in str(err.value)
 
 
 @pytest.mark.parametrize(
