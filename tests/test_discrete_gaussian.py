@@ -144,3 +144,13 @@ def test_grid_mechanism_output_lies_on_the_grid_and_hides_low_order_bits():
     assert not np.array_equal(x + noise, x2 + noise)
     # and the noise added is the right size
     assert 0.4 < float(np.std(y - x)) < 0.6
+
+
+@pytest.mark.parametrize("sigma", [1.1 * 2**11, 2.0**21 * 1.37, 3.1e8])
+def test_large_sigmas_are_exact_and_fast_through_variance_at_least(sigma):
+    v = variance_at_least(sigma**2)
+    assert v >= Fraction(sigma**2) and float(v) / sigma**2 - 1 < 2 / sigma
+    x = sample_discrete_gaussian(v, 5000, _seeded(11))
+    assert abs(x.var() / float(v) - 1) < 5 * math.sqrt(2 / 5000)
+    # the scaled sample against the standard normal (a discrete Gaussian this wide is ~ continuous)
+    assert stats.kstest(x / math.sqrt(float(v)), "norm").pvalue > 1e-3

@@ -184,26 +184,34 @@ def _check_variance(sigma2: Fraction | int) -> Fraction:
 def sample_discrete_gaussian(sigma2: Fraction | int, size: int, source: NoiseSource) -> np.ndarray:
     """``size`` exact samples of the discrete Gaussian ``N_Z(0, σ²)`` as int64 (Canonne et al., Algorithm 3).
 
-    ``sigma2`` is exact (int or Fraction); ``2·num·den·t²`` must stay below 2^62, which holds for
-    σ up to ~10^7 with the denominators :func:`variance_at_least` produces.
+    ``sigma2`` is exact (int or Fraction). The acceptance exponent is the rational
+    ``(μd|Y| - μn)² · sd/g / (2 sn μd² / g)`` with μ = σ²/t = μn/μd reduced; its denominator must
+    stay below 2^62. :func:`variance_at_least` produces values for which it does at every σ up to
+    ~10^9: small σ² with denominator 256, large σ² = 2^k·m with 2^k the scale t (then μd = 1).
     """
     s = _check_variance(sigma2)
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
         raise ValueError(f"size must be an integer >= 0, found {size!r}")
     sn, sd = s.numerator, s.denominator
-    t = math.isqrt(sn // sd) + 1  # ⌊σ⌋ + 1
-    den = 2 * sn * sd * t * t
+    floor_sigma = math.isqrt(sn // sd)
+    t = floor_sigma + 1  # Canonne et al.'s choice; any integer t >= 1 is exact
+    if sd == 1 and sn % (1 << floor_sigma.bit_length()) == 0:
+        t = 1 << floor_sigma.bit_length()  # in (σ, 2σ]: μ = σ²/t is an integer and the exponent stays small
+    mu = Fraction(sn, sd * t)
+    mn, md = mu.numerator, mu.denominator
+    g = math.gcd(sd, 2 * md * md)
+    den, mult = 2 * sn * md * md // g, sd // g
     if den >= _INT64_SAFE:
         raise ValueError(f"σ² = {sn}/{sd} is too large or too finely given for exact int64 sampling "
-                         f"(2·{sn}·{sd}·{t}² >= 2^62); round it with variance_at_least")
+                         f"(exponent denominator {den} >= 2^62); round it with variance_at_least")
     out = np.empty(int(size), dtype=np.int64)
     todo = np.arange(int(size))
     while todo.size:
         y = discrete_laplace(t, todo.size, source)
-        # γ = (|Y| - σ²/t)² / (2σ²) = a² / den with a = sd·t·|Y| - sn; a² may exceed int64, so the
-        # split into ⌊γ⌋ and (a² mod den) / den is done on Python integers (exact)
-        a = (sd * t) * np.abs(y).astype(object) - sn
-        sq = a * a
+        # γ = (|Y| - μ)² / (2σ²) = a²·mult / den with a = μd·|Y| - μn; a² may exceed int64, so the
+        # split into ⌊γ⌋ and (a² mult mod den) / den is done on Python integers (exact)
+        a = md * np.abs(y).astype(object) - mn
+        sq = a * a * mult
         whole, frac = sq // den, sq % den
         small = np.array([w < _INT64_SAFE for w in whole], dtype=bool)
         accept = np.zeros(todo.size, dtype=bool)
@@ -211,7 +219,7 @@ def sample_discrete_gaussian(sigma2: Fraction | int, size: int, source: NoiseSou
             accept[small] = _bernoulli_exp_split(whole[small].astype(np.int64), frac[small].astype(np.int64),
                                                  np.full(int(small.sum()), den, dtype=np.int64), source)
         for i in np.nonzero(~small)[0]:  # γ >= 2^62: needs that many Bernoulli(e^-1) successes
-            accept[i] = _bernoulli_exp_scalar(int(a[i]) * int(a[i]), den, source)
+            accept[i] = _bernoulli_exp_scalar(int(a[i]) * int(a[i]) * mult, den, source)
         out[todo[accept]] = y[accept]
         todo = todo[~accept]
     return out
@@ -228,15 +236,24 @@ def discrete_gaussian_pmf(sigma2: float, support: np.ndarray) -> np.ndarray:
 
 
 def variance_at_least(sigma2: float, denominator: int = _VARIANCE_DENOMINATOR) -> Fraction:
-    """The smallest rational ``p/denominator`` at or above the float ``sigma2`` (exact comparison).
+    """An exact σ'² >= the float ``sigma2`` (exact comparison) that :func:`sample_discrete_gaussian` handles.
 
+    Up to 2^22: the smallest multiple of 1/``denominator`` (relative excess < 2^-8/σ²). Above: the
+    smallest 2^k·m >= σ² with 2^k the power of two in (σ', 2σ'] (relative excess < 2/σ < 2^-10).
     A mechanism that accounts for σ² samples with this value, so it never adds less noise
     than it charges for.
     """
     if not (isinstance(sigma2, (int, float)) and math.isfinite(sigma2) and sigma2 > 0):
         raise ValueError(f"σ² must be a finite number > 0, found {sigma2!r}")
     exact = Fraction(sigma2)  # the float's exact value
-    return Fraction(math.ceil(exact * denominator), denominator)
+    if exact <= 1 << 22:
+        return Fraction(math.ceil(exact * denominator), denominator)
+    k = math.isqrt(math.ceil(exact)).bit_length()
+    while True:
+        value = (1 << k) * math.ceil(exact / (1 << k))
+        if math.isqrt(value).bit_length() == k:
+            return Fraction(value)
+        k += 1
 
 
 def tail_bound(sigma: float, log2_failure: float = 60.0) -> int:
