@@ -189,3 +189,41 @@ def test_site_update_is_on_the_grid_and_within_the_charged_norm(tmp_path):
     ss.setup(["A", "B", "C"], 300)
     q = ss.quantizer.encode(values, 1.0, np.random.default_rng(2))[:-1].astype(np.int64)
     assert np.array_equal(q, units.astype(np.int64) + (2**16 - 2) // 2)
+
+
+def test_dp_fedavg_secagg_charges_the_norm_its_quantised_update_can_have(tmp_path):
+    """Issue 8 item 11: stochastic rounding after clipping raised ||x|| to C + step·sqrt(d) while C was
+    charged. Now the update is conditionally rounded on the quantiser's grid: what the sum carries for a
+    site has norm <= Δγ, and Δγ is the sensitivity the ledger event is computed with."""
+    from secure_fl.protocol.dp import build_privacy_layer
+    from secure_fl.training.config import RunPlan, TrainingConfig
+
+    data = _raw("dp-fedavg-secagg")
+    data["privacy"]["secure_noise"] = False
+    spec = parse_protocol(data, "x.toml")
+    layer = build_privacy_layer(spec.privacy, weighting="uniform", plan=RunPlan(3, 1.0, TrainingConfig()),
+                                site_sizes={"A": 10, "B": 10, "C": 10}, run_dir=tmp_path,
+                                noise_rng=np.random.default_rng(0), protocol_name="p", spec_hash="h")
+    d, clip, grid = 4000, 0.5, 2.0**-16
+    ss = spec.build_secure_sum()
+    ss.setup(["A", "B", "C"], d)
+    site = layer.site("A")
+    worst = 0.0
+    for r in range(3):
+        site.before_round(r)
+        delta = np.full(d, 2 * clip / math.sqrt(d)) + grid * 0.5  # clipped to C, every coordinate between two levels
+        values, _ = site.transform(delta, 10, r)
+        q = ss.quantizer.encode(values, 1.0, np.random.default_rng(r))[:-1].astype(np.float64)
+        carried = (q - (2**16 - 2) / 2) * grid  # j·γ: this site's contribution once the release removes the public 1/2 offset
+        worst = max(worst, float(np.linalg.norm(carried)))
+        site.charge(r)
+    sensitivity = layer.last_release.get("sensitivity") or math.sqrt(
+        layer.mechanism._bound_sq(clip, d)) * grid
+    assert worst <= sensitivity
+    # the event charged is σ_Z / Δ: the Gaussian with the discrete mechanism's ρ at sensitivity Δγ
+    event = site.ledger.events()[-1]
+    sigma = layer.noise_multiplier_for("A")
+    assert event.noise_multiplier == pytest.approx(math.sqrt(layer.mechanism._variance(sigma, clip)) / (sensitivity / grid))
+    # plain stochastic rounding of the same clipped update exceeds C by far more than the rounding bound allows
+    plain = ss.quantizer.encode(np.full(d, clip / math.sqrt(d)) + grid * 0.5, 1.0, np.random.default_rng(9))[:-1]
+    assert np.linalg.norm((plain.astype(np.float64) - (2**16 - 1) / 2) * grid) > clip

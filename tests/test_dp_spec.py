@@ -103,7 +103,7 @@ def test_bad_privacy_tables_name_key_and_value(name, change, message):
 
 def test_adaptive_clipping_needs_central_noise():
     table = {"mechanism": "dp-fedavg", "noise": "local", "delta": 1e-5, "noise_multiplier": 1.0,
-             "max_grad_norm": 1.0, "clipping": "adaptive"}
+             "max_grad_norm": 1.0, "clipping": "adaptive", "accountant": "rdp"}
     with pytest.raises(SpecError, match=r"\[privacy\].clipping: 'adaptive' clipping .* needs noise = 'central'"):
         parse_privacy(table, "[privacy]", PlainSum())
 

@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import PrivacyConfig
     from .layer import DpPrivacyLayer, DpSite
 
-__all__ = ["Ddg", "ShareNoise"]
+__all__ = ["Ddg", "ShareNoise", "check_masking_grid", "site_rng", "on_grid"]
 
 _MASKING_SUMS = ("secagg", "secagg-plus")
 _ROTATION_DOMAIN = 0xDD6
@@ -56,6 +56,47 @@ _ROTATION_DOMAIN = 0xDD6
 def _rotation_seed(round: int) -> int:
     """Public seed of the round's rotation: the same at every site, known to everyone."""
     return int(np.random.SeedSequence([_ROTATION_DOMAIN, int(round)]).generate_state(1, np.uint64)[0])
+
+
+def check_masking_grid(secure_sum: SecureSum, grid_log2: int | None, clip: float, where: str) -> None:
+    """Refuse a masking sum whose quantisation step is not exactly γ = 2^grid_log2, or whose range misses C.
+
+    With a power-of-two step every float operation of :meth:`Quantizer.encode` on ``(j - 1/2)·γ`` is
+    exact, so the integers the sum carries are exactly the conditionally rounded ones.
+    """
+    if grid_log2 is None:
+        raise SpecError(f"{where}: missing required key 'grid_log2' (γ = 2^grid_log2 must be the quantisation step "
+                        "2 clip_range / (2^bits - 1) of the masking sum)")
+    if getattr(secure_sum, "max_weight", None) != 1:
+        raise SpecError(f"{where}: update-level DP over masking counts each site once: set [secure_sum].max_weight "
+                        f"= 1, found {getattr(secure_sum, 'max_weight', None)!r}")
+    bits, clip_range = secure_sum.bits, secure_sum.clip_range  # type: ignore[attr-defined]
+    grid = 2.0**grid_log2
+    expected = ((1 << bits) - 1) * grid / 2
+    if clip_range != expected:
+        raise SpecError(
+            f"{where}.grid_log2: the secure sum's quantisation step 2 clip_range / (2^bits - 1) must be exactly "
+            f"γ = 2^{grid_log2} (exact quantisation of the rounded integers), i.e. [secure_sum].clip_range = "
+            f"{expected!r} for bits = {bits}; found clip_range = {clip_range!r}"
+        )
+    if (1 << (bits - 1)) * grid < clip:
+        raise SpecError(f"{where}.grid_log2: the secure sum's largest value 2^(bits-1)·γ = {(1 << (bits - 1)) * grid!r} "
+                        f"is below max_grad_norm = {clip}: coordinates would be clipped; raise grid_log2 or bits")
+
+
+def site_rng(source: NoiseSource) -> np.random.Generator:
+    """A generator for randomised rounding, seeded from the site's noise source (secure or seeded)."""
+    return np.random.default_rng(source.integers_below(np.full(4, (1 << 62) - 1, dtype=np.int64)))
+
+
+def on_grid(total: np.ndarray, grid: float, offset: float, round: int) -> np.ndarray:
+    """The integers ``total/grid + offset`` of a released sum; ProtocolError if it is not on the grid."""
+    units = np.asarray(total, dtype=np.float64) / grid + offset
+    ints = np.rint(units)
+    if units.size and float(np.max(np.abs(units - ints))) > 1e-6:
+        raise ProtocolError(f"round {round}: the released sum is not on the grid {grid!r} (off by "
+                            f"{float(np.max(np.abs(units - ints))):.3g} units): quantiser and mechanism disagree")
+    return ints.astype(np.int64)
 
 
 def _params(cfg: "PrivacyConfig", dim: int, sigma: float | None = None) -> DdgParams:
@@ -114,21 +155,7 @@ class Ddg(DpMechanism):
         if cfg.colluding_sites >= cfg.min_sites:
             raise SpecError(f"{where}.colluding_sites: must be below min_sites = {cfg.min_sites} (at least one honest "
                             f"share), found {cfg.colluding_sites}")
-        if getattr(secure_sum, "max_weight", None) != 1:
-            raise SpecError(f"{where}: mechanism 'ddg' is update-level (each site counts once): set [secure_sum].max_weight "
-                            f"= 1, found {getattr(secure_sum, 'max_weight', None)!r}")
-        bits, clip_range = secure_sum.bits, secure_sum.clip_range  # type: ignore[attr-defined]
-        grid = 2.0**cfg.grid_log2
-        expected = ((1 << bits) - 1) * grid / 2
-        if clip_range != expected:
-            raise SpecError(
-                f"{where}.grid_log2: the secure sum's quantisation step 2 clip_range / (2^bits - 1) must be exactly "
-                f"γ = 2^{cfg.grid_log2} (exact quantisation of the rounded integers), i.e. [secure_sum].clip_range = "
-                f"{expected!r} for bits = {bits}; found clip_range = {clip_range!r}"
-            )
-        if expected < cfg.max_grad_norm:
-            raise SpecError(f"{where}.grid_log2: the secure sum's range clip_range = {expected!r} is below max_grad_norm "
-                            f"= {cfg.max_grad_norm}: coordinates would be clipped; raise grid_log2 or bits")
+        check_masking_grid(secure_sum, cfg.grid_log2, cfg.max_grad_norm, where)
         try:
             noise = ShareNoise(_params(cfg, 1), cfg.secure_noise)
             secure_sum.set_integer_noise(noise, noise.bound)  # type: ignore[attr-defined]
@@ -195,8 +222,7 @@ class Ddg(DpMechanism):
         if cfg.rotation == "hadamard":
             clipped = hadamard_rotate(clipped, _rotation_seed(round))
         grid = params.grid
-        rng = np.random.default_rng(site.source.integers_below(np.full(4, (1 << 62) - 1, dtype=np.int64)))
-        ints = conditional_round(clipped / grid, params.bound_sq, rng)
+        ints = conditional_round(clipped / grid, params.bound_sq, site_rng(site.source))
         # on the quantiser's grid {(q - (2^bits - 1)/2)·γ}: q = ints + (2^bits - 2)/2, exact in float64;
         # the quantiser clamps q to [0, 2^bits - 1], which only moves integers towards 0 (norm <= Δ still)
         return (ints.astype(np.float64) - 0.5) * grid, 1.0, params.event()
@@ -208,12 +234,8 @@ class Ddg(DpMechanism):
             raise RoundAborted(f"round {round}: only {m} contributor(s), min_sites is {cfg.min_sites}: the noise of "
                                f"{cfg.min_sites - cfg.colluding_sites} honest shares is not guaranteed; not released")
         grid = 2.0**cfg.grid_log2
-        units = np.asarray(result.total, dtype=np.float64) / grid + m / 2.0
-        ints = np.rint(units)
-        if units.size and float(np.max(np.abs(units - ints))) > 1e-6:
-            raise ProtocolError(f"round {round}: the unmasked sum is not on the grid 2^{cfg.grid_log2} (off by "
-                                f"{float(np.max(np.abs(units - ints))):.3g} units): quantiser and mechanism disagree")
-        total = ints * grid
+        ints = on_grid(result.total, grid, m / 2.0, round)
+        total = ints.astype(np.float64) * grid
         if cfg.rotation == "hadamard":
             total = hadamard_rotate(total, _rotation_seed(round), inverse=True)
         params = self.params(total.shape[0], min(layer.noise_multiplier_for(s) for s in contributors))
