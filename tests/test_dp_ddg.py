@@ -127,7 +127,7 @@ def test_federation_releases_noised_sums_and_the_ledger_matches_an_independent_e
         events = ledger.events()
         assert len(events) == 2 and all(isinstance(e, dp_event.GaussianDpEvent) for e in events)
         rho = sum(1.0 / (2.0 * e.noise_multiplier**2) for e in events)
-        expected = DdgParams(clip=0.5, grid=2.0**-15, dim=d, noise_multiplier=1.0, min_shares=2)
+        expected = DdgParams(clip=0.5, grid=2.0**-15, dim=d, noise_multiplier=_raw()["privacy"]["noise_multiplier"], min_shares=2)
         assert rho == pytest.approx(2 * expected.rho, rel=1e-12)
         # ε recomputed independently: zCDP ρ -> RDP curve αρ -> ε, dp_accounting's conversion
         orders = np.array(rdp_privacy_accountant.DEFAULT_RDP_ORDERS)
