@@ -217,4 +217,5 @@ def test_adaptive_clipping_through_the_layer(tmp_path):
         layer.release(SumResult(total, 3.0, ("A", "B", "C")), r, ["A", "B", "C"])
     assert layer.clip < 1.0  # all updates unclipped, target quantile 0.5: the clip shrinks
     # the update's share of the noise is what Theorem 1 of Andrew et al. leaves: (σ⁻² - (2σ_b)⁻²)^(-1/2)
-    assert layer.last_release["noise_std"] == pytest.approx(split_noise_multiplier(2.0, 1.5) * layer.last_release["clip"], rel=1e-5)
+    expected = split_noise_multiplier(2.0, 1.5) * layer.last_release["clip"]
+    assert layer.last_release["noise_std"] == pytest.approx(expected, rel=1e-5)

@@ -67,7 +67,8 @@ def test_continuous_distributed_noise_under_masking_points_to_ddg(masking):
         parse_protocol(data, "x.toml")
     kind = data["secure_sum"]["kind"]
     assert str(err.value).startswith(
-        f"x.toml [privacy].mechanism: 'distributed-dp-sgd' adds continuous Gaussian shares, which a masking sum ({kind})"
+        f"x.toml [privacy].mechanism: 'distributed-dp-sgd' adds continuous Gaussian shares, which a masking sum "
+        f"({kind})"
     )
     assert "use mechanism = 'ddg'" in str(err.value)
 

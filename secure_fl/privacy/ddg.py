@@ -55,7 +55,8 @@ def ddg_tau(share_sigma: float, n: int) -> float:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"number of honest shares must be an integer >= 1, found {n!r}")
     if not (math.isfinite(share_sigma) and share_sigma >= 0.5):
-        raise ValueError(f"share standard deviation must be >= 1/2 (Theorem 1 of Kairouz et al.), found {share_sigma!r}")
+        raise ValueError(f"share standard deviation must be >= 1/2 (Theorem 1 of Kairouz et al.), "
+                         f"found {share_sigma!r}")
     return 10.0 * sum(math.exp(-2.0 * math.pi**2 * share_sigma**2 * k / (k + 1)) for k in range(1, n))
 
 

@@ -173,8 +173,8 @@ def discrete_laplace(t: int, size: int, source: NoiseSource) -> np.ndarray:
 
 def _check_variance(sigma2: Fraction | int) -> Fraction:
     if isinstance(sigma2, bool) or not isinstance(sigma2, (int, Fraction)):
-        raise ValueError(f"σ² must be an int or a fractions.Fraction (exact), found {type(sigma2).__name__} {sigma2!r}; "
-                         "use variance_at_least(float) to round a float up")
+        raise ValueError(f"σ² must be an int or a fractions.Fraction (exact), found {type(sigma2).__name__} "
+                         f"{sigma2!r}; use variance_at_least(float) to round a float up")
     s = Fraction(sigma2)
     if s <= 0:
         raise ValueError(f"σ² must be > 0, found {s}")

@@ -80,8 +80,9 @@ def check_masking_grid(secure_sum: SecureSum, grid_log2: int | None, clip: float
             f"{expected!r} for bits = {bits}; found clip_range = {clip_range!r}"
         )
     if (1 << (bits - 1)) * grid < clip:
-        raise SpecError(f"{where}.grid_log2: the secure sum's largest value 2^(bits-1)·γ = {(1 << (bits - 1)) * grid!r} "
-                        f"is below max_grad_norm = {clip}: coordinates would be clipped; raise grid_log2 or bits")
+        top = (1 << (bits - 1)) * grid
+        raise SpecError(f"{where}.grid_log2: the secure sum's largest value 2^(bits-1)·γ = {top!r} is below "
+                        f"max_grad_norm = {clip}: coordinates would be clipped; raise grid_log2 or bits")
 
 
 def site_rng(source: NoiseSource) -> np.random.Generator:
@@ -132,8 +133,8 @@ class Ddg(DpMechanism):
         Key("min_sites", int, None, in_range(2), required="fewest contributors whose noise shares make the full noise; "
             "the secure sum withholds a sum over fewer"),
         Key("colluding_sites", int, 1, in_range(0)),
-        Key("grid_log2", int, None, in_range(-60, 20), required="the grid γ = 2^grid_log2: the secure sum's quantisation "
-            "step 2 clip_range / (2^bits - 1), a power of two so that quantisation is exact"),
+        Key("grid_log2", int, None, in_range(-60, 20), required="the grid γ = 2^grid_log2: the secure sum's "
+            "quantisation step 2 clip_range / (2^bits - 1), a power of two so that quantisation is exact"),
         Key("rotation", str, "hadamard", one_of("hadamard", "none")),
         Key("beta", float, math.exp(-0.5), in_range(0, 1, hi_open=True)),
     )
@@ -151,7 +152,8 @@ class Ddg(DpMechanism):
                             "the modulus before the run plan is known); `secure-fl protocols` shows the ε it gives")
         if cfg.accountant != "rdp":
             raise SpecError(f"{where}.accountant: mechanism 'ddg' is charged as zCDP (Kairouz et al. 2021, Theorem 1); "
-                            f"only the RDP accountant bounds it soundly, found {cfg.accountant!r}: set accountant = 'rdp'")
+                            f"only the RDP accountant bounds it soundly, found {cfg.accountant!r}: "
+                            "set accountant = 'rdp'")
         if cfg.colluding_sites >= cfg.min_sites:
             raise SpecError(f"{where}.colluding_sites: must be below min_sites = {cfg.min_sites} (at least one honest "
                             f"share), found {cfg.colluding_sites}")
@@ -178,8 +180,8 @@ class Ddg(DpMechanism):
         honest = cfg.min_sites - cfg.colluding_sites
         return [
             f"site-level ({cfg.target_text()}, zero-out one site's update) for every released sum, composed over all "
-            "rounds: the distributed discrete Gaussian (Kairouz, Liu, Steinke 2021, Theorem 1), charged as zCDP with the "
-            "RDP accountant; the ε includes the rounding inflation of the sensitivity and the τ term",
+            "rounds: the distributed discrete Gaussian (Kairouz, Liu, Steinke 2021, Theorem 1), charged as zCDP "
+            "with the RDP accountant; the ε includes the rounding inflation of the sensitivity and the τ term",
             f"each site adds an exact discrete Gaussian share of variance (σC/γ)²/{honest} in integer units inside "
             f"SecAgg+ (mod 2^k, no wrap-around): any {cfg.min_sites} contributors of which at most "
             f"{cfg.colluding_sites} collude with the aggregator carry at least (σC/γ)²; the secure sum withholds a sum "

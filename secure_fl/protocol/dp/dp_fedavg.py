@@ -79,9 +79,9 @@ class DpFedAvg(DpMechanism):
         kind = cfg.secure_sum_kind
         view = getattr(secure_sum, "view_kind", ViewKind.PLAIN)
         if cfg.accountant != "rdp":
-            raise SpecError(f"{where}.accountant: dp-fedavg adds exact discrete Gaussian noise on a grid, charged by its "
-                            "zCDP (Canonne, Kamath, Steinke 2020, Theorem 14); only the RDP accountant bounds it soundly, "
-                            f"found {cfg.accountant!r}: set accountant = 'rdp'")
+            raise SpecError(f"{where}.accountant: dp-fedavg adds exact discrete Gaussian noise on a grid, charged by "
+                            "its zCDP (Canonne, Kamath, Steinke 2020, Theorem 14); only the RDP accountant bounds it "
+                            f"soundly, found {cfg.accountant!r}: set accountant = 'rdp'")
         if kind in _MASKING_SUMS and cfg.noise == "central":
             check_masking_grid(secure_sum, cfg.grid_log2, cfg.max_grad_norm, where)
         if cfg.noise == "central":
@@ -203,7 +203,8 @@ class DpFedAvg(DpMechanism):
             # update and could compute it itself)
             self._bits.setdefault(round, {})[site.site_id] = self.adaptive.bit(norm)
         # over a masking sum the quantiser's grid is {(q - (2^bits - 1)/2)·γ}: send (ints - 1/2)·γ (exact)
-        values = (ints.astype(np.float64) - (0.5 if self.masking and self.config.noise == "central" else 0.0)) * self.grid
+        offset = 0.5 if self.masking and self.config.noise == "central" else 0.0
+        values = (ints.astype(np.float64) - offset) * self.grid
         return values, 1.0, site.planned_event()
 
     def release(self, result: SumResult, round: int, contributors: list[str], expected: Sequence[str]) -> np.ndarray:
