@@ -38,7 +38,7 @@ from dp_accounting import dp_event
 from ...crypto.quantize import conditional_round, rounded_norm_bound_sq
 from ...errors import SpecError
 from ...privacy.accounting import gaussian_event
-from ...privacy.discrete_gaussian import sample_discrete_gaussian, variance_at_least
+from ...privacy.discrete_gaussian import grid_gaussian, sample_discrete_gaussian, variance_at_least
 from ...privacy.mechanisms import AdaptiveClip, clip_l2, split_noise_multiplier
 from ...speccheck import in_range, one_of
 from ..base import SecureSum, SumResult, ViewKind
@@ -195,16 +195,17 @@ class DpFedAvg(DpMechanism):
         clip = self.clip
         clipped, norm = clip_l2(delta, clip)
         self._dim = clipped.shape[0]
-        ints = conditional_round(clipped / self.grid, self._bound_sq(clip, self._dim), site_rng(site.source))
         if self.config.noise == "local":
-            ints = ints + sample_discrete_gaussian(self._variance(site.noise_multiplier, clip), self._dim, site.source)
-        elif self.adaptive is not None:
+            noised, _ = grid_gaussian(clipped, std=site.noise_multiplier * clip, grid=self.grid, l2_bound=clip,
+                                      source=site.source, rng=site_rng(site.source), beta=_BETA)
+            return noised, 1.0, site.planned_event()
+        ints = conditional_round(clipped / self.grid, self._bound_sq(clip, self._dim), site_rng(site.source))
+        if self.adaptive is not None:
             # the unclipped indicator (central noise, plain sum only: the aggregator sees the clipped
             # update and could compute it itself)
             self._bits.setdefault(round, {})[site.site_id] = self.adaptive.bit(norm)
         # over a masking sum the quantiser's grid is {(q - (2^bits - 1)/2)·γ}: send (ints - 1/2)·γ (exact)
-        offset = 0.5 if self.masking and self.config.noise == "central" else 0.0
-        values = (ints.astype(np.float64) - offset) * self.grid
+        values = (ints.astype(np.float64) - (0.5 if self.masking else 0.0)) * self.grid
         return values, 1.0, site.planned_event()
 
     def release(self, result: SumResult, round: int, contributors: list[str], expected: Sequence[str]) -> np.ndarray:
