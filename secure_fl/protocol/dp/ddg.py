@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import PrivacyConfig
     from .layer import DpPrivacyLayer, DpSite
 
-__all__ = ["Ddg", "ShareNoise", "check_masking_grid", "site_rng", "on_grid"]
+__all__ = ["Ddg", "ShareNoise", "check_masking_grid", "ddg_params", "site_rng", "on_grid"]
 
 _MASKING_SUMS = ("secagg", "secagg-plus")
 _ROTATION_DOMAIN = 0xDD6
@@ -100,7 +100,8 @@ def on_grid(total: np.ndarray, grid: float, offset: float, round: int) -> np.nda
     return ints.astype(np.int64)
 
 
-def _params(cfg: "PrivacyConfig", dim: int, sigma: float | None = None) -> DdgParams:
+def ddg_params(cfg: "PrivacyConfig", dim: int, sigma: float | None = None) -> DdgParams:
+    """The DDG parameters of a ``ddg`` config for updates of dimension ``dim`` (σ from the spec unless given)."""
     return DdgParams(clip=cfg.max_grad_norm, grid=2.0**cfg.grid_log2, dim=dim,
                      noise_multiplier=cfg.noise_multiplier if sigma is None else sigma,
                      min_shares=cfg.min_sites - cfg.colluding_sites, beta=cfg.beta)
@@ -159,7 +160,7 @@ class Ddg(DpMechanism):
                             f"share), found {cfg.colluding_sites}")
         check_masking_grid(secure_sum, cfg.grid_log2, cfg.max_grad_norm, where)
         try:
-            noise = ShareNoise(_params(cfg, 1), cfg.secure_noise)
+            noise = ShareNoise(ddg_params(cfg, 1), cfg.secure_noise)
             secure_sum.set_integer_noise(noise, noise.bound)  # type: ignore[attr-defined]
         except ValueError as exc:
             raise SpecError(f"{where}: {exc}") from exc
@@ -168,7 +169,7 @@ class Ddg(DpMechanism):
     def constrain(cls, cfg: "PrivacyConfig", secure_sum: SecureSum) -> None:
         # enforced where the data flows: the sum of fewer than min_sites contributors is withheld
         secure_sum.require_contributors(int(cfg.min_sites))
-        noise = ShareNoise(_params(cfg, 1), cfg.secure_noise)
+        noise = ShareNoise(ddg_params(cfg, 1), cfg.secure_noise)
         secure_sum.set_integer_noise(noise, noise.bound)  # type: ignore[attr-defined]
 
     @classmethod
@@ -208,7 +209,7 @@ class Ddg(DpMechanism):
                             "of this federation")
 
     def params(self, dim: int, sigma: float | None = None) -> DdgParams:
-        return _params(self.config, dim, sigma)
+        return ddg_params(self.config, dim, sigma)
 
     def round_event(self, site_id: str, sigma: float) -> dp_event.DpEvent:
         # before the first update of a run the dimension is not known yet: the pre-check uses d = 1,
