@@ -17,7 +17,7 @@ arithmetic only, so no floating-point value ever decides an outcome:
 * Algorithm 3, :func:`sample_discrete_gaussian`: Y from the discrete Laplace of scale t,
   accepted with probability exp(-(|Y| - σ²/t)² / (2σ²)). The accepted Y has
   ``P ∝ exp(-|y|/t - (|y| - σ²/t)²/(2σ²)) ∝ exp(-y²/(2σ²))`` for *any* integer t >= 1
-  (their Theorem 6 takes t = ⌊σ⌋ + 1 for speed; so do we).
+  (they take t = ⌊σ⌋ + 1 for speed; so do we, or a power of two in (σ, 2σ] for large σ).
 
 The lanes of a batch run the same loops in parallel (numpy masks over the lanes still
 undecided); every decision compares a uniform integer from :meth:`NoiseSource.integers_below`
@@ -34,8 +34,8 @@ S&P 2022): the input is put on the public grid ``grid · Z^d`` by conditional ra
 rounding (Kairouz, Liu, Steinke 2021, §4.1; :func:`secure_fl.crypto.quantize.conditional_round`),
 discrete Gaussian noise is added *in integers*, and the result is ``grid × integer``, exact in
 float64. The output is a function of the noisy integer vector only: its low-order bits
-carry nothing. Privacy: ρ-zCDP with ρ = Δ²/(2σ²) in grid units (Canonne et al., Theorem 14,
-multivariate), Δ the rounded-norm bound that the rounding enforces exactly.
+carry nothing. Privacy: ρ-zCDP with ρ = Δ²/(2σ²) in grid units (Canonne et al., §3, the
+multivariate discrete Gaussian), Δ the rounded-norm bound that the rounding enforces exactly.
 """
 
 from __future__ import annotations
@@ -259,8 +259,8 @@ def variance_at_least(sigma2: float, denominator: int = _VARIANCE_DENOMINATOR) -
 def tail_bound(sigma: float, log2_failure: float = 60.0) -> int:
     """An integer B with ``P[|X| > B] <= 2^-log2_failure`` for X ~ N_Z(0, σ²).
 
-    The discrete Gaussian is sub-Gaussian with parameter σ (Canonne et al., Corollary 9 /
-    Proposition 19): ``P[X >= t] <= exp(-t²/(2σ²))``, so both tails together are below
+    The discrete Gaussian is sub-Gaussian with parameter σ (Canonne et al. 2020, §2:
+    ``E[e^(λX)] <= e^(λ²σ²/2)``), hence ``P[X >= t] <= exp(-t²/(2σ²))``, so both tails together are below
     ``2 exp(-B²/(2σ²))``.
     """
     if not (math.isfinite(sigma) and sigma > 0):

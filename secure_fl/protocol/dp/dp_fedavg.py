@@ -11,7 +11,7 @@ charged is Δγ, not C: plain stochastic rounding of a clipped update can reach 
 ``noise = "local"``
     Each site adds N_Z(0, (σC/γ)²) grid units itself: any change to the site's data moves the
     rounded update by at most 2Δγ, so a round is ρ-zCDP with ρ = (2Δ)²/(2σ_Z²) (Canonne et al.,
-    Theorem 14), site-level (hence also patient-level) for what the site sends.
+    §3, multivariate discrete Gaussian), site-level (hence also patient-level) for what the site sends.
 ``noise = "central"``
     The party named by ``noise_adder`` adds N_Z(0, (σC/γ)²) grid units to the sum of the rounded
     updates: site-level DP (add/remove one site, sensitivity Δγ) for the released models only; that
@@ -80,7 +80,7 @@ class DpFedAvg(DpMechanism):
         view = getattr(secure_sum, "view_kind", ViewKind.PLAIN)
         if cfg.accountant != "rdp":
             raise SpecError(f"{where}.accountant: dp-fedavg adds exact discrete Gaussian noise on a grid, charged by "
-                            "its zCDP (Canonne, Kamath, Steinke 2020, Theorem 14); only the RDP accountant bounds it "
+                            "its zCDP (Canonne, Kamath, Steinke 2020, §3); only the RDP accountant bounds it "
                             f"soundly, found {cfg.accountant!r}: set accountant = 'rdp'")
         if kind in _MASKING_SUMS and cfg.noise == "central":
             check_masking_grid(secure_sum, cfg.grid_log2, cfg.max_grad_norm, where)
