@@ -53,7 +53,9 @@ __all__ = ["DpFedAvg"]
 
 _ADAPTIVE_KEYS = ("target_quantile", "clip_learning_rate", "clip_count_stddev")
 _MASKING_SUMS = ("secagg", "secagg-plus")
-#: default grid over a plain sum: 2^-20 of max_grad_norm, rounded down to a power of two
+#: default grid over a plain sum: 2^-20 of max_grad_norm, rounded down to a power of two (a rounded
+#: coordinate, |j| < 2^21, is exact in the plain sum's float32 wire format; noised values are rounded
+#: there, which is post-processing of the noised integer)
 _GRID_BITS = 20
 #: conditional rounding: a try succeeds with probability >= 1 - β (Kairouz et al. 2021, Proposition 22)
 _BETA = math.exp(-0.5)
