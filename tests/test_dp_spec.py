@@ -59,7 +59,7 @@ def test_distributed_noise_without_a_secure_sum_is_refused():
 
 
 @pytest.mark.parametrize("masking", ["secagg-fedavg", "secagg-plus-fedavg"])
-def test_distributed_noise_under_masking_needs_discrete_gaussian(masking):
+def test_continuous_distributed_noise_under_masking_points_to_ddg(masking):
     data = _raw("dp-distributed-ckks")
     data["secure_sum"] = _raw(masking)["secure_sum"]
     data["threat_model"]["aggregator_sees"] = "masked"
@@ -67,8 +67,10 @@ def test_distributed_noise_under_masking_needs_discrete_gaussian(masking):
         parse_protocol(data, "x.toml")
     kind = data["secure_sum"]["kind"]
     assert str(err.value).startswith(
-        f"x.toml [privacy].noise: distributed noise is not yet implemented for {kind}: needs discrete Gaussian shares"
+        f"x.toml [privacy].mechanism: 'distributed-dp-sgd' adds continuous Gaussian shares, which a masking sum "
+        f"({kind})"
     )
+    assert "use mechanism = 'ddg'" in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -102,7 +104,7 @@ def test_bad_privacy_tables_name_key_and_value(name, change, message):
 
 def test_adaptive_clipping_needs_central_noise():
     table = {"mechanism": "dp-fedavg", "noise": "local", "delta": 1e-5, "noise_multiplier": 1.0,
-             "max_grad_norm": 1.0, "clipping": "adaptive"}
+             "max_grad_norm": 1.0, "clipping": "adaptive", "accountant": "rdp"}
     with pytest.raises(SpecError, match=r"\[privacy\].clipping: 'adaptive' clipping .* needs noise = 'central'"):
         parse_privacy(table, "[privacy]", PlainSum())
 

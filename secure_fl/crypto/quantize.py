@@ -50,6 +50,8 @@ __all__ = [
     "Quantizer",
     "clip",
     "stochastic_round",
+    "conditional_round",
+    "rounded_norm_bound_sq",
     "to_wire",
     "from_wire",
     "wire_bytes_per_value",
@@ -80,6 +82,62 @@ def stochastic_round(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     out = low.astype(np.int64)
     out += up
     return out
+
+
+def rounded_norm_bound_sq(norm: float, dim: int, beta: float) -> int:
+    """Integer bound on ``||round(x)||²`` for ``||x|| <= norm`` (grid units) under conditional rounding.
+
+    Kairouz, Liu, Steinke, ICML 2021 ("The distributed discrete Gaussian mechanism", §4.1,
+    Proposition 22): unbiased randomised rounding of ``x`` in ``R^d`` satisfies
+    ``||x~||² <= norm² + d/4 + sqrt(2 ln(1/β)) (norm + sqrt(d)/2)`` with probability at least
+    ``1 - β``, and always ``||x~|| <= norm + sqrt(d)``. Returns ⌊min of the two⌋ (``β = 0``: the
+    second only). Squared norms of integer vectors are integers, so comparing with this
+    integer is exact; the accountant charges ``sqrt`` of it.
+    """
+    if not (math.isfinite(norm) and norm >= 0):
+        raise ValueError(f"norm must be a finite number >= 0, got {norm!r}")
+    _int_in("dim", dim, 1, 2**40)
+    if not (isinstance(beta, (int, float)) and 0 <= beta < 1):
+        raise ValueError(f"beta must be in [0, 1), got {beta!r}")
+    always = (norm + math.sqrt(dim)) ** 2
+    if beta == 0:
+        return math.floor(always)
+    likely = norm**2 + dim / 4.0 + math.sqrt(2.0 * math.log(1.0 / beta)) * (norm + math.sqrt(dim) / 2.0)
+    return math.floor(min(always, likely))
+
+
+def conditional_round(x: np.ndarray, bound_sq: int, rng: np.random.Generator, max_tries: int = 1000) -> np.ndarray:
+    """Unbiased randomised rounding to ``Z^d``, repeated until ``||result||² <= bound_sq`` (int64).
+
+    Conditional randomised rounding of Kairouz, Liu, Steinke, ICML 2021, §4.1: the L2 bound
+    that DP needs holds *exactly* for every released vector (checked on integers), whatever
+    the float error of the scaling before it; plain :func:`stochastic_round` of a vector of
+    norm C can reach ``C + sqrt(d)`` grid units. With ``bound_sq`` from
+    :func:`rounded_norm_bound_sq` one try succeeds with probability ``>= 1 - β``. Raises
+    ``ValueError`` after ``max_tries`` failures (the input norm exceeds what the bound was
+    computed for). The rounding randomness needs no secrecy: the bound holds for every outcome.
+    """
+    if isinstance(bound_sq, bool) or not isinstance(bound_sq, (int, np.integer)) or bound_sq < 0:
+        raise ValueError(f"bound_sq must be an integer >= 0, got {bound_sq!r}")
+    v = np.asarray(x, dtype=np.float64)
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"values contain {int(np.sum(~np.isfinite(v)))} non-finite entries")
+    if v.size and float(np.max(np.abs(v))) >= 2.0**52:
+        raise ValueError(f"values reach {float(np.max(np.abs(v)))} >= 2^52 grid units: the grid is too fine")
+    for _ in range(max_tries):
+        r = stochastic_round(v, rng)
+        top = int(np.max(np.abs(r))) if r.size else 0
+        if (int(np.dot(r, r)) if top * top * r.size < 1 << 62 else _sq(r)) <= bound_sq:
+            return r
+    raise ValueError(
+        f"conditional rounding: no rounding of a vector of norm {float(np.linalg.norm(v)):.6g} (grid units) met "
+        f"||x||^2 <= {bound_sq} in {max_tries} tries"
+    )
+
+
+def _sq(r: np.ndarray) -> int:
+    """Exact squared norm of an integer vector (Python integers, no int64 overflow)."""
+    return sum(int(a) * int(a) for a in r.tolist())
 
 
 def wire_bytes_per_value(modulus_bits: int) -> int:

@@ -34,7 +34,6 @@ __all__ = [
     "effective_noise_multiplier",
     "split_noise_multiplier",
     "AdaptiveClip",
-    "discrete_gaussian_share",
 ]
 
 
@@ -171,20 +170,3 @@ class AdaptiveClip:
         fraction = (centred_sum + noise) / expected_count + 0.5
         self.clip = self.clip * math.exp(-self.learning_rate * (fraction - self.target_quantile))
         return self.clip
-
-
-def discrete_gaussian_share(
-    values: np.ndarray, *, scale: float, noise_multiplier: float, clip: float, min_sites: int, source: NoiseSource
-) -> np.ndarray:
-    """Integer noise share for the masking secure sum (distributed discrete Gaussian, Kairouz et al. 2021).
-
-    Masked sums work modulo 2^b on integers, so continuous shares cannot be used: each site
-    must quantize ``values`` (randomized rounding after a random rotation) and add a
-    discrete Gaussian share of variance ``(σ C scale)² / min_sites``, and the accountant must
-    charge the distributed discrete Gaussian's guarantee (their Theorem 1), not the
-    continuous one. Not implemented: the quantizer lives in ``secure_fl/crypto/quantize.py``.
-    """
-    raise NotImplementedError(
-        "distributed noise is not yet implemented for secagg: needs discrete Gaussian shares "
-        "(Kairouz, Liu, Steinke 2021) on the integer grid of secure_fl.crypto.quantize"
-    )

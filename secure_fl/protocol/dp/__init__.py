@@ -13,6 +13,7 @@ and the ledger is charged), its site-side update and its release.
 ``dp-sgd``                local           :mod:`.dp_sgd` (patient-level, Opacus DP-SGD)
 ``dp-fedavg``             local, central  :mod:`.dp_fedavg` (site-level, McMahan et al.)
 ``distributed-dp-sgd``    distributed     :mod:`.distributed` (patient-level, CKKS sum)
+``ddg``                   distributed     :mod:`.ddg` (site-level, discrete Gaussian over SecAgg+)
 ========================  ==============  ===============================================
 
 How to add a mechanism

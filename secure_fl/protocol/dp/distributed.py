@@ -70,8 +70,9 @@ class DistributedDpSgd(DpMechanism):
             )
         if kind in _MASKING_SUMS or view == ViewKind.MASKED:
             raise SpecError(
-                f"{where}.noise: distributed noise is not yet implemented for {kind}: needs discrete Gaussian shares "
-                "(integer secure sum; Kairouz, Liu, Steinke 2021)"
+                f"{where}.mechanism: 'distributed-dp-sgd' adds continuous Gaussian shares, which a masking sum ({kind}) "
+                "cannot carry; over masking use mechanism = 'ddg' (distributed discrete Gaussian, Kairouz, Liu, Steinke "
+                "2021; site-level), see protocols/dp-distributed-secagg.toml"
             )
 
     @classmethod

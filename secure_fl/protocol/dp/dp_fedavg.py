@@ -1,31 +1,48 @@
 """``mechanism = "dp-fedavg"``: update-level DP-FedAvg (McMahan, Ramage, Talwar, Zhang, ICLR 2018).
 
 Each site's delta is clipped to L2 norm C (fixed, or adaptive after Andrew et al., NeurIPS 2021,
-with ``clipping = "adaptive"``).
+with ``clipping = "adaptive"``) and put on the public fixed-point grid γ = 2^``grid_log2`` by
+conditional randomised rounding (Kairouz, Liu, Steinke 2021, §4.1): its squared norm in grid
+units is at most an integer Δ² (checked exactly), Δγ >= C. Noise is an exact discrete Gaussian
+(Canonne, Kamath, Steinke 2020) added *in integers*, so every released value is γ × an integer
+and its low-order bits carry nothing (no floating-point attack, Mironov 2012). The sensitivity
+charged is Δγ, not C: plain stochastic rounding of a clipped update can reach C + γ√d unaccounted.
 
 ``noise = "local"``
-    Each site adds N(0, (σC)²) itself: any change to the site's data moves the clipped update
-    by at most 2C, so a round is a Gaussian mechanism with multiplier σ/2, site-level (hence also
-    patient-level) for what the site sends.
+    Each site adds N_Z(0, (σC/γ)²) grid units itself: any change to the site's data moves the
+    rounded update by at most 2Δγ, so a round is ρ-zCDP with ρ = (2Δ)²/(2σ_Z²) (Canonne et al.,
+    §3, multivariate discrete Gaussian), site-level (hence also patient-level) for what the site sends.
 ``noise = "central"``
-    The party named by ``noise_adder`` adds N(0, (σC)²) to the sum: site-level DP (add/remove
-    one site, sensitivity C) for the released models only; that party sees the sum before
-    noise and, with a plain secure sum, every clipped update.
+    The party named by ``noise_adder`` adds N_Z(0, (σC/γ)²) grid units to the sum of the rounded
+    updates: site-level DP (add/remove one site, sensitivity Δγ) for the released models only; that
+    party sees the sum before noise and, with a plain secure sum, every clipped update. Over a
+    masking sum the grid is its quantisation step (a power of two, so the sum carries exactly the
+    rounded integers).
+
+Each round is charged as ``GaussianDpEvent(σ_Z/Δ)`` (``/2`` for local noise): the same ρ, so its
+Rényi curve bounds the discrete mechanism; only the RDP accountant is sound for it
+(``accountant = "rdp"`` is required). The clip-count noise of adaptive clipping stays a
+continuous Gaussian on one public-sized count (plain sum only).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from dp_accounting import dp_event
 
+from ...crypto.quantize import conditional_round, rounded_norm_bound_sq
 from ...errors import SpecError
 from ...privacy.accounting import gaussian_event
+from ...privacy.discrete_gaussian import grid_gaussian, sample_discrete_gaussian, variance_at_least
 from ...privacy.mechanisms import AdaptiveClip, clip_l2, split_noise_multiplier
 from ...speccheck import in_range, one_of
 from ..base import SecureSum, SumResult, ViewKind
+from .ddg import check_masking_grid, on_grid, site_rng
 from .mechanism import Adjacency, DpMechanism, Key
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,6 +52,13 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["DpFedAvg"]
 
 _ADAPTIVE_KEYS = ("target_quantile", "clip_learning_rate", "clip_count_stddev")
+_MASKING_SUMS = ("secagg", "secagg-plus")
+#: default grid over a plain sum: 2^-20 of max_grad_norm, rounded down to a power of two (a rounded
+#: coordinate, |j| < 2^21, is exact in the plain sum's float32 wire format; noised values are rounded
+#: there, which is post-processing of the noised integer)
+_GRID_BITS = 20
+#: conditional rounding: a try succeeds with probability >= 1 - β (Kairouz et al. 2021, Proposition 22)
+_BETA = math.exp(-0.5)
 
 
 class DpFedAvg(DpMechanism):
@@ -47,6 +71,7 @@ class DpFedAvg(DpMechanism):
         Key("clip_learning_rate", float, 0.2, in_range(0, lo_open=True)),
         Key("clip_count_stddev", float, None, in_range(0, lo_open=True)),
         Key("noise_adder", str, None, one_of("aggregator", "key-holders")),
+        Key("grid_log2", int, None, in_range(-60, 20)),
     )
 
     # -- spec time -------------------------------------------------------------------------
@@ -55,6 +80,12 @@ class DpFedAvg(DpMechanism):
     def validate(cls, cfg: "PrivacyConfig", table: Mapping[str, Any], secure_sum: SecureSum, where: str) -> None:
         kind = cfg.secure_sum_kind
         view = getattr(secure_sum, "view_kind", ViewKind.PLAIN)
+        if cfg.accountant != "rdp":
+            raise SpecError(f"{where}.accountant: dp-fedavg adds exact discrete Gaussian noise on a grid, charged by "
+                            "its zCDP (Canonne, Kamath, Steinke 2020, §3); only the RDP accountant bounds it "
+                            f"soundly, found {cfg.accountant!r}: set accountant = 'rdp'")
+        if kind in _MASKING_SUMS and cfg.noise == "central":
+            check_masking_grid(secure_sum, cfg.grid_log2, cfg.max_grad_norm, where)
         if cfg.noise == "central":
             if cfg.noise_adder is None:
                 raise SpecError(
@@ -100,11 +131,12 @@ class DpFedAvg(DpMechanism):
     def guarantee(cls, cfg: "PrivacyConfig") -> list[str]:
         target = cfg.target_text()
         if cfg.noise == "local":
-            return [f"site-level ({target}, replace one site's data: sensitivity 2C) for each site's noised update, "
-                    "composed over all planned rounds; under add/remove or zero-out one site (sensitivity C) the same "
-                    "noise gives the ε of multiplier 2σ",
+            return [f"site-level ({target}, replace one site's data: sensitivity 2Δγ) for each site's noised update, "
+                    "composed over all planned rounds (exact discrete Gaussian on the grid γ, RDP accountant); under "
+                    "add/remove or zero-out one site (sensitivity Δγ) the same noise gives the ε of multiplier 2σ",
                     "assumes: nothing; each site adds all of its noise itself; which sites take part is public"]
-        return [f"site-level ({target}) for the released models (add/remove one site, sensitivity C)",
+        return [f"site-level ({target}) for the released models (add/remove one site, sensitivity Δγ >= C of the "
+                "conditionally rounded update; exact discrete Gaussian noise on the grid γ, RDP accountant)",
                 f"assumes: the noise adder ({cfg.noise_adder}) is trusted: it sees the sum before noise; which sites "
                 "take part is public"]
 
@@ -116,6 +148,11 @@ class DpFedAvg(DpMechanism):
         self.update_sigma: float | None = None
         self._bits: dict[int, dict[str, float]] = {}
         self.expected_count = 1
+        self._dim: int | None = None  # known from the first update; the charge (not the pre-check) is binding
+        cfg = self.config
+        log2 = cfg.grid_log2 if cfg.grid_log2 is not None else math.floor(math.log2(cfg.max_grad_norm)) - _GRID_BITS
+        self.grid = 2.0**log2
+        self.masking = cfg.secure_sum_kind in _MASKING_SUMS
 
     def validate_plan(self) -> None:
         if self.layer.weighting != "uniform":
@@ -125,9 +162,26 @@ class DpFedAvg(DpMechanism):
                 f"found {self.layer.weighting!r}"
             )
 
+    def _bound_sq(self, clip: float, dim: int) -> int:
+        return rounded_norm_bound_sq(clip / self.grid, dim, _BETA)
+
+    def _variance(self, sigma: float, clip: float) -> Fraction:
+        return variance_at_least((sigma * clip / self.grid) ** 2)
+
+    def _multiplier(self, sigma: float, clip: float, dim: int) -> float:
+        """σ_Z/Δ: the Gaussian multiplier with the discrete mechanism's ρ for one rounded update."""
+        return math.sqrt(self._variance(sigma, clip)) / math.sqrt(self._bound_sq(clip, dim))
+
     def round_event(self, site_id: str, sigma: float) -> dp_event.DpEvent:
-        # local noise -> sensitivity 2C; central -> add/remove one site, sensitivity C
-        return gaussian_event(sigma / 2.0 if self.config.noise == "local" else sigma)
+        # before the first update the dimension is unknown: the pre-check uses d = 1, the charge the true d
+        dim, clip = self._dim or 1, self.clip
+        if self.config.noise == "local":  # sensitivity 2Δ
+            return gaussian_event(self._multiplier(sigma, clip, dim) / 2.0)
+        if self.update_sigma is None or self.adaptive is None:  # add/remove one site, sensitivity Δ
+            return gaussian_event(self._multiplier(sigma, clip, dim))
+        # adaptive: the update's ρ plus the clip count's (Andrew et al. 2021, Theorem 1)
+        z = self._multiplier(self.update_sigma, clip, dim)
+        return gaussian_event((z**-2 + (2.0 * self.adaptive.count_stddev) ** -2) ** -0.5)
 
     def after_calibration(self) -> None:
         cfg = self.config
@@ -154,13 +208,19 @@ class DpFedAvg(DpMechanism):
                   round: int) -> tuple[np.ndarray, float, dp_event.DpEvent | None]:
         clip = self.clip
         clipped, norm = clip_l2(delta, clip)
+        self._dim = clipped.shape[0]
         if self.config.noise == "local":
-            clipped = clipped + site.source.normal(site.noise_multiplier * clip, clipped.shape[0])
-        elif self.adaptive is not None:
+            noised, _ = grid_gaussian(clipped, std=site.noise_multiplier * clip, grid=self.grid, l2_bound=clip,
+                                      source=site.source, rng=site_rng(site.source), beta=_BETA)
+            return noised, 1.0, site.planned_event()
+        ints = conditional_round(clipped / self.grid, self._bound_sq(clip, self._dim), site_rng(site.source))
+        if self.adaptive is not None:
             # the unclipped indicator (central noise, plain sum only: the aggregator sees the clipped
             # update and could compute it itself)
             self._bits.setdefault(round, {})[site.site_id] = self.adaptive.centred_bit(norm)
-        return clipped, 1.0, site.planned_event()
+        # over a masking sum the quantiser's grid is {(q - (2^bits - 1)/2)·γ}: send (ints - 1/2)·γ (exact)
+        values = (ints.astype(np.float64) - (0.5 if self.masking else 0.0)) * self.grid
+        return values, 1.0, site.planned_event()
 
     def release(self, result: SumResult, round: int, contributors: list[str], expected: Sequence[str]) -> np.ndarray:
         if self.config.noise == "local":
@@ -168,7 +228,11 @@ class DpFedAvg(DpMechanism):
         layer = self.layer
         sigma = self.update_sigma if self.update_sigma is not None else layer.noise_multiplier_for(contributors[0])
         clip = self.clip
-        noised = result.total + layer.server_source.normal(sigma * clip, result.total.shape[0])
+        m = len(contributors)
+        ints = on_grid(result.total, self.grid, m / 2.0 if self.masking else 0.0, round)
+        variance = self._variance(sigma, clip)
+        noised = (ints + sample_discrete_gaussian(variance, ints.shape[0], layer.server_source)).astype(np.float64)
+        noised *= self.grid
         # fixed denominator: the number of sites expected to report (McMahan et al. 2018, estimator f̃_f)
         denominator = max(len(expected), len(contributors))
         if self.adaptive is not None:
@@ -177,5 +241,6 @@ class DpFedAvg(DpMechanism):
             new_clip = self.adaptive.update(sum(bits.get(s, 0.0) for s in contributors), self.expected_count,
                                             layer.server_source)
             layer.last_release["next_clip"] = new_clip
-        layer.last_release.update({"clip": clip, "noise_std": sigma * clip})
+        layer.last_release.update({"clip": clip, "noise_std": math.sqrt(variance) * self.grid,
+                                   "sensitivity": math.sqrt(self._bound_sq(clip, ints.shape[0])) * self.grid})
         return noised / denominator

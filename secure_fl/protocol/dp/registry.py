@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .ddg import Ddg
 from .distributed import DistributedDpSgd
 from .dp_fedavg import DpFedAvg
 from .dp_sgd import DpSgd
@@ -13,4 +14,5 @@ BUILTIN = (
     register_mechanism(DpSgd),
     register_mechanism(DpFedAvg),
     register_mechanism(DistributedDpSgd),
+    register_mechanism(Ddg),
 )
