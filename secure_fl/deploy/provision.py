@@ -138,12 +138,6 @@ def provision(federation_toml: Path | str, out_dir: Path | str) -> dict[str, Any
         "ckks": {"preset": ckks.preset.name, "fingerprint": ckks.fingerprint},
     }
     fingerprints: dict[str, str] = {}
-    agg = out / "aggregator"
-    _mkdir(agg)
-    files = {"tls/ca.crt": tls.ca_cert, "tls/server.pem": tls.server_cert, "tls/server.key": tls.server_key,
-             "ckks/public.ckks": _pack("public", ckks, ckks.public_bytes)}
-    files.update({f"nodes/{s}.pub": node_keys[s][1] for s in fed["sites"]})
-    fingerprints["aggregator"] = _finish(agg, {**common, "role": "aggregator", "name": "aggregator"}, files)
     (out / "sites").mkdir(mode=0o700)
     for s, entry in fed["sites"].items():
         root = out / "sites" / s
@@ -151,6 +145,12 @@ def provision(federation_toml: Path | str, out_dir: Path | str) -> dict[str, Any
         files = {"tls/ca.crt": tls.ca_cert, "node/auth.key": node_keys[s][0], "node/auth.pub": node_keys[s][1],
                  "ckks/secret.ckks": _pack("secret", ckks, ckks.secret_bytes), "identity/ed25519.key": identities[s]}
         fingerprints[s] = _finish(root, {**common, "role": "site", "name": s, "site": entry}, files)
+    agg = out / "aggregator"
+    _mkdir(agg)
+    files = {"tls/ca.crt": tls.ca_cert, "tls/server.pem": tls.server_cert, "tls/server.key": tls.server_key,
+             "ckks/public.ckks": _pack("public", ckks, ckks.public_bytes)}
+    files.update({f"nodes/{s}.pub": node_keys[s][1] for s in fed["sites"]})
+    fingerprints["aggregator"] = _finish(agg, {**common, "role": "aggregator", "name": "aggregator", "site_kits": dict(fingerprints)}, files)
     summary = {"federation": fed["name"], "federation_id": fed_id, "address": fed["address"], "kits": fingerprints}
     write_private(out / "fingerprints.json", json.dumps(summary, indent=2).encode())
     return summary
