@@ -118,8 +118,9 @@ def _server_main(grid: Grid, context: Context) -> None:
     spec = parse_protocol(cfg["protocol"], cfg["protocol_source"])
     out = Path(cfg["out"])
     out.mkdir(parents=True, exist_ok=True)
-    transport = FlowerTransport(grid, kit.sites, poll=float(cfg.get("poll", 0.2)))
-    run = DeployedRun(kit, exp, spec, int(cfg["seed"]), transport, stage_timeout=float(cfg["stage_timeout"]))
+    transport = FlowerTransport(grid, kit.sites, poll=float(cfg.get("poll", 0.2)), log=lambda line: print(line, flush=True))
+    run = DeployedRun(kit, exp, spec, int(cfg["seed"]), transport, stage_timeout=float(cfg["stage_timeout"]),
+                      log=lambda line: print(line, flush=True))
 
     def progress(rec: dict[str, Any]) -> None:
         print(f"round {rec['round']}: applied={rec['applied']} trips={rec['trips']} seconds={rec['seconds']:.1f} "

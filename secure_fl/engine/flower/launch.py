@@ -128,10 +128,11 @@ def start_superlink(kit: Kit, *, insecure: bool = False, bind: str | None = None
                             start_new_session=True)
 
 
-def register_sites(kit: Kit, env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Register every provisioned site's SuperNode key under its name; returns site -> node id or note."""
+def register_sites(kit: Kit, env: Mapping[str, str] | None = None, only: list[str] | None = None) -> dict[str, str]:
+    """Register every provisioned site's (or the ``only`` ones') SuperNode key under its name;
+    returns site -> node id or note."""
     out: dict[str, str] = {}
-    for site in sorted(kit.sites):
+    for site in sorted(only if only is not None else kit.sites):
         cmd = [bin_path("flwr"), "supernode", "register", str(kit.file(f"nodes/{site}.pub")), CONNECTION, "--name", site, "--format", "json"]
         res = subprocess.run(cmd, env=flwr_env(kit, env), capture_output=True, text=True, timeout=120)
         text = (res.stdout + res.stderr).strip()

@@ -296,6 +296,7 @@ class DeployedRun:
                     replies = self._trip(ops, label)
                     rd.trips += 1
                     rd.stage_seconds[f"trip:{label}"] = time.perf_counter() - t0
+                    self.log(f"round {r}: trip {label} done in {time.perf_counter() - t0:.1f} s ({len(ops)} sites)")
                     for s, rep in replies.items():
                         if isinstance(rep, str):
                             self._drop(rd, s, rep)
