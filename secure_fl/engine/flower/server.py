@@ -260,6 +260,8 @@ class DeployedRun:
         carry: dict[str, list[dict[str, Any]]] = {}
         evals: dict[int, dict[str, dict[str, float]]] = defaultdict(dict)
         for r in range(self.exp.rounds):
+            if prev is not None:
+                prev.t_end = time.perf_counter()  # a round's seconds run from its start to the next round's
             live = [s for s in self.sites if s not in self.unreachable]
             rd = _Round(r, None, live, time.perf_counter(), alive=set(live))
             rd.bytes_up = {s: 0 for s in live}
@@ -297,6 +299,8 @@ class DeployedRun:
                     rd.trips += 1
                     rd.stage_seconds[f"trip:{label}"] = time.perf_counter() - t0
                     self.log(f"round {r}: trip {label} done in {time.perf_counter() - t0:.1f} s ({len(ops)} sites)")
+                    site_secs = [float(rep.get("seconds", 0.0)) for rep in replies.values() if isinstance(rep, dict)]
+                    rd.stage_seconds[f"site:{label}"] = max(site_secs, default=0.0)
                     for s, rep in replies.items():
                         if isinstance(rep, str):
                             self._drop(rd, s, rep)
@@ -335,7 +339,6 @@ class DeployedRun:
             if rd.aborted:
                 carry = {}
             prev = rd
-            rd.t_end = None
         # the final trip: the fused last stage of the last round (if any) and the final evaluation
         assert prev is not None
         live = [s for s in self.sites if s not in self.unreachable]
@@ -406,7 +409,7 @@ class DeployedRun:
             "dropped": dict(rd.dropped), "metrics": combine_metrics(evals, self.data_names), "train": rd.train,
             "bytes_up_per_site": float(np.mean([rd.bytes_up.get(s, 0) for s in participants] or [0])),
             "bytes_down_per_site": float(np.mean([rd.bytes_down.get(s, 0) + broadcast for s in participants] or [0])),
-            "seconds": time.perf_counter() - rd.t0, "stage_seconds": rd.stage_seconds, "trips": rd.trips,
+            "seconds": (rd.t_end or time.perf_counter()) - rd.t0, "stage_seconds": rd.stage_seconds, "trips": rd.trips,
             "engine": "flower", "privacy_spent": {},
         }
         self.records.append(record)

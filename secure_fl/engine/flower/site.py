@@ -40,6 +40,7 @@ import pickle
 import re
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -354,8 +355,11 @@ def _digest(w: np.ndarray) -> str:
 
 def handle_request(kit_path: str | Path, request: dict[str, Any], node_site: str | None = None) -> dict[str, Any]:
     """Run one request at a site; a refusal comes back as ``{"refused": reason}`` (and is logged)."""
+    t0 = time.perf_counter()
     try:
-        return SiteRuntime(kit_path, node_site).handle(request)
+        reply = SiteRuntime(kit_path, node_site).handle(request)
+        reply["seconds"] = time.perf_counter() - t0  # the site's own work, for the aggregator's timing record
+        return reply
     except SecureFLError as exc:
         print(f"secure-fl site: refused: {exc}", file=sys.stderr, flush=True)
         return {"refused": str(exc), "error": type(exc).__name__}
