@@ -124,9 +124,25 @@ def cmd_site_start(args: argparse.Namespace) -> int:
         check_server_certificate(kit)
     approved = sorted(f"{v.get('name')} ({h})" for h, v in kit.approvals().items())
     print(f"site {kit.name!r} of federation {kit.federation!r}: approved specs {approved or 'none yet'}", flush=True)
-    proc = start_supernode(kit, args.runtime_port, insecure=args.insecure)
-    code = _wait(proc, "site")
-    if code == SUPERNODE_UNREGISTERED_EXIT:
+    proc = start_supernode(kit, args.runtime_port, insecure=args.insecure, pipe=True)
+    refused = False
+
+    def stop(signum: int, frame: Any) -> None:
+        proc.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    assert proc.stdout is not None
+    try:
+        for raw in proc.stdout:  # echo Flower's log, watching for the activation refusal (exit 305)
+            line = raw.decode(errors="replace")
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            refused = refused or "Failed to activate SuperNode" in line or f"Exit Code: {SUPERNODE_UNREGISTERED_EXIT}" in line
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        code = proc.wait()
+    if refused or code == SUPERNODE_UNREGISTERED_EXIT:
         raise KitError(
             f"the aggregator at {kit.address} refused this node (Flower exit {code}): its key {kit.file('node/auth.pub')} is not "
             f"registered there. The aggregator registers provisioned sites when it starts (`secure-fl aggregator start`); "

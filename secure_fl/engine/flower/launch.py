@@ -167,7 +167,8 @@ def check_server_certificate(kit: Kit, timeout: float = 10.0) -> None:
 
 
 def start_supernode(kit: Kit, runtime_port: int, *, insecure: bool = False, log: Path | None = None,
-                    env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+                    env: Mapping[str, str] | None = None, pipe: bool = False) -> subprocess.Popen[bytes]:
+    """Start the site's SuperNode; output to ``log``, to a pipe (``pipe``) or inherited."""
     node_config = f'kit={json.dumps(str(kit.path))} site={json.dumps(kit.name)}'
     cmd = [bin_path("flower-supernode"), "--superlink", kit.address, "--port", str(runtime_port), "--node-config", node_config]
     if insecure:
@@ -176,8 +177,8 @@ def start_supernode(kit: Kit, runtime_port: int, *, insecure: bool = False, log:
     else:
         cmd += ["--root-certificates", str(kit.ca_cert), "--auth-supernode-private-key", str(kit.file("node/auth.key"))]
     extra = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1", **(env or {})}
-    out = open(log, "ab") if log else None  # noqa: SIM115
-    return subprocess.Popen(cmd, env=flwr_env(kit, extra), stdout=out or None, stderr=subprocess.STDOUT if out else None,
+    out: Any = open(log, "ab") if log else (subprocess.PIPE if pipe else None)  # noqa: SIM115
+    return subprocess.Popen(cmd, env=flwr_env(kit, extra), stdout=out, stderr=subprocess.STDOUT if out else None,
                             start_new_session=True)
 
 
