@@ -26,7 +26,7 @@ __all__ = ["add_parser"]
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser("provision", help="write one kit per site and one for the aggregator from FEDERATION.toml")
+    p = subparsers.add_parser("provision", help="write one kit per site and one for the aggregator (FEDERATION.toml)")
     p.add_argument("federation", type=Path, help="the federation file (name, address, [sites.NAME] tables)")
     p.add_argument("--out", type=Path, required=True, help="empty folder for the kits (created 0700)")
     p.set_defaults(func=cmd_provision)
@@ -44,7 +44,8 @@ def add_parser(subparsers: Any) -> None:
     sub = site.add_subparsers(dest="site_command", required=True)
     p = sub.add_parser("start", help="start the site's SuperNode with its kit")
     p.add_argument("kit", type=Path, help="this site's kit")
-    p.add_argument("--runtime-port", type=int, default=9094, help="local port of the SuperNode's runtime API (one per node on a host)")
+    p.add_argument("--runtime-port", type=int, default=9094,
+                   help="local port of the SuperNode's runtime API (one per node on a host)")
     p.add_argument("--insecure", action="store_true", help="no TLS, no node authentication (loopback only)")
     p.set_defaults(func=cmd_site_start)
     p = sub.add_parser("approve", help="record that this site runs a protocol spec (by its hash)")
@@ -61,7 +62,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, help="the seed (default: the experiment's first)")
     p.add_argument("--rounds", type=int, help="override the number of rounds")
     p.add_argument("--out", default="runs", help="root of the run folders (default: runs)")
-    p.add_argument("--stage-timeout", type=float, default=120.0, help="seconds a site may take per trip before it counts as dropped")
+    p.add_argument("--stage-timeout", type=float, default=120.0,
+                   help="seconds a site may take per trip before it counts as dropped")
     p.add_argument("--insecure", action="store_true", help="the SuperLink runs with --insecure (loopback only)")
     p.set_defaults(func=cmd_deploy_run)
 
@@ -111,7 +113,8 @@ def cmd_aggregator_start(args: argparse.Namespace) -> int:
     except BaseException:
         proc.terminate()
         raise
-    print(f"aggregator of federation {kit.federation!r} listening on {kit.address} (FLWR_HOME {kit.state_dir / 'flwr_home'})", flush=True)
+    print(f"aggregator of federation {kit.federation!r} listening on {kit.address} "
+          f"(FLWR_HOME {kit.state_dir / 'flwr_home'})", flush=True)
     return _wait(proc, "aggregator")
 
 
@@ -137,15 +140,17 @@ def cmd_site_start(args: argparse.Namespace) -> int:
             line = raw.decode(errors="replace")
             sys.stdout.write(line)
             sys.stdout.flush()
-            refused = refused or "Failed to activate SuperNode" in line or f"Exit Code: {SUPERNODE_UNREGISTERED_EXIT}" in line
+            refused = refused or "Failed to activate SuperNode" in line
+            refused = refused or f"Exit Code: {SUPERNODE_UNREGISTERED_EXIT}" in line
         code = proc.wait()
     except KeyboardInterrupt:
         proc.terminate()
         code = proc.wait()
     if refused or code == SUPERNODE_UNREGISTERED_EXIT:
         raise KitError(
-            f"the aggregator at {kit.address} refused this node (Flower exit {code}): its key {kit.file('node/auth.pub')} is not "
-            f"registered there. The aggregator registers provisioned sites when it starts (`secure-fl aggregator start`); "
+            f"the aggregator at {kit.address} refused this node (Flower exit {code}): "
+            f"its key {kit.file('node/auth.pub')} is not registered there. "
+            "The aggregator registers provisioned sites when it starts (`secure-fl aggregator start`); "
             f"a kit from another provisioning of federation {kit.federation!r} is never registered"
         )
     return code
@@ -189,9 +194,11 @@ def cmd_deploy_run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     assert variant.spec is not None
     cfg = {"kit": str(kit.path), "experiment": raw, "experiment_source": exp.source, "protocol": variant.spec.raw,
-           "protocol_source": f"{variant.label}.toml", "seed": seed, "out": str(out), "stage_timeout": args.stage_timeout}
-    (out / "resolved.json").write_text(json.dumps({"experiment": raw, "variant": variant.label, "protocol": variant.spec.raw,
-                                                   "seed": seed, "engine": "flower", "federation": kit.federation}, indent=2, default=str))
+           "protocol_source": f"{variant.label}.toml", "seed": seed, "out": str(out),
+           "stage_timeout": args.stage_timeout}
+    resolved = {"experiment": raw, "variant": variant.label, "protocol": variant.spec.raw, "seed": seed,
+                "engine": "flower", "federation": kit.federation}
+    (out / "resolved.json").write_text(json.dumps(resolved, indent=2, default=str))
     if args.insecure:
         check_insecure(kit.address, "deploy run")
     write_flwr_config(kit, kit.address, args.insecure)
@@ -201,7 +208,8 @@ def cmd_deploy_run(args: argparse.Namespace) -> int:
     res = subprocess.run(cmd, env=flwr_env(kit))
     summary_path = out / "summary.json"
     if not summary_path.exists():
-        err = (out / "error.txt").read_text() if (out / "error.txt").exists() else f"flwr run exited with code {res.returncode}"
+        err_file = out / "error.txt"
+        err = err_file.read_text() if err_file.exists() else f"flwr run exited with code {res.returncode}"
         print(f"error: the deployed run wrote no summary: {err.strip()}", file=sys.stderr)
         return 2
     summary = json.loads(summary_path.read_text())

@@ -141,7 +141,8 @@ class Kit:
         import datetime as _dt
 
         data = self.approvals()
-        data[spec_hash] = {"name": spec_name, "source": source, "approved_utc": _dt.datetime.now(_dt.timezone.utc).isoformat()}
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        data[spec_hash] = {"name": spec_name, "source": source, "approved_utc": now}
         write_private(self.path / "approved.json", json.dumps(data, indent=2, sort_keys=True).encode(), overwrite=True)
 
     def check_peer(self, federation_id: str, federation: str, what: str) -> None:
@@ -149,7 +150,8 @@ class Kit:
         if federation_id != self.federation_id:
             raise KitError(
                 f"{what} belongs to federation {federation!r} (id {federation_id[:12]}...), but this kit ({self.path}) "
-                f"is for federation {self.federation!r} (id {self.federation_id[:12]}...): kits from another provisioning are refused"
+                f"is for federation {self.federation!r} (id {self.federation_id[:12]}...): "
+                "kits from another provisioning are refused"
             )
 
 
@@ -167,7 +169,8 @@ def load_kit(path: Path | str, role: str | None = None, name: str | None = None)
     except json.JSONDecodeError as exc:
         raise KitError(f"{cfg_path}: not valid JSON ({exc})") from exc
     if not isinstance(config, dict) or config.get("format") != KIT_FORMAT:
-        raise KitError(f"{cfg_path}: format is {config.get('format') if isinstance(config, dict) else None!r}, expected {KIT_FORMAT!r}")
+        found = config.get("format") if isinstance(config, dict) else None
+        raise KitError(f"{cfg_path}: format is {found!r}, expected {KIT_FORMAT!r}")
     for key in ("role", "name", "federation", "federation_id", "address", "sites", "files", "fingerprint"):
         if key not in config:
             raise KitError(f"{cfg_path}: missing key {key!r}")
@@ -182,12 +185,14 @@ def load_kit(path: Path | str, role: str | None = None, name: str | None = None)
         if fmode & 0o077:
             raise KitError(f"{f}: readable by other users (mode {fmode:o}); run `chmod 600 {f}`")
         if _sha256(f) != digest:
-            raise KitError(f"{f}: its SHA-256 differs from the one recorded in {cfg_path} (altered, or swapped from another kit)")
+            raise KitError(f"{f}: its SHA-256 differs from the one recorded in {cfg_path} "
+                           "(altered, or swapped from another kit)")
     if kit_fingerprint(config) != config["fingerprint"]:
         raise KitError(f"{cfg_path}: the kit fingerprint does not match its contents (kit.json was edited)")
     kit = Kit(root, config)
     if role is not None and kit.role != role:
-        raise KitError(f"{root} is the kit of {kit.role} {kit.name!r}, not a {role} kit: give this command the {role}'s own kit")
+        raise KitError(f"{root} is the kit of {kit.role} {kit.name!r}, not a {role} kit: "
+                       f"give this command the {role}'s own kit")
     if name is not None and kit.name != name:
         raise KitError(f"{root} is the kit of site {kit.name!r}, but it is used as site {name!r}")
     return kit

@@ -36,7 +36,8 @@ class TlsMaterial:
 
 
 def _name(common: str, federation: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common), x509.NameAttribute(NameOID.ORGANIZATION_NAME, federation)])
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, federation)])
 
 
 def make_tls(federation: str, hosts: list[str]) -> TlsMaterial:
@@ -89,7 +90,8 @@ def make_tls(federation: str, hosts: list[str]) -> TlsMaterial:
 def make_node_key() -> tuple[bytes, bytes]:
     """(OpenSSH private key, one-line OpenSSH public key) on P-256 for SuperNode authentication."""
     key = ec.generate_private_key(ec.SECP256R1())
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return private, public + b"\n"
 

@@ -126,7 +126,8 @@ def provision(federation_toml: Path | str, out_dir: Path | str) -> dict[str, Any
     node_keys = {s: make_node_key() for s in fed["sites"]}
     identities = {s: make_identity_key() for s in fed["sites"]}
     roster = {
-        s: {"node_public_key": node_keys[s][1].decode().strip(), "identity_public_key": identity_public(identities[s]).hex()}
+        s: {"node_public_key": node_keys[s][1].decode().strip(),
+            "identity_public_key": identity_public(identities[s]).hex()}
         for s in fed["sites"]
     }
     common = {
@@ -150,7 +151,8 @@ def provision(federation_toml: Path | str, out_dir: Path | str) -> dict[str, Any
     files = {"tls/ca.crt": tls.ca_cert, "tls/server.pem": tls.server_cert, "tls/server.key": tls.server_key,
              "ckks/public.ckks": _pack("public", ckks, ckks.public_bytes)}
     files.update({f"nodes/{s}.pub": node_keys[s][1] for s in fed["sites"]})
-    fingerprints["aggregator"] = _finish(agg, {**common, "role": "aggregator", "name": "aggregator", "site_kits": dict(fingerprints)}, files)
+    agg_config = {**common, "role": "aggregator", "name": "aggregator", "site_kits": dict(fingerprints)}
+    fingerprints["aggregator"] = _finish(agg, agg_config, files)
     summary = {"federation": fed["name"], "federation_id": fed_id, "address": fed["address"], "kits": fingerprints}
     write_private(out / "fingerprints.json", json.dumps(summary, indent=2).encode())
     return summary

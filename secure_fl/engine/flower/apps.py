@@ -43,8 +43,8 @@ class FlowerTransport:
         self.refused_nodes: dict[int, str] = {}
 
     def _push_pull(self, msgs: dict[int, bytes], timeout: float) -> dict[int, TripReply | bytes]:
-        out_msgs = [Message(RecordDict({"req": ConfigRecord({"data": b})}), dst_node_id=nid, message_type=MESSAGE_TYPE, ttl=max(timeout, 60.0))
-                    for nid, b in msgs.items()]
+        out_msgs = [Message(RecordDict({"req": ConfigRecord({"data": b})}), dst_node_id=nid, message_type=MESSAGE_TYPE,
+                            ttl=max(timeout, 60.0)) for nid, b in msgs.items()]
         dst = {}
         ids = set()
         for mid, m in zip(self.grid.push_messages(out_msgs), out_msgs):
@@ -80,7 +80,8 @@ class FlowerTransport:
                 if n.name in self.roster:
                     self.node_of[n.name] = n.node_id
                 else:
-                    self.refused_nodes[n.node_id] = f"node {n.node_id} is registered as {n.name!r}, not a provisioned site"
+                    why = f"node {n.node_id} is registered as {n.name!r}, not a provisioned site"
+                    self.refused_nodes[n.node_id] = why
             else:
                 unnamed.append(n.node_id)
         if unnamed:  # --insecure: no registered names; ask the nodes (still checked against the roster)
@@ -118,7 +119,8 @@ def _server_main(grid: Grid, context: Context) -> None:
     spec = parse_protocol(cfg["protocol"], cfg["protocol_source"])
     out = Path(cfg["out"])
     out.mkdir(parents=True, exist_ok=True)
-    transport = FlowerTransport(grid, kit.sites, poll=float(cfg.get("poll", 0.2)), log=lambda line: print(line, flush=True))
+    transport = FlowerTransport(grid, kit.sites, poll=float(cfg.get("poll", 0.2)),
+                                log=lambda line: print(line, flush=True))
     run = DeployedRun(kit, exp, spec, int(cfg["seed"]), transport, stage_timeout=float(cfg["stage_timeout"]),
                       log=lambda line: print(line, flush=True))
 

@@ -89,11 +89,13 @@ def decode(data: bytes) -> Any:
 
 
 def message_to_dict(m: Message) -> dict[str, Any]:
-    return {"round": m.round, "stage": m.stage, "sender": m.sender, "receiver": m.receiver, "payload": m.payload, "kind": m.kind.value}
+    return {"round": m.round, "stage": m.stage, "sender": m.sender, "receiver": m.receiver, "payload": m.payload,
+            "kind": m.kind.value}
 
 
 def message_from_dict(d: Any) -> Message:
     try:
-        return Message(int(d["round"]), str(d["stage"]), str(d["sender"]), str(d["receiver"]), bytes(d["payload"]), ViewKind(d["kind"]))
+        return Message(int(d["round"]), str(d["stage"]), str(d["sender"]), str(d["receiver"]), bytes(d["payload"]),
+                       ViewKind(d["kind"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed protocol message on the wire ({exc})") from exc

@@ -79,7 +79,8 @@ def _is_loopback(host: str) -> bool:
 def check_insecure(address: str, what: str) -> None:
     host, _ = split_address(address)
     if not _is_loopback(host):
-        raise KitError(f"{what}: --insecure is allowed only on a loopback address (127.0.0.1, ::1, localhost), not {host!r}: "
+        raise KitError(f"{what}: --insecure is allowed only on a loopback address (127.0.0.1, ::1, localhost), "
+                       f"not {host!r}: "
                        "between machines, TLS and node authentication are required")
     print(f"WARNING: {what} runs WITHOUT TLS and without node authentication (--insecure, loopback only): "
           "any local process can join as a site", file=sys.stderr, flush=True)
@@ -114,7 +115,8 @@ def start_superlink(kit: Kit, *, insecure: bool = False, bind: str | None = None
     host, port = split_address(kit.address)
     if insecure:
         check_insecure(kit.address, "the aggregator")
-    cmd = [bin_path("flower-superlink"), "--host", bind or host, "--port", str(port), "--disable-runtime-dependency-installation"]
+    cmd = [bin_path("flower-superlink"), "--host", bind or host, "--port", str(port),
+           "--disable-runtime-dependency-installation"]
     if insecure:
         cmd.append("--insecure")
     else:
@@ -133,7 +135,8 @@ def register_sites(kit: Kit, env: Mapping[str, str] | None = None, only: list[st
     returns site -> node id or note."""
     out: dict[str, str] = {}
     for site in sorted(only if only is not None else kit.sites):
-        cmd = [bin_path("flwr"), "supernode", "register", str(kit.file(f"nodes/{site}.pub")), CONNECTION, "--name", site, "--format", "json"]
+        cmd = [bin_path("flwr"), "supernode", "register", str(kit.file(f"nodes/{site}.pub")), CONNECTION,
+               "--name", site, "--format", "json"]
         res = subprocess.run(cmd, env=flwr_env(kit, env), capture_output=True, text=True, timeout=120)
         text = (res.stdout + res.stderr).strip()
         try:
@@ -154,8 +157,9 @@ def check_server_certificate(kit: Kit, timeout: float = 10.0) -> None:
     host, port = split_address(kit.address)
     ctx = ssl.create_default_context(cafile=str(kit.ca_cert))
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock, ctx.wrap_socket(sock, server_hostname=host):
-            return
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            with ctx.wrap_socket(sock, server_hostname=host):
+                return
     except ssl.SSLCertVerificationError as exc:
         raise KitError(
             f"the aggregator at {kit.address} presents a TLS certificate that federation {kit.federation!r}'s CA "
@@ -170,7 +174,8 @@ def start_supernode(kit: Kit, runtime_port: int, *, insecure: bool = False, log:
                     env: Mapping[str, str] | None = None, pipe: bool = False) -> subprocess.Popen[bytes]:
     """Start the site's SuperNode; output to ``log``, to a pipe (``pipe``) or inherited."""
     node_config = f'kit={json.dumps(str(kit.path))} site={json.dumps(kit.name)}'
-    cmd = [bin_path("flower-supernode"), "--superlink", kit.address, "--port", str(runtime_port), "--node-config", node_config]
+    cmd = [bin_path("flower-supernode"), "--superlink", kit.address, "--port", str(runtime_port),
+           "--node-config", node_config]
     if insecure:
         check_insecure(kit.address, f"site {kit.name!r}")
         cmd.append("--insecure")
@@ -225,5 +230,6 @@ def read_app_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
     try:
         cfg: dict[str, Any] = json.loads(str(run_config["cfg"]))
     except (KeyError, json.JSONDecodeError) as exc:
-        raise KitError(f"the Flower App's run config has no valid 'cfg' ({exc}); build it with `secure-fl deploy run`") from exc
+        raise KitError(f"the Flower App's run config has no valid 'cfg' ({exc}); "
+                       "build it with `secure-fl deploy run`") from exc
     return cfg

@@ -117,7 +117,8 @@ class DeployedRun:
         self.unreachable: dict[str, str] = {}
         self.dim = 0
         self.weights: np.ndarray | None = None
-        self.server = make_server(spec.aggregation.server, spec.aggregation.server_lr, spec.aggregation.beta1, spec.aggregation.beta2, spec.aggregation.tau)
+        agg = spec.aggregation
+        self.server = make_server(agg.server, agg.server_lr, agg.beta1, agg.beta2, agg.tau)
         self.privacy = NoPrivacy(spec.aggregation.weighting)
         self.records: list[dict[str, Any]] = []
         self.all_views: list[View] = []
@@ -126,7 +127,9 @@ class DeployedRun:
 
     # --- transport ------------------------------------------------------------------------
     def _request(self, ops: list[dict[str, Any]]) -> bytes:
-        return encode({"run": self.run_token, "federation_id": self.kit.federation_id, "federation": self.kit.federation, "ops": ops})
+        kit = self.kit
+        return encode({"run": self.run_token, "federation_id": kit.federation_id, "federation": kit.federation,
+                       "ops": ops})
 
     def _trip(self, ops: Mapping[str, list[dict[str, Any]]], label: str) -> dict[str, dict[str, Any] | str]:
         """One server round trip; per site its decoded reply, or a string saying why it is dropped."""
@@ -179,11 +182,14 @@ class DeployedRun:
             if s not in roster:
                 self.refused[s] = f"{s!r} is not a provisioned site of federation {self.kit.federation!r}"
             elif res.get("federation_id") != self.kit.federation_id:
-                self.refused[s] = f"site {s!r} answered with a kit of another federation (id {str(res.get('federation_id'))[:12]}...)"
+                other = str(res.get("federation_id"))[:12]
+                self.refused[s] = f"site {s!r} answered with a kit of another federation (id {other}...)"
             elif expected_fp and res.get("kit_fingerprint") != expected_fp:
-                self.refused[s] = f"site {s!r} runs a kit with fingerprint {str(res.get('kit_fingerprint'))[:16]}..., provisioned was {expected_fp[:16]}..."
+                fp = str(res.get("kit_fingerprint"))[:16]
+                self.refused[s] = f"site {s!r} runs a kit with fingerprint {fp}..., provisioned: {expected_fp[:16]}..."
             elif res.get("spec_hash") != self.spec.spec_hash:
-                self.refused[s] = f"site {s!r} read spec hash {res.get('spec_hash')}, the aggregator sent {self.spec.spec_hash}"
+                self.refused[s] = (f"site {s!r} read spec hash {res.get('spec_hash')}, "
+                                   f"the aggregator sent {self.spec.spec_hash}")
             else:
                 dims[s] = int(res["dim"])
                 self.data_names[s] = str(res.get("data", s))
@@ -195,18 +201,19 @@ class DeployedRun:
         self.sites = sorted(dims)
         if len(self.sites) < max(2, self.exp.federation.min_sites):
             raise RoundAborted(
-                f"only {len(self.sites)} site(s) joined ({self.sites}); the run needs at least {max(2, self.exp.federation.min_sites)}. "
+                f"only {len(self.sites)} site(s) joined ({self.sites}); "
+                f"the run needs at least {max(2, self.exp.federation.min_sites)}. "
                 f"Not taking part: {self.refused or 'none'}"
             )
         self.dim = next(iter(dims.values()))
         # the initial model is public (the experiment's seed): every site reports it; they must agree
-        digests = {s: hashlib.sha256(w.astype("<f4").tobytes()).hexdigest() for s, w in initial.items() if s in self.sites}
+        digests = {s: _digest(w) for s, w in initial.items() if s in self.sites}
         if len(set(digests.values())) != 1:
             raise ProtocolError(f"sites built different initial models from seed {self.seed}: {digests}")
         if self.protocol.releases_to_aggregator:
             self.weights = initial[self.sites[0]]
-        setup_protocol(self.protocol, self.sites, self.dim, ckks_file=self.kit.file("ckks/public.ckks"), ckks_kind="public",
-                       identities=self.kit.identity_public_keys(), signing_keys={})
+        setup_protocol(self.protocol, self.sites, self.dim, ckks_file=self.kit.file("ckks/public.ckks"),
+                       ckks_kind="public", identities=self.kit.identity_public_keys(), signing_keys={})
         return self.sites
 
     # --- carrying ----------------------------------------------------------------------------
@@ -344,7 +351,7 @@ class DeployedRun:
         live = [s for s in self.sites if s not in self.unreachable]
         send_model = fuse and not prev.aborted
         designated = min((s for s in live if s in (prev.contributors or live)), default=None)
-        ops = {s: list(carry.get(s, [])) + [{"op": "final", "weights": None, "send_model": send_model and s == designated, "cleanup": True}]
+        ops = {s: [*carry.get(s, []), {"op": "final", "send_model": send_model and s == designated, "cleanup": True}]
                for s in live}
         if not fuse:
             for s in ops:
@@ -367,7 +374,7 @@ class DeployedRun:
                     digests[s] = res["model_sha256"]
                     if res.get("weights") is not None and s == designated:
                         w = np.asarray(res["weights"], dtype=np.float32)
-                        if fuse and w.size == self.dim and hashlib.sha256(w.astype("<f4").tobytes()).hexdigest() == res["model_sha256"]:
+                        if fuse and w.size == self.dim and _digest(w) == res["model_sha256"]:
                             self.weights = w
                             self._carry(prev, Message(prev.r, "final_model", s, AGGREGATOR, w.astype("<f4").tobytes(),
                                                       ViewKind.AGGREGATE), s)
@@ -383,7 +390,8 @@ class DeployedRun:
         from ...run.units import server_update
 
         if len(result.contributors) < self.exp.federation.min_sites:
-            rd.aborted = f"only {len(result.contributors)} site(s) contributed; min_sites is {self.exp.federation.min_sites}"
+            n, k = len(result.contributors), self.exp.federation.min_sites
+            rd.aborted = f"only {n} site(s) contributed; min_sites is {k}"
             return
         if self.weights is None:
             raise ProtocolError("internal: no initial weights (the sites report them at hello)")
@@ -395,7 +403,8 @@ class DeployedRun:
         rd.contributors = list(result.contributors)
         rd.applied = True
 
-    def _finish(self, rd: _Round, evals: dict[str, dict[str, float]], progress: Callable[[dict[str, Any]], None] | None) -> None:
+    def _finish(self, rd: _Round, evals: dict[str, dict[str, float]],
+                progress: Callable[[dict[str, Any]], None] | None) -> None:
         if rd.contributors is not None and rd.agg is not None and not self.protocol.releases_to_aggregator:
             rd.applied = rd.applied or bool(rd.contributors)
             for s, reason in rd.agg.rejected.items():
@@ -405,7 +414,8 @@ class DeployedRun:
         participants = list(rd.contributors or [])
         broadcast = 4 * self.dim if self.protocol.releases_to_aggregator else 0
         record = {
-            "round": rd.r, "applied": rd.applied and not rd.aborted, "aborted": rd.aborted, "participants": participants,
+            "round": rd.r, "applied": rd.applied and not rd.aborted, "aborted": rd.aborted,
+            "participants": participants,
             "dropped": dict(rd.dropped), "metrics": combine_metrics(evals, self.data_names), "train": rd.train,
             "bytes_up_per_site": float(np.mean([rd.bytes_up.get(s, 0) for s in participants] or [0])),
             "bytes_down_per_site": float(np.mean([rd.bytes_down.get(s, 0) + broadcast for s in participants] or [0])),
@@ -416,6 +426,10 @@ class DeployedRun:
         self.all_views.extend(rd.views)
         if progress:
             progress(record)
+
+
+def _digest(w: np.ndarray) -> str:
+    return hashlib.sha256(np.asarray(w, dtype="<f4").tobytes()).hexdigest()
 
 
 def combine_metrics(evals: Mapping[str, Mapping[str, float]], data_names: Mapping[str, str]) -> dict[str, float]:

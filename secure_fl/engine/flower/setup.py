@@ -42,8 +42,9 @@ def setup_protocol(
         ctx = load_context(ckks_file, ckks_kind)  # type: ignore[arg-type]
         if ctx.preset.name != protocol.preset:
             raise ProtocolError(
-                f"{ckks_file}: the federation's CKKS key set uses preset {ctx.preset.name!r}, the protocol spec asks for "
-                f"{protocol.preset!r}; provision with ckks_preset = {protocol.preset!r} or use a spec with preset = {ctx.preset.name!r}"
+                f"{ckks_file}: the federation's CKKS key set uses preset {ctx.preset.name!r}, the protocol spec "
+                f"asks for {protocol.preset!r}; provision with ckks_preset = {protocol.preset!r} "
+                f"or use a spec with preset = {ctx.preset.name!r}"
             )
         if "context" in params:
             protocol.setup(site_ids, dim, context=ctx)  # type: ignore[call-arg]
@@ -56,12 +57,14 @@ def setup_protocol(
             # (the protocol only ever hands the aggregator party the public one)
             keys = CkksKeys(ctx.preset, key_id, body, public)
             if keys.fingerprint != ctx.fingerprint:
-                raise ProtocolError(f"{ckks_file}: rebuilt key set has fingerprint {keys.fingerprint}, the file says {ctx.fingerprint}")
+                raise ProtocolError(f"{ckks_file}: rebuilt key set has fingerprint {keys.fingerprint}, "
+                                    f"the file says {ctx.fingerprint}")
             protocol.setup(site_ids, dim, keys=keys)
         return used
     if isinstance(protocol, SecAggSum):
         if "identities" in params and identities is not None:
-            protocol.setup(site_ids, dim, identities=dict(identities), signing_keys=dict(signing_keys or {}))  # type: ignore[call-arg]
+            protocol.setup(site_ids, dim, identities=dict(identities),  # type: ignore[call-arg]
+                           signing_keys=dict(signing_keys or {}))
             used["signed_keys"] = True
         else:
             protocol.setup(site_ids, dim)

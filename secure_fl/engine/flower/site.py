@@ -107,7 +107,8 @@ class SiteRuntime:
     def __init__(self, kit_path: str | Path, node_site: str | None = None) -> None:
         self.kit = load_kit(kit_path, role="site")
         if node_site and node_site != self.kit.name:
-            raise KitError(f"this SuperNode was started as site {node_site!r} but its kit {self.kit.path} is site {self.kit.name!r}")
+            raise KitError(f"this SuperNode was started as site {node_site!r} "
+                           f"but its kit {self.kit.path} is site {self.kit.name!r}")
         self._run: str | None = None
         self._cfg: dict[str, Any] = {}
         self._protocol: SecureSum | None = None
@@ -131,7 +132,8 @@ class SiteRuntime:
     def _load_run_config(self) -> None:
         path = self._run_dir() / "run.json"
         if not path.exists():
-            raise ProtocolError(f"site {self.kit.name!r} has no record of run {self._run}: the run must start with a hello stage")
+            raise ProtocolError(f"site {self.kit.name!r} has no record of run {self._run}: "
+                                "the run must start with a hello stage")
         self._cfg = json.loads(path.read_text())
         self._prepare(self._cfg)
 
@@ -162,7 +164,8 @@ class SiteRuntime:
         elif data in names:
             self._index = names.index(data)
         else:
-            raise KitError(f"{self.kit.path}/kit.json: site data {data!r} is not a site of task {exp.task_name!r} (it has {names})")
+            raise KitError(f"{self.kit.path}/kit.json: site data {data!r} is not a site of task "
+                           f"{exp.task_name!r} (it has {names})")
         self._task = task
 
     def _protocol_for(self, roster: list[str], dim: int) -> SecureSum:
@@ -243,8 +246,9 @@ class SiteRuntime:
         site = self._task.sites[self._index]
         assert self._spec is not None
         return {
-            "op": "hello", "site": self.kit.name, "federation_id": self.kit.federation_id, "kit_fingerprint": self.kit.fingerprint,
-            "dim": dim, "initial_weights": flatten(model).astype(np.float64), "data": site.name, "n_train": site.n_train, "n_test": site.n_test, "spec_hash": self._spec.spec_hash,
+            "op": "hello", "site": self.kit.name, "federation_id": self.kit.federation_id,
+            "kit_fingerprint": self.kit.fingerprint, "dim": dim, "initial_weights": flatten(model).astype(np.float64),
+            "data": site.name, "n_train": site.n_train, "n_test": site.n_test, "spec_hash": self._spec.spec_hash,
         }
 
     def _model(self, state: _State) -> Any:
@@ -275,7 +279,8 @@ class SiteRuntime:
             raise ProtocolError(f"round {r}: roster {roster} does not list this site {self.kit.name!r}")
         unknown = sorted(set(roster) - set(self.kit.sites))
         if unknown:
-            raise KitError(f"round {r}: the aggregator's roster names sites {unknown} that this federation never provisioned")
+            raise KitError(f"round {r}: the aggregator's roster names sites {unknown} "
+                           "that this federation never provisioned")
         if state.roster and state.roster != roster:
             raise ProtocolError(f"round {r}: roster changed from {state.roster} to {roster} within one run")
         dim = int(op["dim"])
@@ -299,7 +304,8 @@ class SiteRuntime:
         privacy = NoPrivacy(self._spec.aggregation.weighting).site(self.kit.name)
         site = self._task.sites[self._index]
         seed = derive_seed(int(self._cfg["seed"]), r, self._index)
-        values, weight, metrics = site_update(model, state.weights, site, privacy, self._exp.training, self._task.loss_fn(), seed, r)
+        values, weight, metrics = site_update(model, state.weights, site, privacy, self._exp.training,
+                                              self._task.loss_fn(), seed, r)
         state.parties[r] = proto.site(self.kit.name, r, values, weight)
         out["train"] = metrics
         return out
@@ -311,11 +317,13 @@ class SiteRuntime:
         r, stage = int(op["round"]), str(op["stage"])
         party = state.parties.get(r)
         if party is None:
-            raise ProtocolError(f"site {self.kit.name!r} has no party for round {r} (stage {stage!r}): it did not begin this round")
+            raise ProtocolError(f"site {self.kit.name!r} has no party for round {r} (stage {stage!r}): "
+                                "it did not begin this round")
         inbox = [message_from_dict(m) for m in op.get("inbox", [])]
         for m in inbox:
             if m.sender != AGGREGATOR or m.receiver != self.kit.name:
-                raise ProtocolError(f"round {r}: message from {m.sender!r} to {m.receiver!r} delivered to {self.kit.name!r}")
+                raise ProtocolError(f"round {r}: message from {m.sender!r} to {m.receiver!r} "
+                                    f"delivered to {self.kit.name!r}")
         sent = party.step(stage, inbox)
         out: dict[str, Any] = {"op": "step", "round": r, "stage": stage, "out": [message_to_dict(m) for m in sent]}
         proto = self._protocol
