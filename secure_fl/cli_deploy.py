@@ -18,6 +18,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -128,24 +129,23 @@ def cmd_site_start(args: argparse.Namespace) -> int:
     approved = sorted(f"{v.get('name')} ({h})" for h, v in kit.approvals().items())
     print(f"site {kit.name!r} of federation {kit.federation!r}: approved specs {approved or 'none yet'}", flush=True)
     proc = start_supernode(kit, args.runtime_port, insecure=args.insecure, pipe=True)
-    refused = False
+    refused: list[bool] = []
 
-    def stop(signum: int, frame: Any) -> None:
-        proc.terminate()
-
-    signal.signal(signal.SIGTERM, stop)
-    assert proc.stdout is not None
-    try:
-        for raw in proc.stdout:  # echo Flower's log, watching for the activation refusal (exit 305)
+    def echo() -> None:
+        # echo Flower's log, watching for the activation refusal (exit 305). Read in a thread: the
+        # SuperNode's own SuperExec inherits the pipe and may outlive it for a while
+        assert proc.stdout is not None
+        for raw in proc.stdout:
             line = raw.decode(errors="replace")
             sys.stdout.write(line)
             sys.stdout.flush()
-            refused = refused or "Failed to activate SuperNode" in line
-            refused = refused or f"Exit Code: {SUPERNODE_UNREGISTERED_EXIT}" in line
-        code = proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        code = proc.wait()
+            if "Failed to activate SuperNode" in line or f"Exit Code: {SUPERNODE_UNREGISTERED_EXIT}" in line:
+                refused.append(True)
+
+    reader = threading.Thread(target=echo, daemon=True)
+    reader.start()
+    code = _wait(proc, "site")
+    reader.join(timeout=2.0)
     if refused or code == SUPERNODE_UNREGISTERED_EXIT:
         raise KitError(
             f"the aggregator at {kit.address} refused this node (Flower exit {code}): "
