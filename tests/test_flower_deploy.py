@@ -3,9 +3,11 @@ heart-disease hospital) with TLS and SuperNode authentication, started by the sa
 ``secure-fl aggregator start`` / ``secure-fl site start`` use, and runs launched with
 ``secure-fl deploy run``. Slow (minutes on a loaded 2-core machine): marked ``slow``.
 
-Dropout: a SuperNode killed mid-round never answers; Flower would report it only after 2 x its
-30 s heartbeat, so the engine's own per-trip timeout (``--stage-timeout``, 45 s here) declares
-it dropped and the masking protocol recovers.
+Dropout: a SuperNode killed mid-round never answers. Whichever comes first declares it dropped:
+Flower's own error reply (NODE_UNAVAILABLE, about 2 x its 30 s heartbeat after the kill) or the
+engine's per-trip timeout (``--stage-timeout``, 150 s here: on a loaded 2-core machine a healthy
+trip takes up to a minute, so a shorter timeout would drop healthy sites too). The masking
+protocol then recovers the round from the survivors' shares.
 """
 
 from __future__ import annotations
@@ -184,13 +186,13 @@ def test_secagg_plus_round_survives_a_supernode_killed_mid_round(fed):
             os.killpg(fed["procs"]["hungary"].pid, signal.SIGKILL)
             killed.append(time.monotonic())
 
-    summary, out, lines = _deploy(fed, "secagg-plus-fedavg", 2, stage_timeout=45, on_line=on_line, limit=900)
+    summary, out, lines = _deploy(fed, "secagg-plus-fedavg", 2, stage_timeout=150, on_line=on_line, limit=1200)
     assert killed, lines[-30:]
     recs = _rounds(out)
     assert recs[0]["applied"] and recs[0]["participants"] == sorted(HOSPITALS)
-    assert recs[1]["applied"], recs[1]
+    assert recs[1]["applied"], (recs[1], lines[-30:])
     assert recs[1]["participants"] == ["cleveland", "switzerland", "va-long-beach"]
-    assert "no reply" in recs[1]["dropped"]["hungary"]
+    assert "no reply" in recs[1]["dropped"]["hungary"] or "Node Unavailable" in recs[1]["dropped"]["hungary"]
     assert summary["trips_per_round"][0] == 4
     # round 1's model is round 0's plus the survivors' mean (up to quantisation: one step is 3e-5)
     local = _local_federation("secagg-plus-fedavg")

@@ -231,7 +231,7 @@ class DeployedRun:
     def _drop(self, rd: _Round, site: str, reason: str) -> None:
         rd.alive.discard(site)
         rd.dropped.setdefault(site, reason)
-        if "no reply" in reason:
+        if "no reply" in reason or "Node Unavailable" in reason:  # not asked again in this run
             self.unreachable[site] = reason
         self.log(f"round {rd.r}: site {site!r} dropped: {reason}")
 
