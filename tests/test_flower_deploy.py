@@ -33,6 +33,7 @@ from secure_fl.run.federation import Federation
 from secure_fl.tasks.registry import build_task
 
 pytestmark = pytest.mark.slow
+pytest.importorskip("flwr", reason="the Flower engine needs flwr==1.40.* (pip install secure-fl[flower])")
 
 REPO = Path(__file__).resolve().parents[1]
 HOSPITALS = {"cleveland": "Cleveland", "hungary": "Hungary", "va-long-beach": "VA Long Beach", "switzerland": "Switzerland"}
