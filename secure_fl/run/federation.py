@@ -34,6 +34,7 @@ from ..training.local import train_local
 from .experiment import Experiment, Variant
 from .checkpoint import federation_state, load_checkpoint, restore_federation, save_checkpoint
 from .records import RunFolder, read_jsonl, read_rounds, run_status, site_stats, utc_now
+from .units import server_update, site_update
 
 __all__ = ["RunSummary", "Federation", "run_variant", "derive_seed"]
 
@@ -222,20 +223,7 @@ class Federation:
     def _site_update(self, i: int, r: int) -> tuple[np.ndarray, float, dict[str, float]]:
         """What site ``i`` sends into the secure sum this round (raises SiteRejected on a budget refusal)."""
         site = self.task.sites[i]
-        sp = self.privacy.site(site.name)
-        sp.before_round(r)
-        load_flat(self.model, self.weights)
-        local_update = getattr(sp, "local_update", None)
-        contribution = local_update(self.model, site.x_train, site.y_train, self.loss_fn, r) if local_update else None
-        metrics: dict[str, float] = {}
-        if contribution is None:
-            res = train_local(self.model, site.x_train, site.y_train, self.exp.training, self.loss_fn, derive_seed(self.seed, r, i), sp.training_hook())
-            values, weight = sp.transform(res.delta, res.n_examples, r)
-            metrics = res.metrics
-        else:
-            values, weight = contribution
-        sp.charge(r)  # the ledger is written before the update leaves the site
-        return values, weight, metrics
+        return site_update(self.model, self.weights, site, self.privacy.site(site.name), self.exp.training, self.loss_fn, derive_seed(self.seed, r, i), r, train_local)
 
     def round(self, r: int) -> dict[str, Any]:
         t_round = time.perf_counter()
@@ -269,8 +257,7 @@ class Federation:
             else:
                 t0 = time.perf_counter()
                 try:
-                    mean = self.privacy.release(outcome.result, r, list(inputs))
-                    self.weights = self.server.step(self.weights, mean)
+                    self.weights = server_update(self.privacy, self.server, self.weights, outcome.result, r, list(inputs))
                     applied = True
                 except Exception as exc:  # RoundAborted from the privacy layer, e.g. too few noise shares
                     aborted = f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,105 @@
+"""Seconds per round and server round trips per round: Flower (real processes on loopback, TLS and
+node authentication) against the local engine, per protocol, on heart-disease (4 hospitals).
+
+    PYTHONPATH=. python scripts/measure_flower.py [--rounds 3] [--protocols plain-fedavg ckks-fedavg secagg-plus-fedavg]
+
+Prints a Markdown table. The Flower column is the mean wall-clock seconds of a round as the
+aggregator sees it (rounds.jsonl ``seconds``); "site work" is the slowest site's own time inside
+its ClientApp handlers for that round; the rest is Flower's transport and process start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from secure_fl.deploy.kit import load_kit  # noqa: E402
+from secure_fl.deploy.provision import provision  # noqa: E402
+from secure_fl.engine.flower.launch import register_sites, start_superlink, start_supernode, wait_for_port  # noqa: E402
+from secure_fl.protocol.spec import load_protocol  # noqa: E402
+
+HOSPITALS = {"cleveland": "Cleveland", "hungary": "Hungary", "va-long-beach": "VA Long Beach", "switzerland": "Switzerland"}
+ENV = {"PYTHONPATH": str(REPO), "SECURE_FL_THREADS": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=8)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--protocols", nargs="+", default=["plain-fedavg", "ckks-fedavg", "secagg-plus-fedavg"])
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="sfl-measure-"))
+    port = free_port()
+    lines = [f'name = "measure"', f'address = "127.0.0.1:{port}"'] + [f'[sites.{s}]\ndata = "{d}"' for s, d in HOSPITALS.items()]
+    (root / "fed.toml").write_text("\n".join(lines) + "\n")
+    provision(root / "fed.toml", root / "kits")
+    agg = load_kit(root / "kits" / "aggregator")
+    procs = []
+    rows = []
+    try:
+        procs.append(start_superlink(agg, log=root / "superlink.log", env=ENV))
+        wait_for_port("127.0.0.1", port, 90, procs[0])
+        time.sleep(1)
+        register_sites(agg, env=ENV)
+        for s in HOSPITALS:
+            kit = load_kit(root / "kits" / "sites" / s)
+            for p in args.protocols:
+                spec = load_protocol(p)
+                kit.approve(spec.spec_hash, spec.name, p)
+            procs.append(start_supernode(kit, free_port(), log=root / f"{s}.log", env=ENV))
+        for p in args.protocols:
+            env = {**os.environ, **ENV}
+            subprocess.run([sys.executable, "-m", "secure_fl.cli", "deploy", "run", "heart-protocols", "--federation", str(root / "kits/aggregator"),
+                            "--protocol", p, "--rounds", str(args.rounds), "--out", str(root / "deployed")], env=env, cwd=REPO, check=True)
+            subprocess.run([sys.executable, "-m", "secure_fl.cli", "run", "heart-protocols", "--protocol", p, "--rounds", str(args.rounds),
+                            "--seeds", "0", "--out", str(root / "local"), "--quiet"], env=env, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+            dep = [json.loads(l) for l in (root / f"deployed/heart-protocols/{p}/seed0/rounds.jsonl").read_text().splitlines()]
+            loc = [json.loads(l) for l in (root / f"local/heart-protocols/{p}/seed0/rounds.jsonl").read_text().splitlines()]
+            steady = [r["trips"] for r in dep[:-1]] or [dep[-1]["trips"]]
+            site = np.mean([sum(v for k, v in r["stage_seconds"].items() if k.startswith("site:")) for r in dep])
+            rows.append((p, float(np.mean([r["seconds"] for r in loc])), float(np.mean([r["seconds"] for r in dep])), float(site),
+                         int(np.median(steady)), dep[-1]["trips"]))
+            print(rows[-1], flush=True)
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+    load = os.getloadavg()
+    print(f"\nheart-disease, 4 hospitals, {args.rounds} rounds, seed 0; load average {load[0]:.1f} on {os.cpu_count()} CPUs")
+    print("| protocol | local engine s/round | Flower s/round | of which site work | server round trips per round | last round (+ final evaluation) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for p, lo, fl, sw, trips, last in rows:
+        print(f"| {p} | {lo:.2f} | {fl:.1f} | {sw:.1f} | {trips} | {last} |")
+
+
+if __name__ == "__main__":
+    main()

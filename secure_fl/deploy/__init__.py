@@ -1,0 +1,6 @@
+"""Deployment between hospitals: provisioning kits and their checks (DESIGN.md, "Deployment").
+
+:mod:`.provision` reads a ``FEDERATION.toml`` and writes one kit per party; :mod:`.kit` loads a
+kit and refuses one that is altered, misplaced, for another role or for another federation;
+:mod:`.pki` makes the TLS and authentication keys with ``cryptography``.
+"""

@@ -1,0 +1,483 @@
+"""The aggregator side of the Flower engine, independent of Flower: drives a deployed run.
+
+:class:`DeployedRun` drives the *same* :class:`~secure_fl.protocol.base.SecureSum` parties as the
+local engine (routing contract of :mod:`secure_fl.protocol.base`): the aggregator party runs
+here, every site stage is one **server round trip** (a *trip*) to the live sites through a
+:class:`Transport` (Flower in a deployment, in-process in tests). Stages are fused into few,
+fat trips:
+
+* the first site stage of round r travels with the round's start (adopt the model, evaluate
+  it, train, transform, charge the ledger);
+* when the protocol releases the sum to the sites only (CKKS ``release = "sites"``), the last
+  site stage of round r (decrypt, and the server step each site takes on its own copy) travels
+  with the start of round r+1, or with the final evaluation after the last round.
+
+So a round costs ``site stages - 1`` trips for CKKS (2), one per site stage for SecAgg(+) (4:
+the next round's training needs the model the aggregator releases after ``unmask``) and 1 for
+the plaintext baseline, plus one trip per run to discover the sites and one to evaluate the
+final model.
+
+Dropouts: a site that does not answer a trip within ``stage_timeout`` seconds, or answers with
+an error or a refusal, is dropped for the round (the protocol recovers, per its own rules) and
+is not asked again in this run. Every protocol message the aggregator carries is passed to
+``tap`` and recorded as a view, as the local engine does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ...aggregation.server import make_server
+from ...deploy.kit import Kit
+from ...errors import ProtocolError, RoundAborted, SecureFLError
+from ...protocol.base import AGGREGATOR, Message, SecureSum, ViewKind
+from ...protocol.pipeline import NoPrivacy
+from ...protocol.spec import ProtocolSpec
+from ..local import View
+from .codec import decode, encode, message_from_dict, message_to_dict
+from .setup import setup_protocol
+
+__all__ = ["Transport", "DeployedRun", "TripReply"]
+
+Tap = Callable[[Message], None]
+
+
+@dataclass
+class TripReply:
+    """What came back from one site for one trip: the decoded reply, or why nothing usable did."""
+
+    reply: dict[str, Any] | None
+    error: str | None = None
+
+
+class Transport(Protocol):
+    def sites(self) -> list[str]:
+        """Provisioned sites reachable now (unknown nodes are refused by the transport)."""
+
+    def exchange(self, requests: Mapping[str, bytes], timeout: float) -> dict[str, TripReply | bytes]:
+        """Send one request per site and wait for the replies, at most ``timeout`` seconds."""
+
+
+@dataclass
+class _Round:
+    r: int
+    agg: Any
+    sites: list[str]
+    t0: float
+    alive: set[str] = field(default_factory=set)
+    dropped: dict[str, str] = field(default_factory=dict)
+    inbox_agg: list[Message] = field(default_factory=list)
+    inbox_site: dict[str, list[Message]] = field(default_factory=lambda: defaultdict(list))
+    views: list[View] = field(default_factory=list)
+    bytes_up: dict[str, int] = field(default_factory=dict)
+    bytes_down: dict[str, int] = field(default_factory=dict)
+    train: dict[str, dict[str, float]] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    trips: int = 0
+    contributors: list[str] | None = None
+    model_digests: dict[str, str] = field(default_factory=dict)
+    applied: bool = False
+    aborted: str | None = None
+    t_end: float | None = None
+
+
+class DeployedRun:
+    """One deployed run of ``spec`` on the experiment ``exp`` (task, rounds, training) under ``seed``."""
+
+    def __init__(
+        self,
+        kit: Kit,
+        exp: Any,
+        spec: ProtocolSpec,
+        seed: int,
+        transport: Transport,
+        *,
+        stage_timeout: float = 120.0,
+        tap: Tap | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        if kit.role != "aggregator":
+            raise SecureFLError(f"{kit.path} is a {kit.role} kit; the aggregator drives a run with the aggregator kit")
+        self.kit, self.exp, self.spec, self.seed = kit, exp, spec, seed
+        self.transport, self.stage_timeout, self.tap, self.log = transport, stage_timeout, tap, log
+        self.run_token = secrets.token_hex(16)
+        self.protocol: SecureSum = spec.build_secure_sum()
+        self.sites: list[str] = []
+        self.data_names: dict[str, str] = {}
+        self.refused: dict[str, str] = {}
+        self.unreachable: dict[str, str] = {}
+        self.dim = 0
+        self.weights: np.ndarray | None = None
+        agg = spec.aggregation
+        self.server = make_server(agg.server, agg.server_lr, agg.beta1, agg.beta2, agg.tau)
+        self.privacy = NoPrivacy(spec.aggregation.weighting)
+        self.records: list[dict[str, Any]] = []
+        self.all_views: list[View] = []
+        self.trips_total = 0
+        self.final_digest: str | None = None
+
+    # --- transport ------------------------------------------------------------------------
+    def _request(self, ops: list[dict[str, Any]]) -> bytes:
+        kit = self.kit
+        return encode({"run": self.run_token, "federation_id": kit.federation_id, "federation": kit.federation,
+                       "ops": ops})
+
+    def _trip(self, ops: Mapping[str, list[dict[str, Any]]], label: str) -> dict[str, dict[str, Any] | str]:
+        """One server round trip; per site its decoded reply, or a string saying why it is dropped."""
+        self.trips_total += 1
+        raw = self.transport.exchange({s: self._request(o) for s, o in ops.items()}, self.stage_timeout)
+        out: dict[str, dict[str, Any] | str] = {}
+        for s in ops:
+            got = raw.get(s)
+            if got is None:
+                out[s] = f"no reply within {self.stage_timeout:g} s at {label} (declared dropped by the stage timeout)"
+                continue
+            if isinstance(got, TripReply):
+                if got.reply is None:
+                    out[s] = got.error or f"no reply at {label}"
+                    continue
+                got = got.reply  # type: ignore[assignment]
+            try:
+                reply = decode(got) if isinstance(got, (bytes, bytearray)) else got
+            except ProtocolError as exc:
+                out[s] = f"unreadable reply at {label}: {exc}"
+                continue
+            if not isinstance(reply, dict):
+                out[s] = f"malformed reply at {label}"
+            elif "refused" in reply:
+                out[s] = f"refused at {label}: {reply['refused']}"
+            elif reply.get("site") != s:
+                out[s] = f"reply at {label} claims to come from site {reply.get('site')!r}"
+            else:
+                out[s] = reply
+        return out
+
+    # --- discovery ------------------------------------------------------------------------
+    def discover(self) -> list[str]:
+        roster = self.kit.sites
+        reachable = self.transport.sites()
+        hello = {
+            "op": "hello", "experiment": self.exp.raw, "protocol": self.spec.raw,
+            "protocol_source": f"{self.spec.name}.toml", "seed": self.seed,
+        }
+        replies = self._trip({s: [hello] for s in reachable}, "hello")
+        dims: dict[str, int] = {}
+        initial: dict[str, np.ndarray] = {}
+        for s, rep in sorted(replies.items()):
+            if isinstance(rep, str):
+                self.refused[s] = rep
+                self.log(f"site {s!r} is not taking part: {rep}")
+                continue
+            res = rep["results"][0]
+            expected_fp = self.kit.config.get("site_kits", {}).get(s)
+            if s not in roster:
+                self.refused[s] = f"{s!r} is not a provisioned site of federation {self.kit.federation!r}"
+            elif res.get("federation_id") != self.kit.federation_id:
+                other = str(res.get("federation_id"))[:12]
+                self.refused[s] = f"site {s!r} answered with a kit of another federation (id {other}...)"
+            elif expected_fp and res.get("kit_fingerprint") != expected_fp:
+                fp = str(res.get("kit_fingerprint"))[:16]
+                self.refused[s] = f"site {s!r} runs a kit with fingerprint {fp}..., provisioned: {expected_fp[:16]}..."
+            elif res.get("spec_hash") != self.spec.spec_hash:
+                self.refused[s] = (f"site {s!r} read spec hash {res.get('spec_hash')}, "
+                                   f"the aggregator sent {self.spec.spec_hash}")
+            else:
+                dims[s] = int(res["dim"])
+                self.data_names[s] = str(res.get("data", s))
+                initial[s] = np.asarray(res["initial_weights"], dtype=np.float32)
+                continue
+            self.log(f"refusing site {s!r}: {self.refused[s]}")
+        if len(set(dims.values())) > 1:
+            raise ProtocolError(f"sites disagree on the model size: {dims}")
+        self.sites = sorted(dims)
+        if len(self.sites) < max(2, self.exp.federation.min_sites):
+            raise RoundAborted(
+                f"only {len(self.sites)} site(s) joined ({self.sites}); "
+                f"the run needs at least {max(2, self.exp.federation.min_sites)}. "
+                f"Not taking part: {self.refused or 'none'}"
+            )
+        self.dim = next(iter(dims.values()))
+        # the initial model is public (the experiment's seed): every site reports it; they must agree
+        digests = {s: _digest(w) for s, w in initial.items() if s in self.sites}
+        if len(set(digests.values())) != 1:
+            raise ProtocolError(f"sites built different initial models from seed {self.seed}: {digests}")
+        if self.protocol.releases_to_aggregator:
+            self.weights = initial[self.sites[0]]
+        setup_protocol(self.protocol, self.sites, self.dim, ckks_file=self.kit.file("ckks/public.ckks"),
+                       ckks_kind="public", identities=self.kit.identity_public_keys(), signing_keys={})
+        return self.sites
+
+    # --- carrying ----------------------------------------------------------------------------
+    def _carry(self, rd: _Round, m: Message, site: str | None) -> None:
+        """Record a message the aggregator carries (a view) and route it."""
+        if self.tap is not None:
+            self.tap(m)
+        v = View(m.round, m.stage, m.sender, m.receiver, m.kind.value, m.nbytes)
+        rd.views.append(v)
+        if m.sender in rd.bytes_up:
+            rd.bytes_up[m.sender] += m.nbytes
+        if m.receiver in rd.bytes_down:
+            rd.bytes_down[m.receiver] += m.nbytes
+
+    def _drop(self, rd: _Round, site: str, reason: str) -> None:
+        rd.alive.discard(site)
+        rd.dropped.setdefault(site, reason)
+        if "no reply" in reason or "Node Unavailable" in reason:  # not asked again in this run
+            self.unreachable[site] = reason
+        self.log(f"round {rd.r}: site {site!r} dropped: {reason}")
+
+    def _take_step(self, rd: _Round, site: str, res: dict[str, Any]) -> None:
+        for d in res.get("out", []):
+            m = message_from_dict(d)
+            if m.sender != site or m.receiver != AGGREGATOR or m.round != rd.r:
+                self._drop(rd, site, f"sent a message labelled {m.sender!r} -> {m.receiver!r}, round {m.round}")
+                return
+            self._carry(rd, m, site)
+            rd.inbox_agg.append(m)
+        if "released" in res:
+            rd.contributors = [str(c) for c in res["released"]["contributors"]]
+            rd.model_digests[site] = str(res["released"]["model_sha256"])
+
+    def _aggregator_stage(self, rd: _Round, stage: str) -> None:
+        t0 = time.perf_counter()
+        out = rd.agg.step(stage, rd.inbox_agg)
+        rd.inbox_agg = []
+        for m in out:
+            self._carry(rd, m, None)
+            rd.inbox_site[m.receiver].append(m)
+        rd.stage_seconds[stage] = rd.stage_seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+    # --- the run ---------------------------------------------------------------------------------
+    def run(self, progress: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        if not self.sites:
+            self.discover()
+        fuse = not self.protocol.releases_to_aggregator
+        stages = list(self.protocol.stages)
+        site_stages = [s.name for s in stages if s.actor == "sites"]
+        prev: _Round | None = None
+        carry: dict[str, list[dict[str, Any]]] = {}
+        evals: dict[int, dict[str, dict[str, float]]] = defaultdict(dict)
+        for r in range(self.exp.rounds):
+            if prev is not None:
+                prev.t_end = time.perf_counter()  # a round's seconds run from its start to the next round's
+            live = [s for s in self.sites if s not in self.unreachable]
+            rd = _Round(r, None, live, time.perf_counter(), alive=set(live))
+            rd.bytes_up = {s: 0 for s in live}
+            rd.bytes_down = {s: 0 for s in live}
+            try:
+                rd.agg = self.protocol.aggregator(r, live, self.dim)
+            except SecureFLError as exc:
+                rd.aborted = f"{type(exc).__name__}: {exc}"
+            for stage in stages if rd.agg is not None else []:
+                if rd.aborted:
+                    break
+                try:
+                    if stage.actor == "aggregator":
+                        self._aggregator_stage(rd, stage.name)
+                        continue
+                    first, last = stage.name == site_stages[0], stage.name == site_stages[-1]
+                    step_op = lambda s: {"op": "step", "round": r, "stage": stage.name, "last": last,  # noqa: E731
+                                         "inbox": [message_to_dict(m) for m in rd.inbox_site.pop(s, [])]}
+                    if last and fuse:
+                        carry = {s: [step_op(s)] for s in sorted(rd.alive)}
+                        break
+                    ops: dict[str, list[dict[str, Any]]] = {}
+                    for s in sorted(rd.alive):
+                        ops[s] = list(carry.get(s, [])) if first else []
+                        if first:
+                            ops[s].append({"op": "begin", "round": r, "roster": self.sites, "dim": self.dim,
+                                           "weights": None if fuse else self.weights})
+                        ops[s].append(step_op(s))
+                    if first and prev is not None:
+                        for s in set(carry) - set(ops):  # a site that left still owes nothing more
+                            prev.dropped.setdefault(s, "not reachable for the fused last stage")
+                    label = ("begin+" if first else "") + stage.name
+                    t0 = time.perf_counter()
+                    replies = self._trip(ops, label)
+                    rd.trips += 1
+                    rd.stage_seconds[f"trip:{label}"] = time.perf_counter() - t0
+                    self.log(f"round {r}: trip {label} done in {time.perf_counter() - t0:.1f} s ({len(ops)} sites)")
+                    site_secs = [float(rep.get("seconds", 0.0)) for rep in replies.values() if isinstance(rep, dict)]
+                    rd.stage_seconds[f"site:{label}"] = max(site_secs, default=0.0)
+                    for s, rep in replies.items():
+                        if isinstance(rep, str):
+                            self._drop(rd, s, rep)
+                            if prev is not None and first and s in carry:
+                                prev.dropped.setdefault(s, rep)
+                            continue
+                        for res in rep["results"]:
+                            if res["op"] == "step" and res["round"] == r:
+                                self._take_step(rd, s, res)
+                            elif res["op"] == "step" and prev is not None and res["round"] == prev.r:
+                                self._take_step(prev, s, res)
+                            elif res["op"] == "begin":
+                                rd.train[s] = res.get("train", {})
+                                if "eval" in res:
+                                    evals[r - 1][s] = res["eval"]
+                    if first:
+                        carry = {}
+                        if prev is not None:
+                            self._finish(prev, evals.pop(prev.r, {}), progress)
+                            prev = None
+                except RoundAborted as exc:
+                    rd.aborted = str(exc)
+                except SecureFLError as exc:
+                    rd.aborted = f"{type(exc).__name__}: {exc}"
+            if prev is not None:  # the round before never reached a first trip of this round
+                self._finish(prev, evals.pop(prev.r, {}), progress)
+                prev = None
+            if rd.agg is not None and not rd.aborted and not fuse:
+                for s, reason in rd.agg.rejected.items():
+                    rd.dropped.setdefault(s, reason)
+                result = rd.agg.result()
+                if result is None:
+                    rd.aborted = "the protocol released no result"
+                else:
+                    self._apply(rd, result)
+            if rd.aborted:
+                carry = {}
+            prev = rd
+        # the final trip: the fused last stage of the last round (if any) and the final evaluation
+        assert prev is not None
+        live = [s for s in self.sites if s not in self.unreachable]
+        send_model = fuse and not prev.aborted
+        designated = min((s for s in live if s in (prev.contributors or live)), default=None)
+        ops = {s: [*carry.get(s, []), {"op": "final", "send_model": send_model and s == designated, "cleanup": True}]
+               for s in live}
+        if not fuse:
+            for s in ops:
+                ops[s].insert(0, {"op": "evaluate", "weights": self.weights})
+        t0 = time.perf_counter()
+        replies = self._trip(ops, "final")
+        prev.trips += 1
+        prev.stage_seconds["trip:final"] = time.perf_counter() - t0
+        final_eval: dict[str, dict[str, float]] = {}
+        digests: dict[str, str] = {}
+        for s, rep in replies.items():
+            if isinstance(rep, str):
+                prev.dropped.setdefault(s, rep)
+                continue
+            for res in rep["results"]:
+                if res["op"] == "step":
+                    self._take_step(prev, s, res)
+                elif res["op"] == "final":
+                    final_eval[s] = res["eval"]
+                    digests[s] = res["model_sha256"]
+                    if res.get("weights") is not None and s == designated:
+                        w = np.asarray(res["weights"], dtype=np.float32)
+                        if fuse and w.size == self.dim and _digest(w) == res["model_sha256"]:
+                            self.weights = w
+                            self._carry(prev, Message(prev.r, "final_model", s, AGGREGATOR, w.astype("<f4").tobytes(),
+                                                      ViewKind.AGGREGATE), s)
+        if len(set(digests.values())) > 1:
+            self.log(f"warning: sites ended with different models: {digests}")
+        self.final_digest = next(iter(set(digests.values()))) if len(set(digests.values())) == 1 else None
+        if fuse and prev.contributors is not None:
+            prev.applied = True
+        self._finish(prev, final_eval, progress)
+        return self.records
+
+    def _apply(self, rd: _Round, result: Any) -> None:
+        from ...run.units import server_update
+
+        if len(result.contributors) < self.exp.federation.min_sites:
+            n, k = len(result.contributors), self.exp.federation.min_sites
+            rd.aborted = f"only {n} site(s) contributed; min_sites is {k}"
+            return
+        if self.weights is None:
+            raise ProtocolError("internal: no initial weights (the sites report them at hello)")
+        try:
+            self.weights = server_update(self.privacy, self.server, self.weights, result, rd.r, rd.sites)
+        except SecureFLError as exc:
+            rd.aborted = f"{type(exc).__name__}: {exc}"
+            return
+        rd.contributors = list(result.contributors)
+        rd.applied = True
+
+    def _finish(self, rd: _Round, evals: dict[str, dict[str, float]],
+                progress: Callable[[dict[str, Any]], None] | None) -> None:
+        if rd.contributors is not None and rd.agg is not None and not self.protocol.releases_to_aggregator:
+            rd.applied = rd.applied or bool(rd.contributors)
+            for s, reason in rd.agg.rejected.items():
+                rd.dropped.setdefault(s, reason)
+        if not self.protocol.releases_to_aggregator and rd.contributors is None and not rd.aborted:
+            rd.aborted = "no site reported the released sum"
+        participants = list(rd.contributors or [])
+        broadcast = 4 * self.dim if self.protocol.releases_to_aggregator else 0
+        record = {
+            "round": rd.r, "applied": rd.applied and not rd.aborted, "aborted": rd.aborted,
+            "participants": participants,
+            "dropped": dict(rd.dropped), "metrics": combine_metrics(evals, self.data_names), "train": rd.train,
+            "bytes_up_per_site": float(np.mean([rd.bytes_up.get(s, 0) for s in participants] or [0])),
+            "bytes_down_per_site": float(np.mean([rd.bytes_down.get(s, 0) + broadcast for s in participants] or [0])),
+            "seconds": (rd.t_end or time.perf_counter()) - rd.t0, "stage_seconds": rd.stage_seconds, "trips": rd.trips,
+            "engine": "flower", "privacy_spent": {},
+        }
+        self.records.append(record)
+        self.all_views.extend(rd.views)
+        if progress:
+            progress(record)
+
+
+def _digest(w: np.ndarray) -> str:
+    return hashlib.sha256(np.asarray(w, dtype="<f4").tobytes()).hexdigest()
+
+
+def combine_metrics(evals: Mapping[str, Mapping[str, float]], data_names: Mapping[str, str]) -> dict[str, float]:
+    """Per-site test metrics as ``DATA/metric``; ``pooled/accuracy`` (exact, weighted by test size)
+    and ``site-mean/metric``. Pooled AUC needs every site's scores in one place and is not computed."""
+    out: dict[str, float] = {}
+    n_tot, acc_tot = 0.0, 0.0
+    for s, m in sorted(evals.items()):
+        name = data_names.get(s, s)
+        for k, v in m.items():
+            if k != "n":
+                out[f"{name}/{k}"] = float(v)
+        n = float(m.get("n", 0.0))
+        if "accuracy" in m and n:
+            n_tot += n
+            acc_tot += n * float(m["accuracy"])
+    if n_tot:
+        out["pooled/accuracy"] = acc_tot / n_tot
+    for metric in ("accuracy", "auc", "top5"):
+        vals = [float(m[metric]) for m in evals.values() if metric in m and not np.isnan(m[metric])]
+        if vals:
+            out[f"site-mean/{metric}"] = float(np.mean(vals))
+    return out
+
+
+def write_run_folder(run: DeployedRun, out: Path, variant: str) -> dict[str, Any]:
+    """The run folder in the local engine's format: rounds.jsonl, views.jsonl, summary.json, model.pt."""
+    import torch
+
+    from ...run.records import RunFolder
+
+    folder = RunFolder(out)
+    for rec in run.records:
+        folder.append("rounds.jsonl", rec)
+    for v in run.all_views:
+        folder.append("views.jsonl", v.to_json())
+    if run.weights is not None:
+        torch.save({"weights": torch.from_numpy(np.asarray(run.weights, dtype=np.float32))}, out / "model.pt")
+    recs = run.records
+    summary = {
+        "variant": variant, "seed": run.seed, "status": "finished", "rounds_done": len(recs),
+        "metrics": recs[-1]["metrics"] if recs else {},
+        "bytes_up_per_site_round": float(np.mean([r["bytes_up_per_site"] for r in recs])) if recs else 0.0,
+        "bytes_down_per_site_round": float(np.mean([r["bytes_down_per_site"] for r in recs])) if recs else 0.0,
+        "seconds_per_round": float(np.mean([r["seconds"] for r in recs])) if recs else 0.0,
+        "stage_seconds": {}, "epsilon": {}, "aborted_rounds": sum(not r["applied"] for r in recs), "path": str(out),
+        "engine": "flower", "trips_per_round": [r["trips"] for r in recs], "trips_total": run.trips_total,
+        "sites": run.sites, "refused": run.refused, "final_model_sha256": run.final_digest,
+    }
+    folder.write_json("summary.json", summary)
+    return summary

@@ -1,0 +1,378 @@
+"""The site side of the Flower engine, independent of Flower: ``handle(kit, request) -> reply``.
+
+Every message a SuperNode receives runs in a fresh ``flwr-clientapp`` process (Flower 1.40), so
+the site reloads its kit, data and protocol each time and keeps its per-run state on disk:
+``KIT/state/runs/RUN/site.pkl`` (0600 in the 0700 kit), holding the current global weights,
+the server optimiser (for protocols that release the sum to the sites only) and the live
+:class:`~secure_fl.protocol.base.SiteParty` objects. Why the kit and not ``context.state``:
+the party holds the round's secrets (X25519 private keys, self-mask seeds, Shamir shares),
+and ``context.state`` travels between the SuperNode and each ClientApp process over the
+node's local Runtime API without TLS and lives in the SuperNode's memory; the kit folder is
+the one place the site already trusts with its long-term secrets, survives a SuperNode
+restart, and a round's party is deleted as soon as the round is over at this site. The pickle
+is written and read only by this site's own processes (never received from the network:
+requests use :mod:`.codec`). The protocol object and the CKKS context are not pickled: they are
+rebuilt from the spec and the kit and re-attached on load (``persistent_id``).
+
+A request is ``{"run", "federation_id", "ops": [...]}``; ops run in order, so one Flower
+message can finish round r (e.g. CKKS decrypt and server step) and start round r+1 (train and
+first stage): the fusion that keeps a round to few server round trips. Ops:
+
+* ``hello``: check federation, kit, node name and spec approval; load the task; report dim.
+* ``begin``: adopt the weights sent (or the site's own), evaluate them (the previous round's
+  model), train, transform, charge the ledger, create this round's party.
+* ``step``: one protocol stage; when the site holds the released sum (CKKS, ``release =
+  "sites"``) it also applies the server step to its own copy of the model.
+* ``evaluate`` / ``final``: metrics of the current model; the final model's digest (and, from
+  the designated site, the model itself).
+
+Every refusal raises a :class:`~secure_fl.errors.SecureFLError` whose message names the spec,
+hash, file or federation at fault; the ClientApp turns it into a refusal reply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...crypto.ckks import CkksContext
+from ...deploy.kit import Kit, KitError, load_kit, write_private
+from ...errors import ProtocolError, SecureFLError, SpecError
+from ...protocol.base import AGGREGATOR, SecureSum, SiteParty
+from ...protocol.spec import ProtocolSpec, parse_protocol
+from .codec import message_from_dict, message_to_dict
+from .setup import setup_protocol
+
+__all__ = ["SiteRuntime", "SpecNotApproved", "handle_request"]
+
+_RUN = re.compile(r"^[0-9a-f]{8,64}$")
+
+
+class SpecNotApproved(SecureFLError):
+    """The site has not approved the protocol spec it is asked to run."""
+
+
+@dataclass
+class _State:
+    weights: np.ndarray | None = None
+    server: Any = None
+    parties: dict[int, SiteParty] = field(default_factory=dict)
+    roster: list[str] = field(default_factory=list)
+    dim: int = 0
+
+
+class _Pickler(pickle.Pickler):
+    def persistent_id(self, obj: Any) -> str | None:
+        if isinstance(obj, SecureSum):
+            return "protocol"
+        if isinstance(obj, CkksContext):
+            return "ckks"
+        return None
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, fh: Any, refs: dict[str, Any]) -> None:
+        super().__init__(fh)
+        self._refs = refs
+
+    def persistent_load(self, pid: Any) -> Any:
+        try:
+            return self._refs[pid]
+        except KeyError:
+            raise ProtocolError(f"site state refers to {pid!r}, which this process has not set up") from None
+
+
+def approve_message(spec: ProtocolSpec, kit: Kit) -> str:
+    return (
+        f"site {kit.name!r} has not approved protocol spec {spec.name!r} (spec hash {spec.spec_hash}); "
+        f"its data officer can approve it with `secure-fl site approve {kit.path} <spec.toml>`"
+    )
+
+
+class SiteRuntime:
+    """One site's view of one deployed run, rebuilt in every ClientApp process."""
+
+    def __init__(self, kit_path: str | Path, node_site: str | None = None) -> None:
+        self.kit = load_kit(kit_path, role="site")
+        if node_site and node_site != self.kit.name:
+            raise KitError(f"this SuperNode was started as site {node_site!r} "
+                           f"but its kit {self.kit.path} is site {self.kit.name!r}")
+        self._run: str | None = None
+        self._cfg: dict[str, Any] = {}
+        self._protocol: SecureSum | None = None
+        self._spec: ProtocolSpec | None = None
+        self._task: Any = None
+        self._index = -1
+        self._ckks: CkksContext | None = None
+
+    # --- run folder at the site ---------------------------------------------------------
+    def _run_dir(self) -> Path:
+        assert self._run is not None
+        d = self.kit.state_dir / "runs" / self._run
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return d
+
+    def _open_run(self, run: str) -> None:
+        if not isinstance(run, str) or not _RUN.match(run):
+            raise ProtocolError(f"bad run token {run!r}")
+        self._run = run
+
+    def _load_run_config(self) -> None:
+        path = self._run_dir() / "run.json"
+        if not path.exists():
+            raise ProtocolError(f"site {self.kit.name!r} has no record of run {self._run}: "
+                                "the run must start with a hello stage")
+        self._cfg = json.loads(path.read_text())
+        self._prepare(self._cfg)
+
+    def _prepare(self, cfg: dict[str, Any]) -> None:
+        from ...run.experiment import parse_experiment
+        from ...tasks.registry import build_task
+
+        spec = parse_protocol(cfg["protocol"], cfg.get("protocol_source", "<aggregator>"))
+        approved = self.kit.approvals()
+        if spec.spec_hash not in approved:
+            raise SpecNotApproved(approve_message(spec, self.kit))
+        if spec.privacy is not None:
+            raise SpecError(
+                f"protocol {spec.name!r} has a [privacy] layer; the Flower engine runs non-DP protocols only so far "
+                "(plain-fedavg, ckks-fedavg, secagg-fedavg, secagg-plus-fedavg)"
+            )
+        self._spec = spec
+        exp = parse_experiment(cfg["experiment"], "<aggregator experiment>")
+        self._exp = exp
+        data = self.kit.site_config.get("data", self.kit.name)
+        params = dict(exp.task_params)
+        if "data_path" in self.kit.site_config:
+            params["paths"] = [self.kit.site_config["data_path"]]
+        task = build_task(exp.task_name, params, f"experiment [task] at site {self.kit.name!r}")
+        names = [s.name for s in task.sites]
+        if "data_path" in self.kit.site_config:
+            self._index = 0
+        elif data in names:
+            self._index = names.index(data)
+        else:
+            raise KitError(f"{self.kit.path}/kit.json: site data {data!r} is not a site of task "
+                           f"{exp.task_name!r} (it has {names})")
+        self._task = task
+
+    def _protocol_for(self, roster: list[str], dim: int) -> SecureSum:
+        if self._protocol is None:
+            assert self._spec is not None
+            proto = self._spec.build_secure_sum()
+            setup_protocol(
+                proto, roster, dim,
+                ckks_file=self.kit.file("ckks/secret.ckks"), ckks_kind="secret",
+                identities=self.kit.identity_public_keys(),
+                signing_keys={self.kit.name: self.kit.file("identity/ed25519.key").read_bytes()},
+            )
+            self._protocol = proto
+            self._ckks = getattr(proto, "_secret", None)
+        return self._protocol
+
+    def _load_state(self) -> _State:
+        path = self._run_dir() / "site.pkl"
+        if not path.exists():
+            return _State()
+        with path.open("rb") as fh:
+            head = pickle.load(fh)  # roster and dim first: the protocol is set up before the parties load
+            proto = self._protocol_for(head["roster"], head["dim"]) if head["roster"] else None
+            refs = {"protocol": proto, "ckks": self._ckks}
+            state: _State = _Unpickler(fh, refs).load()
+        return state
+
+    def _save_state(self, state: _State) -> None:
+        buf = io.BytesIO()
+        pickle.dump({"roster": state.roster, "dim": state.dim}, buf)
+        _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(state)
+        tmp = self._run_dir() / "site.pkl.tmp"
+        tmp.unlink(missing_ok=True)
+        write_private(tmp, buf.getvalue())
+        os.replace(tmp, self._run_dir() / "site.pkl")
+
+    # --- ops ------------------------------------------------------------------------------
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        fed_id = str(request.get("federation_id", ""))
+        self.kit.check_peer(fed_id, str(request.get("federation", "?")), "the aggregator that sent this request")
+        self._open_run(str(request.get("run", "")))
+        ops = request.get("ops", [])
+        if not ops or ops[0].get("op") != "hello":
+            self._load_run_config()
+        state: _State | None = None
+        results: list[dict[str, Any]] = []
+        for op in ops:
+            kind = op.get("op")
+            if kind == "hello":
+                results.append(self._hello(op))
+                continue
+            if state is None:
+                state = self._load_state()
+            if kind == "begin":
+                results.append(self._begin(state, op))
+            elif kind == "step":
+                results.append(self._step(state, op))
+            elif kind == "evaluate":
+                results.append(self._evaluate(state, op))
+            elif kind == "final":
+                results.append(self._final(state, op))
+            else:
+                raise ProtocolError(f"unknown op {kind!r}")
+        if state is not None:
+            self._save_state(state)
+        return {"site": self.kit.name, "results": results}
+
+    def _hello(self, op: dict[str, Any]) -> dict[str, Any]:
+        cfg = {k: op[k] for k in ("experiment", "protocol", "protocol_source", "seed")}
+        self._prepare(cfg)
+        model = self._task.make_model(int(cfg["seed"]))
+        from ...training.flat import flatten
+
+        dim = int(flatten(model).size)
+        write_private(self._run_dir() / "run.json", json.dumps(cfg).encode(), overwrite=True)
+        self._cfg = cfg
+        (self._run_dir() / "site.pkl").unlink(missing_ok=True)
+        site = self._task.sites[self._index]
+        assert self._spec is not None
+        return {
+            "op": "hello", "site": self.kit.name, "federation_id": self.kit.federation_id,
+            "kit_fingerprint": self.kit.fingerprint, "dim": dim, "initial_weights": flatten(model).astype(np.float64),
+            "data": site.name, "n_train": site.n_train, "n_test": site.n_test, "spec_hash": self._spec.spec_hash,
+        }
+
+    def _model(self, state: _State) -> Any:
+        from ...training.flat import flatten, load_flat
+
+        model = self._task.make_model(int(self._cfg["seed"]))
+        if state.weights is None:
+            state.weights = flatten(model)
+        load_flat(model, state.weights)
+        return model
+
+    def _metrics(self, state: _State) -> dict[str, float]:
+        site = self._task.sites[self._index]
+        if not site.n_test:
+            return {}
+        model = self._model(state)
+        return {k: float(v) for k, v in self._task.metrics(model, site.x_test, site.y_test).items()}
+
+    def _begin(self, state: _State, op: dict[str, Any]) -> dict[str, Any]:
+        from ...aggregation.server import make_server
+        from ...protocol.pipeline import NoPrivacy
+        from ...run.federation import derive_seed
+        from ...run.units import site_update
+
+        r = int(op["round"])
+        roster = [str(s) for s in op["roster"]]
+        if self.kit.name not in roster:
+            raise ProtocolError(f"round {r}: roster {roster} does not list this site {self.kit.name!r}")
+        unknown = sorted(set(roster) - set(self.kit.sites))
+        if unknown:
+            raise KitError(f"round {r}: the aggregator's roster names sites {unknown} "
+                           "that this federation never provisioned")
+        if state.roster and state.roster != roster:
+            raise ProtocolError(f"round {r}: roster changed from {state.roster} to {roster} within one run")
+        dim = int(op["dim"])
+        state.roster, state.dim = roster, dim
+        proto = self._protocol_for(roster, dim)
+        if op.get("weights") is not None:
+            w = np.asarray(op["weights"], dtype=np.float64)
+            if w.size != dim:
+                raise ProtocolError(f"round {r}: the aggregator sent {w.size} weights, the model has {dim}")
+            state.weights = w.astype(np.float32)
+        assert self._spec is not None
+        if state.server is None:
+            agg = self._spec.aggregation
+            state.server = make_server(agg.server, agg.server_lr, agg.beta1, agg.beta2, agg.tau)
+        out: dict[str, Any] = {"op": "begin", "round": r}
+        if r > 0 and op.get("evaluate", True):
+            out["eval"] = self._metrics(state)
+        model = self._model(state)
+        for old in [k for k in state.parties if k < r]:
+            del state.parties[old]
+        privacy = NoPrivacy(self._spec.aggregation.weighting).site(self.kit.name)
+        site = self._task.sites[self._index]
+        seed = derive_seed(int(self._cfg["seed"]), r, self._index)
+        values, weight, metrics = site_update(model, state.weights, site, privacy, self._exp.training,
+                                              self._task.loss_fn(), seed, r)
+        state.parties[r] = proto.site(self.kit.name, r, values, weight)
+        out["train"] = metrics
+        return out
+
+    def _step(self, state: _State, op: dict[str, Any]) -> dict[str, Any]:
+        from ...protocol.pipeline import NoPrivacy
+        from ...run.units import server_update
+
+        r, stage = int(op["round"]), str(op["stage"])
+        party = state.parties.get(r)
+        if party is None:
+            raise ProtocolError(f"site {self.kit.name!r} has no party for round {r} (stage {stage!r}): "
+                                "it did not begin this round")
+        inbox = [message_from_dict(m) for m in op.get("inbox", [])]
+        for m in inbox:
+            if m.sender != AGGREGATOR or m.receiver != self.kit.name:
+                raise ProtocolError(f"round {r}: message from {m.sender!r} to {m.receiver!r} "
+                                    f"delivered to {self.kit.name!r}")
+        sent = party.step(stage, inbox)
+        out: dict[str, Any] = {"op": "step", "round": r, "stage": stage, "out": [message_to_dict(m) for m in sent]}
+        proto = self._protocol
+        assert proto is not None and self._spec is not None
+        result = party.result()
+        if result is not None and not proto.releases_to_aggregator:
+            # this site holds the key that opens the sum: it takes the server step on its own copy
+            assert state.weights is not None
+            layer = NoPrivacy(self._spec.aggregation.weighting)
+            state.weights = server_update(layer, state.server, state.weights, result, r, list(result.contributors))
+            out["released"] = {"contributors": list(result.contributors), "model_sha256": _digest(state.weights)}
+            del state.parties[r]
+        elif op.get("last"):
+            del state.parties[r]
+        return out
+
+    def _evaluate(self, state: _State, op: dict[str, Any]) -> dict[str, Any]:
+        if op.get("weights") is not None:
+            state.weights = np.asarray(op["weights"], dtype=np.float32)
+        return {"op": "evaluate", "eval": self._metrics(state)}
+
+    def _final(self, state: _State, op: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"op": "final", "eval": self._metrics(state)}
+        assert state.weights is not None
+        out["model_sha256"] = _digest(state.weights)
+        np.save(self._run_dir() / "model.npy", state.weights)
+        if op.get("send_model"):
+            out["weights"] = state.weights.astype(np.float64)
+        if op.get("cleanup"):
+            state.parties.clear()
+        return out
+
+
+def _digest(w: np.ndarray) -> str:
+    return hashlib.sha256(np.asarray(w, dtype="<f4").tobytes()).hexdigest()
+
+
+def handle_request(kit_path: str | Path, request: dict[str, Any], node_site: str | None = None) -> dict[str, Any]:
+    """Run one request at a site; a refusal comes back as ``{"refused": reason}`` (and is logged)."""
+    t0 = time.perf_counter()
+    try:
+        reply = SiteRuntime(kit_path, node_site).handle(request)
+        reply["seconds"] = time.perf_counter() - t0  # the site's own work, for the aggregator's timing record
+        return reply
+    except SecureFLError as exc:
+        print(f"secure-fl site: refused: {exc}", file=sys.stderr, flush=True)
+        return {"refused": str(exc), "error": type(exc).__name__}
+
+
+def remove_run_state(kit: Kit, run: str) -> None:
+    if _RUN.match(run):
+        shutil.rmtree(kit.state_dir / "runs" / run, ignore_errors=True)

@@ -1,0 +1,206 @@
+"""Provisioning kits and the Flower engine's two halves, without Flower processes (fast).
+
+The same DeployedRun and site runtime that the Flower App carries run here over an in-process
+transport; tests/test_flower_deploy.py runs them over real SuperLink/SuperNode processes.
+"""
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from secure_fl.deploy.kit import KitError, load_kit
+from secure_fl.deploy.provision import provision
+from secure_fl.engine.flower.codec import decode, encode
+from secure_fl.engine.flower.inprocess import InProcessTransport
+from secure_fl.engine.flower.server import DeployedRun
+from secure_fl.engine.flower.site import handle_request
+from secure_fl.errors import SpecError
+from secure_fl.protocol.spec import load_protocol
+from secure_fl.run.experiment import parse_experiment
+from secure_fl.run.federation import Federation
+from secure_fl.tasks.registry import build_task
+
+import tomllib
+
+SITES = {"alpha": "site1", "beta": "site2", "gamma": "site3"}
+
+
+def _federation_toml(tmp_path: Path, name: str = "test-fed", sites: dict[str, str] = SITES) -> Path:
+    lines = [f'name = "{name}"', 'address = "127.0.0.1:19999"']
+    for s, data in sites.items():
+        lines += [f"[sites.{s}]", f'data = "{data}"']
+    path = tmp_path / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def kits(tmp_path):
+    out = tmp_path / "kits"
+    provision(_federation_toml(tmp_path), out)
+    return out
+
+
+def _exp(tiny_experiment_toml, protocol: str, rounds: int = 2, n_sites: int = 3):
+    task = f'name = "synthetic-tabular"\nn_sites = {n_sites}\nn_per_site = 60'
+    text = tiny_experiment_toml(protocols=f'["{protocol}"]', task=task, rounds=rounds)
+    return parse_experiment(tomllib.loads(text), "tiny.toml")
+
+
+def _approve(kits: Path, spec, sites=SITES) -> None:
+    for s in sites:
+        load_kit(kits / "sites" / s).approve(spec.spec_hash, spec.name, "test")
+
+
+def test_each_kit_holds_only_what_its_party_may_hold(kits):
+    agg = load_kit(kits / "aggregator", role="aggregator")
+    site = load_kit(kits / "sites" / "alpha", role="site")
+    assert set(agg.config["files"]) == {"tls/ca.crt", "tls/server.pem", "tls/server.key", "ckks/public.ckks",
+                                        "nodes/alpha.pub", "nodes/beta.pub", "nodes/gamma.pub"}
+    assert set(site.config["files"]) == {"tls/ca.crt", "node/auth.key", "node/auth.pub", "ckks/secret.ckks", "identity/ed25519.key"}
+    assert agg.federation_id == site.federation_id and agg.fingerprint != site.fingerprint
+    assert agg.config["site_kits"]["alpha"] == site.fingerprint
+    for root, dirs, files in os.walk(kits):
+        for d in dirs:
+            assert stat.S_IMODE(os.stat(Path(root) / d).st_mode) == 0o700
+        for f in files:
+            assert stat.S_IMODE(os.stat(Path(root) / f).st_mode) == 0o600
+    # Flower 1.40 accepts an EC key in OpenSSH format and a one-line OpenSSH public key
+    assert (kits / "sites/alpha/node/auth.key").read_bytes().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert (kits / "sites/alpha/node/auth.pub").read_text().startswith("ecdsa-sha2-nistp256 ")
+    # the aggregator's CKKS context cannot decrypt; the site's can
+    from secure_fl.crypto.ckks import load_public_context, load_secret_context
+
+    assert not load_public_context(kits / "aggregator/ckks/public.ckks").can_decrypt
+    assert load_secret_context(kits / "sites/alpha/ckks/secret.ckks").can_decrypt
+    # the server certificate names the loopback address and chains to the CA
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate((kits / "aggregator/tls/server.pem").read_bytes())
+    ca = x509.load_pem_x509_certificate((kits / "sites/alpha/tls/ca.crt").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in sans.get_values_for_type(x509.DNSName)
+
+
+def test_a_wrong_altered_or_misused_kit_is_refused_by_name(kits, tmp_path):
+    with pytest.raises(KitError, match="not a site kit"):
+        load_kit(kits / "aggregator", role="site")
+    with pytest.raises(KitError, match="not a aggregator kit|not a aggregator"):
+        load_kit(kits / "sites/alpha", role="aggregator")
+    key = kits / "sites/alpha/identity/ed25519.key"
+    key.write_bytes(os.urandom(32))
+    with pytest.raises(KitError, match="ed25519.key: its SHA-256 differs"):
+        load_kit(kits / "sites/alpha")
+    os.chmod(kits / "sites/beta/node/auth.key", 0o644)
+    with pytest.raises(KitError, match="auth.key: readable by other users"):
+        load_kit(kits / "sites/beta")
+    cfg = json.loads((kits / "sites/gamma/kit.json").read_text())
+    cfg["site"]["data"] = "site1"
+    (kits / "sites/gamma/kit.json").write_text(json.dumps(cfg))
+    with pytest.raises(KitError, match="fingerprint does not match"):
+        load_kit(kits / "sites/gamma")
+    with pytest.raises(SpecError, match="not empty"):
+        provision(_federation_toml(tmp_path), kits)
+
+
+def test_federation_file_errors_name_the_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\naddress = "nohost"\n[sites.a]\n[sites.b]\n')
+    with pytest.raises(SpecError, match="address: expected HOST:PORT"):
+        provision(bad, tmp_path / "o1")
+    bad.write_text('name = "x"\naddress = "127.0.0.1:1"\n[sites.Bad_Name]\n[sites.b]\n')
+    with pytest.raises(SpecError, match="site names are lowercase"):
+        provision(bad, tmp_path / "o2")
+
+
+def test_site_refuses_unapproved_spec_and_other_federation(kits, tmp_path, tiny_experiment_toml):
+    exp = _exp(tiny_experiment_toml, "plain-fedavg")
+    spec = exp.variants[0].spec
+    agg = load_kit(kits / "aggregator")
+    hello = {"op": "hello", "experiment": exp.raw, "protocol": spec.raw, "protocol_source": "plain-fedavg.toml", "seed": 0}
+    req = {"run": "ab" * 8, "federation_id": agg.federation_id, "federation": agg.federation, "ops": [hello]}
+    reply = handle_request(kits / "sites/alpha", req)
+    assert "refused" in reply
+    assert "'plain-fedavg'" in reply["refused"] and spec.spec_hash in reply["refused"] and "site approve" in reply["refused"]
+    other = tmp_path / "other"
+    provision(_federation_toml(tmp_path, "other-fed"), other)
+    reply = handle_request(other / "sites/alpha", req)
+    assert "refused" in reply and "federation 'other-fed'" in reply["refused"] and "another provisioning" in reply["refused"]
+
+
+def test_codec_round_trip_and_refuses_garbage():
+    value = {"a": [1, 2.5, None, "x", b"\x00\xff"], "w": np.arange(5, dtype=np.float64)}
+    back = decode(encode(value))
+    assert back["a"] == value["a"] and np.array_equal(back["w"], value["w"])
+    from secure_fl.errors import ProtocolError
+
+    with pytest.raises(ProtocolError):
+        decode(b"garbage")
+    with pytest.raises(ProtocolError):
+        decode(encode(value)[:-3])
+
+
+def _local_weights(exp, protocol: str, rounds: int) -> np.ndarray:
+    task = build_task(exp.task_name, exp.task_params)
+    fed = Federation(exp, task, exp.variants[0], 0, Path("/nonexistent-unused"))
+    for r in range(rounds):
+        fed.round(r)
+    return fed.weights
+
+
+@pytest.mark.parametrize("protocol, trips, tol", [("plain-fedavg", 1, 0.0), ("ckks-fedavg", 2, 1e-6), ("secagg-plus-fedavg", 4, 1e-3)])
+def test_deployed_run_gives_the_local_engines_model(kits, tiny_experiment_toml, protocol, trips, tol):
+    exp = _exp(tiny_experiment_toml, protocol)
+    spec = exp.variants[0].spec
+    _approve(kits, spec)
+    views = []
+    transport = InProcessTransport({s: kits / "sites" / s for s in SITES})
+    run = DeployedRun(load_kit(kits / "aggregator"), exp, spec, 0, transport, tap=views.append, log=lambda s: None)
+    records = run.run()
+    assert [r["applied"] for r in records] == [True, True]
+    assert records[0]["participants"] == sorted(SITES)
+    assert records[0]["trips"] == trips  # server round trips in a steady round (the last adds the final evaluation)
+    assert np.allclose(run.weights, _local_weights(exp, protocol, 2), atol=tol, rtol=0)
+    # every carried message is a view; no single site's message is plain unless the spec says so
+    kinds = {v.kind.value for v in views if v.sender in SITES and v.stage != "final_model"}
+    assert kinds <= ({"plain"} if protocol == "plain-fedavg" else {"ciphertext", "masked", "public", "aggregate"})
+    if protocol == "ckks-fedavg":
+        assert all(r["metrics"] for r in records) and "site1/accuracy" in records[-1]["metrics"]
+    # the site's per-run state holds no party once the run is over
+    for s in SITES:
+        (state,) = (kits / "sites" / s / "state" / "runs").iterdir()
+        assert stat.S_IMODE((state / "site.pkl").stat().st_mode) == 0o600
+
+
+def test_secagg_round_survives_a_site_that_stops_answering_mid_round(tmp_path, tiny_experiment_toml):
+    sites = {**SITES, "delta": "site4"}
+    kits = tmp_path / "kits4"
+    provision(_federation_toml(tmp_path, sites=sites), kits)
+    exp = _exp(tiny_experiment_toml, "secagg-plus-fedavg", rounds=1, n_sites=4)
+    spec = exp.variants[0].spec
+    _approve(kits, spec, sites)
+
+    class Flaky(InProcessTransport):
+        def exchange(self, requests, timeout):
+            if len(self.trips) == 3:  # hello, begin+advertise_keys, share_keys: gamma dies before masked_input
+                self.offline.add("gamma")
+            return super().exchange(requests, timeout)
+
+    transport = Flaky({s: kits / "sites" / s for s in sites})
+    run = DeployedRun(load_kit(kits / "aggregator"), exp, spec, 0, transport, stage_timeout=1, log=lambda s: None)
+    (rec,) = run.run()
+    assert rec["applied"], rec
+    assert rec["participants"] == ["alpha", "beta", "delta"]
+    assert "no reply" in rec["dropped"]["gamma"]
+    # the released model is the mean over the two survivors (up to quantisation)
+    task = build_task(exp.task_name, exp.task_params)
+    fed = Federation(exp, task, exp.variants[0], 0, Path("/nonexistent-unused"))
+    w0 = fed.weights.copy()
+    ups = [fed._site_update(i, 0) for i in (0, 1, 3)]
+    mean = sum(v for v, _, _ in ups) / sum(w for _, w, _ in ups)
+    assert np.allclose(run.weights, w0 + mean, atol=1e-3)
