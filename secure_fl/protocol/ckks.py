@@ -83,6 +83,7 @@ round releases nothing (stated in the spec's ``not_protected``).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -200,7 +201,7 @@ class _CkksSite(SiteParty):
         self._bounds_from: tuple[str, ...] | None = None
         self._result: SumResult | None = None
         stages = [s.name for s in proto.stages if s.actor == "sites"]
-        self._order = _StageOrder(stages, f"CKKS site {site_id!r}", lambda why: SiteRejected(site_id, why))
+        self._order = _StageOrder(stages, f"CKKS site {site_id!r}", functools.partial(SiteRejected, site_id))
         self._handlers: dict[str, Callable[[Sequence[Message]], list[Message]]] = {
             BOUNDS: self._bounds, SUBMIT: self._submit, DECRYPT: self._decrypt,
         }
