@@ -25,10 +25,11 @@ for s in cleveland hungary va-long-beach switzerland; do
 done
 $SFL deploy run heart-protocols --federation "$WORK/kits/aggregator" --protocol "$PROTOCOL" --rounds "$ROUNDS" --out "$WORK/deployed"
 $SFL run heart-protocols --protocol "$PROTOCOL" --rounds "$ROUNDS" --seeds 0 --out "$WORK/local" --quiet
-python - "$WORK" "$PROTOCOL" <<'PY'
+"${PYTHON:-$(dirname "$(command -v "$SFL")")/python}" - "$WORK" "$PROTOCOL" <<'PY'
 import sys, torch
 work, protocol = sys.argv[1], sys.argv[2]
-a = torch.load(f"{work}/deployed/heart-protocols/{protocol}/seed0/model.pt")["weights"]
-b = torch.load(f"{work}/local/heart-protocols/{protocol}/seed0/model.pt")["weights"]
+a = torch.load(f"{work}/deployed/heart-protocols/{protocol}/seed0/model.pt")["weights"]  # flat, as it travelled
+local = torch.load(f"{work}/local/heart-protocols/latest/{protocol}/seed0/model.pt")  # a state_dict
+b = torch.cat([v.reshape(-1) for v in local.values()])
 print(f"largest difference between the deployed and the in-process model: {float((a - b).abs().max()):.2e}")
 PY

@@ -198,8 +198,10 @@ class Federation:
         self.dim = self.weights.size
         self.loss_fn = task.loss_fn()
         self.protocol: SecureSum = spec.build_secure_sum()
-        self.protocol.setup([s.name for s in task.sites], self.dim)
+        # the privacy layer first: its checks name the key the user set (e.g. [privacy].min_sites), which the
+        # secure sum only sees as the minimum the layer pushed into it
         self.privacy = _privacy_layer(variant, exp, task, run_dir, seed)
+        self.protocol.setup([s.name for s in task.sites], self.dim)
         agg = spec.aggregation
         self.server = make_server(agg.server, agg.server_lr, agg.beta1, agg.beta2, agg.tau)
         self.rng = np.random.default_rng(derive_seed(seed, 0x5E1))
