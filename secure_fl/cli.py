@@ -59,6 +59,10 @@ def _print_table(result, as_json: bool = False) -> None:  # type: ignore[no-unty
         for r in srows:
             sites.add_row(*(escape(c) for c in r))
         console.print(sites)
+    from .run.compare import guarantee_lines
+
+    for label, guarantee in guarantee_lines(result):  # what each protected row buys (its spec's first guarantee)
+        console.print(f"[bold]{escape(label)}[/bold]: {escape(guarantee)}")
     console.print(
         f"seeds {result.experiment.seeds}, {result.experiment.rounds} rounds; metrics on the pooled test sets of all sites "
         f"(mean ± sd over seeds); KB up/down = bytes per participating site per round; "

@@ -217,13 +217,14 @@ def table_rows(result: CompareResult) -> tuple[list[str], list[list[str]]]:
     if any(k.endswith("/top5") and k.startswith("pooled") for r in result.runs for k in r.metrics):
         metric_keys.append("pooled/top5")
     metric_keys += extra
-    header = ["protocol", *[k.replace("pooled/", "") for k in metric_keys], "ε per site", "ε for", "KB up", "KB down", "s/round", "aborted"]
+    header = ["protocol", "aggregator sees", *[k.replace("pooled/", "") for k in metric_keys], "ε per site", "ε for",
+              "KB up", "KB down", "s/round", "aborted"]
     rows = []
     for v in result.experiment.variants:
         runs = [r for r in result.runs if r.variant == v.label]
         if not runs:
             continue
-        row = [v.label]
+        row = [v.label, v.spec.threat_model.aggregator_sees if v.spec is not None else "–"]
         for k in metric_keys:
             row.append(_mean_sd([r.metrics.get(k, float("nan")) for r in runs]))
         row.append(_epsilon_cell(runs) if v.reference is None else "–")
@@ -237,6 +238,16 @@ def table_rows(result: CompareResult) -> tuple[list[str], list[list[str]]]:
         row.append(str(sum(r.aborted_rounds for r in runs)))
         rows.append(row)
     return header, rows
+
+
+def guarantee_lines(result: CompareResult) -> list[tuple[str, str]]:
+    """(protocol, its first stated guarantee) for every protocol in the table: what each row buys."""
+    out = []
+    for v in result.experiment.variants:
+        if v.spec is not None and any(r.variant == v.label for r in result.runs):
+            first = v.spec.threat_model.guarantees[0] if v.spec.threat_model.guarantees else v.spec.summary
+            out.append((v.label, first))
+    return out
 
 
 def _epsilon_cell(runs: list[RunSummary]) -> str:
