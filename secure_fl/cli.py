@@ -100,7 +100,8 @@ def cmd_protocols(args: argparse.Namespace) -> int:
 
 
 # sub-commands contributed by other modules: (module, attribute) with add_parser(subparsers)
-_EXTRA_COMMANDS = [("secure_fl.cli_keys", "add_parser"), ("secure_fl.cli_ledger", "add_parser")]
+_EXTRA_COMMANDS = [("secure_fl.cli_keys", "add_parser"), ("secure_fl.cli_ledger", "add_parser"),
+                   ("secure_fl.cli_report", "add_parser")]
 
 
 def build_parser() -> argparse.ArgumentParser:
