@@ -20,6 +20,7 @@ Free text of the spec's ``[threat_model]`` is quoted as such, never paraphrased.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -46,6 +47,8 @@ class Plan:
     local_steps: int | None = None
     fraction: float = 1.0
     min_sites: int = 1  # the run's [federation].min_sites
+    #: σ a finished run recorded (every site the same): the statement uses it instead of calibrating again
+    noise_multiplier: float | None = None
 
     def sizes(self) -> dict[str, int]:
         if self.site_sizes:
@@ -219,9 +222,12 @@ def _dp(spec: ProtocolSpec, plan: Plan) -> dict[str, Any] | None:
     training = TrainingConfig(local_epochs=plan.local_epochs, local_steps=plan.local_steps,
                               batch_size=plan.batch_size)
     sizes = plan.sizes()
+    layer_cfg = cfg
+    if plan.noise_multiplier is not None and cfg.noise_multiplier is None:
+        layer_cfg = dataclasses.replace(cfg, noise_multiplier=float(plan.noise_multiplier), target_epsilon=None)
     with tempfile.TemporaryDirectory(prefix="secure-fl-guarantee-") as tmp:
         layer = build_privacy_layer(
-            cfg, weighting=spec.aggregation.weighting, plan=RunPlan(plan.rounds, plan.fraction, training),
+            layer_cfg, weighting=spec.aggregation.weighting, plan=RunPlan(plan.rounds, plan.fraction, training),
             site_sizes=sizes, run_dir=Path(tmp), noise_rng=np.random.default_rng(0),
             protocol_name=spec.name, spec_hash=spec.spec_hash,
         )
@@ -285,13 +291,13 @@ def derive(spec: ProtocolSpec, plan: Plan) -> Guarantee:
         minimum = max(1, plan.min_sites)
         adversary.update(min_contributors=minimum, dropout_tolerance=n - minimum)
         if local_dp:
-            adversary["model"] = "none trusted"
+            adversary["model"] = "no trust needed"
             adv.append(Fact("adv_any"))
         elif dp is not None:
             adversary["model"] = "trusted aggregator"
             adv.append(Fact("adv_trusted"))
         else:
-            adversary["model"] = "none"
+            adversary["model"] = "unprotected"
             adv.append(Fact("adv_none"))
     elif kind == "ckks":
         terms += ["ckks", "semi_honest", "collusion"]

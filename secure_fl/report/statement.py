@@ -52,7 +52,8 @@ def sections(g: Guarantee, lang: str = "en") -> list[Section]:
     quoted = [f"adversary: {spec['adversary']}"] + [f"assumes: {a}" for a in spec["assumptions"]]
     quoted += [f"not protected: {a}" for a in spec["not_protected"]]
     out.append(Section("spec_says", heading("spec_says", lang, source=g.source), quoted, quoted=True))
-    out.append(Section("glossary", heading("glossary", lang), [": ".join(term(k, lang)) for k in g.terms]))
+    if g.terms:
+        out.append(Section("glossary", heading("glossary", lang), [": ".join(term(k, lang)) for k in g.terms]))
     return out
 
 

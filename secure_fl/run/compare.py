@@ -62,6 +62,9 @@ def run_experiment(
     result = CompareResult(exp, task, runs, out_dir)
     (out_dir / "compare.json").write_text(json.dumps([r.to_json() for r in runs], indent=2, default=str))
     (out_dir / "compare.md").write_text(format_markdown(result) + "\n")
+    from ..report.html import compare_folder_report  # report.html in the compare folder and each run folder
+
+    compare_folder_report(out_dir)
     return result
 
 
