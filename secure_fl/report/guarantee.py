@@ -333,7 +333,10 @@ def derive(spec: ProtocolSpec, plan: Plan) -> Guarantee:
             coal.append(Fact("coal_masked_plus", {"c": c, "h": honest, "p": fmt_probability(p)}))
         else:
             coal.append(Fact("coal_masked", {"c": c, "h": honest}))
-        coal.append(Fact("coal_masked_beyond", {"t": t}))
+        if ss["degree"] < n - 1:
+            coal.append(Fact("coal_masked_beyond_plus", {"t": t, "holders": ss["holders"]}))
+        else:
+            coal.append(Fact("coal_masked_beyond", {"t": t}))
         active = ss.get("active_colluders")
         adversary.update(model="semi-honest", collusion_bound=c, min_contributors=k, dropout_tolerance=n - k,
                          failure_probability=p, abort_probability=ss.get("abort_probability"))
@@ -347,7 +350,8 @@ def derive(spec: ProtocolSpec, plan: Plan) -> Guarantee:
         adv += [Fact("adv_collusion_local", {"t": t}) if local_bound else Fact("adv_collusion", {"c": c}),
                 Fact("adv_min", {"k": k, "who": "@who_masked"})]
         if p is not None:
-            adv.append(Fact("adv_failure", {"p": fmt_probability(p), "a": fmt_probability(ss.get("abort_probability"))}))
+            abort = fmt_probability(ss.get("abort_probability"))
+            adv.append(Fact("adv_failure", {"p": fmt_probability(p), "a": abort}))
     if central and dp is not None:
         adder = dp.get("noise_adder") or "aggregator"
         if adder == "aggregator":

@@ -51,21 +51,49 @@ _H: dict[str, tuple[str, str]] = {
     "reference": ("reference point, not a protocol: no guarantee to state", "プロトコルではなく基準点: 保証はない"),
 }
 
+#: table headers and captions in Japanese (the figures' own labels stay in English)
+_JA: dict[str, str] = {
+    "run": "実行", "status": "状態", "rounds": "ラウンド数", "auc": "AUC", "accuracy": "正解率",
+    "ε max (site)": "ε 最大 (施設)", "aborted": "中止", "KB up": "送信 KB", "KB down": "受信 KB",
+    "s/round": "秒/ラウンド", "protocol": "プロトコル", "aggregator sees": "集約者が見るもの", "adversary": "攻撃者",
+    "colluding sites tolerated": "許容される共謀施設数", "min. contributors": "最少参加施設数",
+    "dropouts tolerated": "許容される脱落数", "ε per site (planned)": "施設ごとの ε (計画)",
+    "P(failure)/round": "失敗確率/ラウンド", "site": "施設", "ε spent": "消費した ε", "ε (RDP)": "ε (RDP)",
+    "ε for": "ε の単位", "budget": "予算", "ledger charges": "台帳の記録数", "rounds refused (budget)": "拒否したラウンド (予算)",
+    "messages (bytes)": "メッセージ数 (バイト)", "round": "ラウンド", "what": "内容", "reason as recorded": "記録された理由",
+    "run folder": "実行フォルダ", "variant": "バリアント", "seed": "シード", "protocol spec hash": "仕様書ハッシュ",
+    "overrides": "上書き設定", "run id": "実行 ID", "code commit": "コードのコミット", "versions": "バージョン",
+    "data digest per site": "施設ごとのデータ要約 (sha256)",
+    "pooled test metrics after each round; a circled point is a round that released nothing":
+        "各ラウンド後の全施設テストデータでの指標。丸で囲んだ点は何も公開しなかったラウンド",
+    "cumulative ε per site as charged to its ledger before each update left; ✕ = a round the site refused because "
+    "it would exceed its budget":
+        "各更新が施設を出る前に台帳へ記録された施設ごとの累積 ε。✕ は予算を超えるため施設が拒否したラウンド",
+    "mean per round over the run (simulated in one process)": "実行全体のラウンドあたり平均 (1 プロセスでの模擬)",
+    "every message the aggregator received or relayed, by what it reveals (views.jsonl)":
+        "集約者が受け取った、または中継したすべてのメッセージ (明かす内容別、views.jsonl)",
+}
+
 _CSS = """
 :root{--ink:#1a1a1a;--muted:#555;--line:#d0d0d0;--bad:#b00020;--ok:#1b5e20}
 body{font-family:"Noto Sans","Noto Sans CJK JP","DejaVu Sans",Arial,sans-serif;color:var(--ink);margin:0 auto;
 max-width:1100px;padding:16px 24px;line-height:1.45;font-size:14px}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;border-bottom:2px solid var(--ink);padding-bottom:2px;margin-top:28px}
+h1{font-size:22px;margin:0 0 4px}
+h2{font-size:18px;border-bottom:2px solid var(--ink);padding-bottom:2px;margin-top:28px}
 h3{font-size:15px;margin:16px 0 4px}h4{font-size:13px;margin:10px 0 2px}
 .meta{color:var(--muted);font-size:12px}
 table{border-collapse:collapse;margin:6px 0;font-size:12.5px}th,td{border:1px solid var(--line);padding:3px 7px;
-text-align:left;vertical-align:top}thead th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
-table.parties{width:100%}table.parties th[scope=row]{width:18%;background:#fafafa}table.parties ul{margin:0;padding-left:18px}
+text-align:left;vertical-align:top}thead th{background:#f2f2f2}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+table.parties{width:100%}table.parties th[scope=row]{width:18%;background:#fafafa}
+table.parties ul{margin:0;padding-left:18px}
 .guarantee{border:1px solid var(--line);border-radius:6px;padding:4px 14px 10px;margin:12px 0;background:#fcfcfc}
 .sec ul{margin:2px 0;padding-left:20px}.quoted{color:var(--muted);font-size:12px}
-figure{margin:8px 0;break-inside:avoid}figure svg{max-width:100%;height:auto}figcaption{font-size:12px;color:var(--muted)}
+figure{margin:8px 0;break-inside:avoid}figure svg{max-width:100%;height:auto}
+figcaption{font-size:12px;color:var(--muted)}
 .bad{color:var(--bad)}.ok{color:var(--ok)}.note{color:var(--muted);font-style:italic}
-pre{background:#f6f6f6;border:1px solid var(--line);padding:6px;font-size:11px;white-space:pre-wrap;max-height:320px;overflow:auto}
+pre{background:#f6f6f6;border:1px solid var(--line);padding:6px;font-size:11px;white-space:pre-wrap;
+max-height:320px;overflow:auto}
 @media print{body{max-width:none;font-size:11px;padding:0}h2{break-after:avoid}pre{max-height:none}
 .guarantee,figure,table{break-inside:avoid}@page{size:A4;margin:14mm}}
 """
@@ -99,7 +127,8 @@ def _plan(run: RunData) -> Plan:
     sigmas = {round(float(v["noise_multiplier"]), 12) for rec in run.rounds[-1:]
               for v in (rec.get("privacy_spent") or {}).values()
               if isinstance(v, dict) and isinstance(v.get("noise_multiplier"), (int, float))}
-    return Plan(noise_multiplier=sigmas.pop() if len(sigmas) == 1 else None,sites=len(sizes) or 1, rounds=int(planned or 1), site_sizes=sizes or None,
+    return Plan(noise_multiplier=sigmas.pop() if len(sigmas) == 1 else None,
+                sites=len(sizes) or 1, rounds=int(planned or 1), site_sizes=sizes or None,
                 batch_size=int(training.get("batch_size", 32)), local_epochs=int(training.get("local_epochs", 1)),
                 local_steps=training.get("local_steps"), fraction=float(fed.get("fraction", 1.0)),
                 min_sites=int(fed.get("min_sites", 1)))
@@ -177,16 +206,16 @@ def _glance(runs: list[RunData], lang: str) -> str:
         return ""
     head = ["protocol", "aggregator sees", "adversary", "colluding sites tolerated", "min. contributors",
             "dropouts tolerated", "ε per site (planned)", "P(failure)/round"]
-    return f"<h3>{e(_h('glance', lang))}</h3>" + _table(head, rows)
+    return f"<h3>{e(_h('glance', lang))}</h3>" + _table(head, rows, lang)
 
 
 def _figure(name: str, svg: str | None, caption: str, lang: str) -> str:
     if svg is None:
-        return f"<p class='note'>{e(heading('not_recorded', lang))}: {e(caption)}</p>"
-    return f"<figure data-figure='{name}'>{svg}<figcaption>{e(caption)}</figcaption></figure>"
+        return f"<p class='note'>{e(heading('not_recorded', lang))}: {e(_tr(caption, lang))}</p>"
+    return f"<figure data-figure='{name}'>{svg}<figcaption>{e(_tr(caption, lang))}</figcaption></figure>"
 
 
-def _overview(runs: list[RunData]) -> str:
+def _overview(runs: list[RunData], lang: str) -> str:
     keys = metric_key(runs)
     head = ["run", "status", "rounds", *[k.replace("pooled/", "") for k in keys], "ε max (site)", "aborted",
             "KB up", "KB down", "s/round"]
@@ -205,11 +234,16 @@ def _overview(runs: list[RunData]) -> str:
             + f"<td class='num'>{_num((r.summary.get('bytes_down_per_site_round') or 0) / 1024, '{:.1f}')}</td>"
             + f"<td class='num'>{_num(r.summary.get('seconds_per_round'))}</td></tr>"
         )
-    return _table(head, rows)
+    return _table(head, rows, lang)
 
 
-def _table(head: list[str], rows: list[str]) -> str:
-    return ("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr></thead><tbody>"
+def _tr(text: str, lang: str) -> str:
+    """A table header or caption in ``lang`` (numbers and identifiers stay as they are)."""
+    return _JA.get(text, text) if lang == "ja" else text
+
+
+def _table(head: list[str], rows: list[str], lang: str = "en") -> str:
+    return ("<table><thead><tr>" + "".join(f"<th>{e(_tr(h, lang))}</th>" for h in head) + "</tr></thead><tbody>"
             + "".join(rows) + "</tbody></table>")
 
 
@@ -225,18 +259,20 @@ def _privacy_table(runs: list[RunData], lang: str) -> str:
             last = (r.rounds[-1].get("privacy_spent") or {}).get(site, {}) if r.rounds else {}
             rows.append(
                 f"<tr><td>{e(r.label)}</td><td>{e(site)}</td><td class='num'>{_num(pts[-1][1])}</td>"
-                f"<td class='num'>{_num(last.get('epsilon_rdp'))}</td><td class='num'>{_num(last.get('delta'), '{:g}')}</td>"
+                f"<td class='num'>{_num(last.get('epsilon_rdp'))}</td>"
+                f"<td class='num'>{_num(last.get('delta'), '{:g}')}</td>"
                 f"<td>{e(str(last.get('adjacency') or last.get('unit') or '–'))}</td>"
-                f"<td class='num'>{_num(budget, '{:g}')}</td><td class='num'>{charges if charges is not None else '–'}</td>"
+                f"<td class='num'>{_num(budget, '{:g}')}</td>"
+                f"<td class='num'>{charges if charges is not None else '–'}</td>"
                 f"<td class='num'>{refused}</td></tr>"
             )
     if not rows:
         return f"<p class='note'>{e(_h('no_dp', lang))}</p>"
     return _table(["run", "site", "ε spent", "ε (RDP)", "δ", "ε for", "budget", "ledger charges",
-                   "rounds refused (budget)"], rows)
+                   "rounds refused (budget)"], rows, lang)
 
 
-def _views_table(runs: list[RunData]) -> str:
+def _views_table(runs: list[RunData], lang: str) -> str:
     kinds = sorted({k for r in runs for k in r.view_counts})
     if not kinds:
         return ""
@@ -246,7 +282,7 @@ def _views_table(runs: list[RunData]) -> str:
             f"<td class='num'>{sum(r.view_counts.get(k, {}).values())} ({r.view_bytes.get(k, 0) / 1024:.1f} KB)</td>"
             for k in kinds)
         rows.append(f"<tr><td>{e(r.label)}</td>{cells}</tr>")
-    return _table(["run", *[f"{k}: messages (bytes)" for k in kinds]], rows)
+    return _table(["run", *[f"{k}: {_tr('messages (bytes)', lang)}" for k in kinds]], rows, lang)
 
 
 def _kind(reason: str) -> str:
@@ -270,7 +306,7 @@ def _refusals(runs: list[RunData], lang: str) -> str:
                             f"<td class='bad'>round released nothing</td><td>{e(str(rec['aborted']))}</td></tr>")
     if not rows:
         return f"<p class='note'>{e(_h('none_dropped', lang))}</p>"
-    return _table(["run", "round", "site", "what", "reason as recorded"], rows)
+    return _table(["run", "round", "site", "what", "reason as recorded"], rows, lang)
 
 
 def _repro(runs: list[RunData], lang: str) -> str:
@@ -292,7 +328,7 @@ def _repro(runs: list[RunData], lang: str) -> str:
                                                for s, v in data.items() if isinstance(v, dict))
              if isinstance(data, dict) and data else nr),
         ]
-        rows = "".join(f"<tr><th scope='row'>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in items)
+        rows = "".join(f"<tr><th scope='row'>{e(_tr(k, lang))}</th><td>{e(v)}</td></tr>" for k, v in items)
         resolved = {k: v for k, v in r.resolved.items() if k != "protocol"} or nr
         out.append(f"<h3>{e(r.label)}</h3><table>{rows}</table><h4>resolved.json (effective configuration)</h4>"
                    f"<pre>{e(json.dumps(resolved, indent=1, sort_keys=True, default=str))}</pre>")
@@ -313,7 +349,7 @@ def build_html(runs: list[RunData], title: str, lang: str = "en") -> str:
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     guarantees = _section("guarantees", lang, lambda: _guarantees(runs, lang))
     parts = [
-        _section("overview", lang, lambda: _overview(runs) + _glance(runs, lang)),
+        _section("overview", lang, lambda: _overview(runs, lang) + _glance(runs, lang)),
         _section("accuracy", lang, lambda: _figure("accuracy", metrics_figure(runs),
                  "pooled test metrics after each round; a circled point is a round that released nothing", lang)),
         _section("privacy", lang, lambda: _figure("epsilon", epsilon_figure(runs),
@@ -323,7 +359,7 @@ def build_html(runs: list[RunData], title: str, lang: str = "en") -> str:
                  "mean per round over the run (simulated in one process)", lang)),
         _section("views", lang, lambda: _figure("views", views_figure(runs),
                  "every message the aggregator received or relayed, by what it reveals (views.jsonl)", lang)
-                 + _views_table(runs)),
+                 + _views_table(runs, lang)),
         _section("refusals", lang, lambda: _refusals(runs, lang)),
         _section("repro", lang, lambda: _repro(runs, lang)),
     ]

@@ -22,8 +22,8 @@ PHRASES: dict[str, tuple[str, str]] = {
                   "各施設の更新を平文のまま見る{counts}。"),
     "agg_noised": ("sees every site's update with DP noise the site added itself{counts}: the noise bounds what it "
                    "can infer about any one {unit} (ε below), it does not hide the update.",
-                   "各施設が自ら DP ノイズを加えた更新を見る{counts}。ノイズは 1 人 (1 施設) の{unit}について推測できる"
-                   "ことを (下記の ε で) 抑えるが、更新そのものを隠すわけではない。"),
+                   "各施設が自ら DP ノイズを加えた更新を見る{counts}。ノイズは個々の{unit}について推測できることを"
+                   "(下記の ε で) 抑えるが、更新そのものを隠すわけではない。"),
     "agg_ciphertext": ("sees only CKKS ciphertexts of each site's update and example count; it holds no secret key "
                        "and cannot decrypt them.",
                        "各施設の更新と症例数の CKKS 暗号文だけを見る。秘密鍵を持たないため復号できない。"),
@@ -74,6 +74,10 @@ PHRASES: dict[str, tuple[str, str]] = {
                                "このバージョンでは計算されない)。"),
     "coal_masked_beyond": ("{t} or more colluding sites together with the aggregator can unmask a single site.",
                            "{t} 施設以上が集約者と共謀すると、1 施設のマスクを外せる。"),
+    "coal_masked_beyond_plus": ("{t} or more colluding members of one site's neighbourhood (its {holders} share "
+                                "holders) together with the aggregator can unmask that site.",
+                                "ある施設の近傍 ({holders} 個の分散片保有者) のうち {t} 施設以上が集約者と共謀すると、"
+                                "その施設のマスクを外せる。"),
     "coal_dp_local": ("any coalition, all other sites and the aggregator included, still faces each {unit}'s "
                       "(ε, δ) bound: the noise is added where the data is.",
                       "他のすべての施設と集約者を含むどんな共謀に対しても、各{unit}の (ε, δ) 上限は成り立つ。"

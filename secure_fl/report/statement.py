@@ -42,7 +42,8 @@ def sections(g: Guarantee, lang: str = "en") -> list[Section]:
     if g.dp is not None:
         lines = _say(g.dp_facts, lang)
         if g.dp["epsilon_max"] - g.dp["epsilon_min"] >= 5e-4:
-            lines += [f"{s}: ε = {v['epsilon']:.3f} (σ = {v['noise_multiplier']:.4g})" for s, v in g.dp["per_site"].items()]
+            lines += [f"{s}: ε = {v['epsilon']:.3f} (σ = {v['noise_multiplier']:.4g})"
+                      for s, v in g.dp["per_site"].items()]
         out.append(Section("dp", heading("dp", lang), lines))
         out.append(Section("public_info", heading("public_info", lang), _say(g.public, lang)))
     if g.crypto_facts:
