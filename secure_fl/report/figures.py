@@ -76,7 +76,10 @@ def metrics_figure(runs: list[RunData]) -> str | None:
         ax.set_title(key.replace("pooled/", "") + " on the pooled test sets")
         _rounds_axis(ax)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, frameon=False)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, -0.02), ncol=min(3, len(labels)),
+               fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.08 + 0.04 * (len(labels) // 3), 1, 1))
     return _svg(fig)
 
 
@@ -173,9 +176,9 @@ def cost_figure(runs: list[RunData]) -> str | None:
     bx.set_xlabel("KB per participating site per round")
     bx.set_title("bytes per site")
     bx.legend(fontsize=7, frameon=False)
-    if len(data) > 1:
-        ax.legend(fontsize=6, frameon=False)
     fig.tight_layout()
+    if len(data) > 1:
+        ax.legend(fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(0.0, -0.12 - 0.4 / len(stages)))
     return _svg(fig)
 
 

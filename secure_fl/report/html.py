@@ -25,7 +25,7 @@ from .figures import cost_figure, epsilon_figure, epsilon_series, metric_key, me
 from .glossary import check_lang
 from .guarantee import Guarantee, Plan, safe_guarantee
 from .phrases import heading
-from .runs import RunData, find_runs, load_run
+from .runs import RunData, find_runs, load_run, resolve_folder
 from .statement import to_html
 
 __all__ = ["build_html", "write_report", "REPORT_NAME"]
@@ -44,6 +44,8 @@ _H: dict[str, tuple[str, str]] = {
     "views": ("What the aggregator carried", "集約者が運んだもの"),
     "refusals": ("Dropped or refused sites, aborted rounds", "脱落・拒否した施設、中止したラウンド"),
     "repro": ("Reproducibility", "再現性"),
+    "round_note": ("Rounds are numbered from 1 in this report; a reason quoted from the run counts from 0.",
+                   "この報告書ではラウンドを 1 から数える。実行記録から引用した理由では 0 から数える。"),
     "no_dp": ("No run of this report has a DP layer: no ε is spent (see the statements above for what that means).",
               "この報告書の実行には DP 層がないため、ε は消費されない (その意味は上の保証を参照)。"),
     "none_dropped": ("No site dropped out or was refused, and every round released its result.",
@@ -306,7 +308,8 @@ def _refusals(runs: list[RunData], lang: str) -> str:
                             f"<td class='bad'>round released nothing</td><td>{e(str(rec['aborted']))}</td></tr>")
     if not rows:
         return f"<p class='note'>{e(_h('none_dropped', lang))}</p>"
-    return _table(["run", "round", "site", "what", "reason as recorded"], rows, lang)
+    note = _h("round_note", lang)
+    return _table(["run", "round", "site", "what", "reason as recorded"], rows, lang) + f"<p class='note'>{e(note)}</p>"
 
 
 def _repro(runs: list[RunData], lang: str) -> str:
@@ -390,11 +393,13 @@ def write_report(path: Path, lang: str = "en", pdf: bool = False, per_run: bool 
     if not folders:
         raise SecureFLError(f"{path}: no run folder (with rounds.jsonl) here or below; give a run or compare folder")
     runs = [load_run(p) for p in folders]
-    target = path if (path / "rounds.jsonl").exists() or len(runs) > 1 else folders[0]
+    target = resolve_folder(path)  # a run folder, or the compare folder (through its `latest` pointer)
     out = target / REPORT_NAME
-    out.write_text(build_html(runs, _title(path, runs), lang), encoding="utf-8")
-    if per_run and len(runs) > 1:
+    out.write_text(build_html(runs, _title(target, runs), lang), encoding="utf-8")
+    if per_run:
         for r in runs:
+            if r.path.resolve() == target.resolve():
+                continue
             (r.path / REPORT_NAME).write_text(build_html([r], _title(r.path, [r]), lang), encoding="utf-8")
     if pdf:
         from .browser import print_pdf

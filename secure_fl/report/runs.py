@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunData", "find_runs", "load_run", "read_json", "read_jsonl", "ledger_history", "site_sizes"]
+__all__ = ["RunData", "find_runs", "resolve_folder", "load_run", "read_json", "read_jsonl", "ledger_history", "site_sizes"]
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -44,6 +44,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         if isinstance(rec, dict):
             out.append(rec)
     return out
+
+
+def resolve_folder(path: Path) -> Path:
+    """``path``, or the run ``path/latest`` points to (a symlink, or a text file holding the run id)."""
+    return _resolve_latest(Path(path))
 
 
 def _resolve_latest(path: Path) -> Path:
