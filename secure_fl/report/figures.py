@@ -23,7 +23,7 @@ def _plt() -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"font.size": 9, "svg.fonttype": "path", "axes.spines.top": False,
+    plt.rcParams.update({"font.size": 9, "svg.fonttype": "none", "axes.spines.top": False,
                          "axes.spines.right": False, "figure.dpi": 100})
     return plt
 
@@ -77,9 +77,9 @@ def metrics_figure(runs: list[RunData]) -> str | None:
         _rounds_axis(ax)
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, -0.02), ncol=min(3, len(labels)),
-               fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.08 + 0.04 * (len(labels) // 3), 1, 1))
+    fig.subplots_adjust(wspace=0.25)
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=min(3, len(labels)),
+               fontsize=7, frameon=False)  # below the axes; bbox_inches="tight" keeps it in the picture
     return _svg(fig)
 
 
@@ -157,13 +157,13 @@ def cost_figure(runs: list[RunData]) -> str | None:
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(9.5, 0.9 + 0.22 * len(stages) * max(1, len(data)) ** 0.5))
     h = 0.8 / len(data)
     for i, (r, s) in enumerate(data):
-        ys = [j + i * h for j in range(len(stages))]
-        ax.barh(ys, [s.get(k, 0.0) * 1000 for k in stages], height=h, color=_COLOURS[i % len(_COLOURS)],
+        present = [(j + i * h, s[k] * 1000) for j, k in enumerate(stages) if s.get(k, 0.0) > 0]
+        ax.barh([y for y, _ in present], [v for _, v in present], height=h, color=_COLOURS[i % len(_COLOURS)],
                 label=r.label)
     ax.set_yticks([j + 0.4 - h / 2 for j in range(len(stages))], stages, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlabel("ms per round (mean)")
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per round (mean, log scale)")
     ax.set_title("seconds per stage")
     labels = [r.label for r, _ in data]
     up = [float(r.summary.get("bytes_up_per_site_round") or 0) / 1024 for r, _ in data]
@@ -176,7 +176,7 @@ def cost_figure(runs: list[RunData]) -> str | None:
     bx.set_xlabel("KB per participating site per round")
     bx.set_title("bytes per site")
     bx.legend(fontsize=7, frameon=False)
-    fig.tight_layout()
+    fig.subplots_adjust(wspace=1.0)
     if len(data) > 1:
         ax.legend(fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(0.0, -0.12 - 0.4 / len(stages)))
     return _svg(fig)

@@ -398,8 +398,8 @@ def write_report(path: Path, lang: str = "en", pdf: bool = False, per_run: bool 
     out.write_text(build_html(runs, _title(target, runs), lang), encoding="utf-8")
     if per_run:
         for r in runs:
-            if r.path.resolve() == target.resolve():
-                continue
+            if r.path.resolve() == target.resolve() or r.protocol is None:
+                continue  # a reference point (pooled, local-only) has no protocol to report on
             (r.path / REPORT_NAME).write_text(build_html([r], _title(r.path, [r]), lang), encoding="utf-8")
     if pdf:
         from .browser import print_pdf
