@@ -101,10 +101,28 @@ def test_dp_sgd_epsilon_in_the_statement_is_the_accountants(catalogue):
         assert f"ε = {eps:.3f}" in text and f"σ = {sigma:.4g}" in text
 
 
-def test_calibrated_epsilon_meets_the_target_and_is_the_accountants(catalogue):
-    g = catalogue["dp-fedavg-central"]  # target ε = 4 over the planned rounds, σ calibrated as the DP layer does
-    sigma = g.dp["per_site"]["site1"]["noise_multiplier"]
-    eps = _pld_epsilon(dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(sigma), PLAN.rounds), 1e-5)
+def test_calibrated_epsilon_meets_the_target_and_is_the_accountants(catalogue, tmp_path):
+    """Target ε = 4 over the planned rounds: σ is the one the DP layer itself calibrates, and ε is the
+    project's accountant on the layer's own round event (whatever the mechanism's event is)."""
+    import numpy as np
+
+    from secure_fl.privacy.accounting import epsilon
+    from secure_fl.protocol.dp import build_privacy_layer
+    from secure_fl.protocol.spec import load_protocol
+    from secure_fl.training.config import RunPlan, TrainingConfig
+
+    g = catalogue["dp-fedavg-central"]
+    spec = load_protocol("dp-fedavg-central")
+    layer = build_privacy_layer(
+        spec.privacy, weighting=spec.aggregation.weighting,
+        plan=RunPlan(PLAN.rounds, PLAN.fraction, TrainingConfig(batch_size=PLAN.batch_size)),
+        site_sizes=PLAN.sizes(), run_dir=tmp_path, noise_rng=np.random.default_rng(1),
+        protocol_name=spec.name, spec_hash=spec.spec_hash,
+    )
+    sigma = layer.noise_multiplier_for("site1")
+    event = dp_event.SelfComposedDpEvent(layer.round_event("site1", sigma), PLAN.rounds)
+    eps = epsilon(event, spec.privacy.delta, g.dp["accountant"])
+    assert g.dp["per_site"]["site1"]["noise_multiplier"] == pytest.approx(sigma, rel=1e-12)
     assert g.dp["epsilon_max"] == pytest.approx(eps, abs=1e-9) and eps <= 4.0
     assert g.dp["relation"] == "rel_add_remove_site"
     assert "one site's whole contribution added or removed" in to_text(g)
@@ -123,13 +141,18 @@ def _sentences(g) -> list[str]:
     [
         ("ckks-fedavg", "secure_sum.min_contributors", 2, ["at least 2 sites", "fewer than 2 sites", "Up to 2 of"]),
         ("ckks-fedavg", "secure_sum.preset", "small", ["preset 'small'"]),
-        ("secagg-fedavg", "secure_sum.threshold_fraction", 1.0, ["4 or more colluding", "any 4 of 4"]),
+        ("secagg-fedavg", "secure_sum.threshold_fraction", 0.9, ["9 or more colluding", "any 9 of 10"]),
         ("dp-fedavg-central", "privacy.delta", 1e-6, ["δ = 1e-06"]),
     ],
 )
 def test_changing_a_spec_value_changes_the_sentence_that_depends_on_it(catalogue, name, key, value, expect):
-    before = _sentences(catalogue[name])
-    after = _sentences(_guarantee(name, **{key: value}))
+    if name.startswith("secagg"):  # ten sites: room for t between the default (7) and n - 1
+        plan = Plan(sites=10, rounds=PLAN.rounds)
+        before = _sentences(guarantee_for(name, plan))
+        after = _sentences(guarantee_for(name, plan, overrides={key: value}))
+    else:
+        before = _sentences(catalogue[name])
+        after = _sentences(_guarantee(name, **{key: value}))
     changed = [s for s in after if s not in before]
     assert changed, f"{key} = {value!r} changed no sentence"
     for e in expect:
@@ -167,9 +190,10 @@ def test_cli_guarantee_text_json_and_errors(capsys):
     assert main(["guarantee", "plain-fedavg", "--sites", "3"]) == 0
     out = capsys.readouterr().out
     assert "What plain-fedavg guarantees" in out and "At 3 sites" in out
-    assert main(["guarantee", "secagg-fedavg", "--json", "--set", "secure_sum.threshold_fraction=1.0"]) == 0
+    assert main(["guarantee", "secagg-fedavg", "--sites", "10", "--json", "--set",
+                 "secure_sum.threshold_fraction=0.9"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["secure_sum"]["threshold"] == 4 and data["statement"]["parties"]["aggregator"]
+    assert data["secure_sum"]["threshold"] == 9 and data["statement"]["parties"]["aggregator"]
     assert main(["guarantee", "plain-fedavg", "--epsilon", "1"]) == 2
     assert "has no [privacy] layer" in capsys.readouterr().err
     assert main(["guarantee", "ckks-fedavg", "--set", "secure_sum.min_contributors=1"]) == 2

@@ -367,8 +367,12 @@ def derive(spec: ProtocolSpec, plan: Plan) -> Guarantee:
         common = {"unit": unit, "delta": f"{dp['delta']:g}", "rounds": dp["rounds"],
                   "accountant": dp["accountant"].upper()}
         if dp["epsilon_max"] - dp["epsilon_min"] < 5e-4:
-            dp_facts.append(Fact("dp_eps", {**common, "eps": _f3(eps), "eps_rdp": _f3(first["epsilon_rdp"]),
-                                            "sigma": f"{first['noise_multiplier']:.4g}"}))
+            sigma = f"{first['noise_multiplier']:.4g}"
+            if dp["accountant"] == "rdp":  # the RDP figure would repeat the same number
+                dp_facts.append(Fact("dp_eps_one", {**common, "eps": _f3(eps), "sigma": sigma}))
+            else:
+                dp_facts.append(Fact("dp_eps", {**common, "eps": _f3(eps), "eps_rdp": _f3(first["epsilon_rdp"]),
+                                                "sigma": sigma}))
         else:
             dp_facts.append(Fact("dp_eps_range", {**common, "lo": _f3(dp["epsilon_min"]), "hi": _f3(eps)}))
         if dp.get("target_epsilon"):

@@ -128,6 +128,9 @@ PHRASES: dict[str, tuple[str, str]] = {
                "ε = {eps_rdp}), noise multiplier σ = {sigma}.",
                "全施設: {rounds} ラウンド全体で δ = {delta} のとき ε = {eps} ({accountant} 会計; RDP では "
                "ε = {eps_rdp})、ノイズ乗数 σ = {sigma}。"),
+    "dp_eps_one": ("Every site: ε = {eps} at δ = {delta} over {rounds} rounds ({accountant} accountant), noise "
+                   "multiplier σ = {sigma}.",
+                   "全施設: {rounds} ラウンド全体で δ = {delta} のとき ε = {eps} ({accountant} 会計)、ノイズ乗数 σ = {sigma}。"),
     "dp_eps_range": ("Sites: ε from {lo} to {hi} at δ = {delta} over {rounds} rounds ({accountant} accountant); per "
                      "site below.",
                      "各施設: {rounds} ラウンド全体で δ = {delta} のとき ε は {lo} から {hi} ({accountant} 会計)。"
