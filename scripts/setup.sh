@@ -9,6 +9,15 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($PY --version)"
   "$PY" -m venv .venv
 fi
+# headless Chromium (checked every time, cheap) for report PDFs and the browser test (tests/test_report_html.py skips, saying why, without it)
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium fonts-noto-cjk) \
+      || echo "setup: could not install chromium; the browser test will be skipped"
+  else
+    echo "setup: note: no chromium; as root run: apt-get install -y chromium fonts-noto-cjk (browser test skipped until then)"
+  fi
+fi
 stamp=.venv/.secure-fl-setup
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

@@ -177,6 +177,9 @@ def _execute(exp: Experiment, task: Task, chosen: list[Variant], out_dir: Path, 
     result = CompareResult(exp, task, runs, out_dir, run_id, chosen)
     (out_dir / "compare.json").write_text(compare_json(result))
     (out_dir / "compare.md").write_text(format_markdown(result) + "\n")
+    from ..report.html import compare_folder_report  # report.html in the compare folder and each run folder
+
+    compare_folder_report(out_dir)
     return result
 
 
