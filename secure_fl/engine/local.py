@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +18,11 @@ import numpy as np
 from ..errors import RoundAborted, SiteRejected
 from ..protocol.base import AGGREGATOR, Message, SecureSum, SumResult
 
-__all__ = ["View", "RoundOutcome", "drive_round"]
+__all__ = ["View", "RoundOutcome", "Tap", "drive_round"]
+
+#: receives every message the aggregator carries, payload included (audits, payload tests);
+#: the deployment engine calls the same tap with the same messages
+Tap = Callable[[Message], None]
 
 
 @dataclass(frozen=True)
@@ -56,11 +60,15 @@ def drive_round(
     inputs: Mapping[str, tuple[np.ndarray, float]],
     dim: int,
     drop_before: Mapping[str, str] | None = None,
+    tap: Tap | None = None,
 ) -> RoundOutcome:
     """Run one secure-sum round in process.
 
     ``inputs`` maps each participating site to its (weighted values, weight). ``drop_before``
-    maps a site to the stage before which it disappears (simulated dropout).
+    maps a site to the stage before which it disappears (simulated dropout). ``tap``, when
+    given, is called with every message a party hands over (sites' messages to the
+    aggregator and the aggregator's to sites), payload included, before the carrier checks
+    its sender: exactly the bytes the aggregator would hold.
     """
     drop_before = dict(drop_before or {})
     site_ids = list(inputs)
@@ -77,6 +85,8 @@ def drive_round(
 
     def deliver(messages: Sequence[Message], sender: str) -> None:
         for m in messages:
+            if tap is not None:
+                tap(m)
             if m.sender != sender:
                 raise SiteRejected(sender, f"message claims sender {m.sender!r}")
             out.views.append(View(m.round, m.stage, m.sender, m.receiver, m.kind.value, m.nbytes))

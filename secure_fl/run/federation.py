@@ -7,6 +7,7 @@ layer of protocol/), the secure sum (driven by a carrier from engine/), the serv
 
 from __future__ import annotations
 
+import re
 import time
 import traceback
 from collections.abc import Callable
@@ -51,6 +52,20 @@ class RunSummary:
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+#: a number in a refusal reason, other than a round number
+_EXACT_VALUE = re.compile(r"(?<![\w.])(?<!round )[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![\w.])")
+
+
+def redact_reason(reason: str) -> str:
+    """A refusal reason with every exact value replaced by its kind (``<number>``).
+
+    Reasons raised at a site can quote what it holds (``max |value| = 3.1e+02``, ``weight 1234
+    exceeds max_weight``): un-noised per-site values that the aggregator-side record must not carry
+    when the protocol protects single updates (issue 8 item 12).
+    """
+    return _EXACT_VALUE.sub("<number>", reason)
 
 
 def derive_seed(*parts: int) -> int:
@@ -128,6 +143,10 @@ class Federation:
         self.rng = np.random.default_rng(derive_seed(seed, 0x5E1))
         self.site_stages = [st.name for st in self.protocol.stages if st.actor == "sites"]
         self.last_views: list[Any] = []
+        #: what a protected protocol shows the aggregator; per-site values reach its record only when "plain"
+        self.aggregator_sees = spec.threat_model.aggregator_sees
+        #: per site, what stays at the site: training metrics on its private batches and exact refusal reasons
+        self.site_records: dict[str, list[dict[str, Any]]] = {s.name: [] for s in task.sites}
 
     def _pick(self) -> tuple[list[int], dict[str, str]]:
         fed, sites = self.exp.federation, self.task.sites
@@ -204,9 +223,16 @@ class Federation:
         # sites derive it from the sum they decrypted, already counted in bytes_down
         broadcast = 4 * self.dim if self.protocol.releases_to_aggregator else 0
         spent = {s.name: self.privacy.site(s.name).spent() for s in self.task.sites}
-        return {
-            "round": r, "applied": applied, "aborted": aborted, "participants": participants,
-            "dropped": {**refused, **outcome.dropped}, "metrics": metrics, "train": train_metrics,
+        dropped = {**refused, **outcome.dropped}
+        for name in set(train_metrics) | set(dropped):  # what each site keeps for itself
+            kept = {"round": r, "train": train_metrics.get(name), "dropped": dropped.get(name)}
+            self.site_records.setdefault(name, []).append(kept)
+        protected = self.aggregator_sees != "plain"  # then un-noised per-site values stay at the site
+        record: dict[str, Any] = {
+            "round": r, "applied": applied, "aborted": redact_reason(aborted) if protected and aborted else aborted,
+            "participants": participants,
+            "dropped": {s: redact_reason(why) for s, why in dropped.items()} if protected else dropped,
+            "metrics": metrics,
             "bytes_up_per_site": float(np.mean([outcome.bytes_up[s] for s in participants] or [0])),
             "bytes_down_per_site": float(np.mean([outcome.bytes_down[s] + broadcast for s in participants] or [0])),
             "seconds": time.perf_counter() - t_round, "stage_seconds": stage_seconds,
@@ -215,6 +241,9 @@ class Federation:
             + stage_seconds.get("release_and_server_step", 0.0) + stage_seconds["evaluation"],
             "privacy_spent": {k: v for k, v in spent.items() if v},
         }
+        if not protected:
+            record["train"] = train_metrics
+        return record
 
 
 def _run_protocol(exp: Experiment, task: Task, variant: Variant, seed: int, folder: RunFolder, summary: RunSummary, progress: ProgressFn | None) -> None:
