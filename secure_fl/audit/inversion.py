@@ -61,7 +61,8 @@ def payload_as_floats(payloads: Sequence[bytes], dim: int, skip: int = 0) -> np.
     """
     raw = b"".join(payloads)[skip:]
     raw = raw[: 4 * (len(raw) // 4)]
-    vals = np.frombuffer(raw, dtype="<f4").astype(np.float64)[:dim]
+    with np.errstate(invalid="ignore", over="ignore"):
+        vals = np.frombuffer(raw, dtype="<f4").astype(np.float64)[:dim]
     out = np.zeros(dim)
     out[: len(vals)] = vals
     out[~np.isfinite(out)] = 0.0
