@@ -28,8 +28,8 @@ __all__ = ["epsilon_audit"]
 
 def epsilon_audit(
     protocol: str, run_dir: Path, *, target_epsilon: float | None = None, m: int = 200, k: int = 20, rounds: int = 5,
-    n_features: int = 50, n_per_site: int = 100, n_sites: int = 2, local_epochs: int = 2, batch_size: int = 16,
-    lr: float = 0.5, seed: int = 0, confidence: float = 0.95,
+    n_features: int = 200, n_per_site: int = 100, n_sites: int = 2, local_epochs: int = 2, batch_size: int = 16,
+    lr: float = 0.5, seed: int = 0, confidence: float = 0.95, canary_scale: float = 3.0,
 ) -> dict[str, Any]:
     """One run of ``protocol`` with m canaries; returns the empirical ε lower bound beside the accountant's ε."""
     if 2 * k > m:
@@ -47,7 +47,7 @@ def epsilon_audit(
         raise SecureFLError(f"protocol {protocol!r} has no [privacy] table; run it without target_epsilon")
     task = build_task(exp.task_name, exp.task_params, "epsilon audit [task]")
     rng = np.random.default_rng([seed, 0xCA7A])
-    x_c = torch.as_tensor(rng.normal(size=(m, n_features)), dtype=task.sites[0].x_train.dtype)
+    x_c = torch.as_tensor(canary_scale * rng.normal(size=(m, n_features)), dtype=task.sites[0].x_train.dtype)
     y_c = torch.as_tensor(rng.integers(0, 2, size=m), dtype=torch.int64)
     included = rng.random(m) < 0.5
     site = task.sites[0]
@@ -72,5 +72,5 @@ def epsilon_audit(
         "epsilon_accountant": float(spent["epsilon"]) if spent else float("inf"),
         "rounds": rounds, "aborted_rounds": aborted, "site": site.name,
         "setting": f"synthetic-tabular logreg, {n_features} features, {n_sites} sites x {n_per_site}; canaries: Gaussian "
-                   f"points with random labels in {site.name}; score = loss drop from the initial to the released model",
+                   f"points (x{canary_scale:g} the features' scale) with random labels in {site.name}; score = loss drop from the initial to the released model",
     }

@@ -38,10 +38,11 @@ def p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
     beta = float(stats.binom.sf(v - 1, r, q))
     if delta == 0:
         return min(beta, 1.0)
-    alpha, acc = 0.0, 0.0
-    for i in range(1, v + 1):
-        acc += float(stats.binom.pmf(v - i, r, q))
-        alpha = max(alpha, acc / i)
+    if v == 0:
+        return min(beta, 1.0)
+    i = np.arange(1, v + 1)
+    acc = np.cumsum(stats.binom.pmf(v - i, r, q))  # P[v > Binomial(r, q) >= v - i]
+    alpha = float(np.max(acc / i))
     return min(beta + alpha * delta * 2 * m, 1.0)
 
 
