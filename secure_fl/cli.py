@@ -111,6 +111,7 @@ def cmd_protocols(args: argparse.Namespace) -> int:
 
 # sub-commands contributed by other modules: (module, attribute) with add_parser(subparsers)
 _EXTRA_COMMANDS = [("secure_fl.cli_keys", "add_parser"), ("secure_fl.cli_ledger", "add_parser")]
+_EXTRA_COMMANDS.append(("secure_fl.cli_audit", "add_parser"))
 
 
 def build_parser() -> argparse.ArgumentParser:
