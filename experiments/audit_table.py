@@ -35,7 +35,8 @@ def main() -> None:
         for r in data.get("membership", {}).get("results", []):
             row(r["protocol"])[f"mia {task}"] = f"{r['tpr_at_0.1%fpr']:.3f} / {r['tpr_at_1%fpr']:.3f} / {r['auc']:.3f}"
     for r in heart.get("epsilon", {}).get("results", []):
-        row(r["protocol"])["eps"] = f"{r['epsilon_lower_bound']:.2f} (v={r['correct']}/{r['guesses']}) vs {_fmt(r['epsilon_accountant'])}"
+        found = f"{r['epsilon_lower_bound']:.2f} (v={r['correct']}/{r['guesses']})"
+        row(r["protocol"])["eps"] = f"{found} vs {_fmt(r['epsilon_accountant'])}"
     header = ["protocol", "inversion site payload PSNR dB / SSIM", "inversion released aggregate PSNR / SSIM",
               "baseline PSNR", "MIA faces TPR@0.1% / TPR@1% / AUC", "MIA heart TPR@0.1% / TPR@1% / AUC",
               "ε lower bound (one run, 95 %) vs accountant ε"]

@@ -24,8 +24,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     )
     record = json.loads(path.read_text())[args.attack]
     for r in record.get("results", []):
-        shown = {k: r[k] for k in ("protocol", "target", "psnr_mean", "ssim_mean", "baseline_psnr_mean", "auc",
-                                   "tpr_at_0.1%fpr", "tpr_at_1%fpr", "epsilon_lower_bound", "epsilon_accountant") if k in r}
+        keys = ("protocol", "target", "psnr_mean", "ssim_mean", "baseline_psnr_mean", "auc",
+                "tpr_at_0.1%fpr", "tpr_at_1%fpr", "epsilon_lower_bound", "epsilon_accountant")
+        shown = {k: r[k] for k in keys if k in r}
         print(json.dumps(shown))
     print(f"wrote {path}" + (f" and {record['figure']}" if record.get("figure") else ""))
     return 0

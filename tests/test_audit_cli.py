@@ -25,7 +25,8 @@ def test_audit_inversion_cli_writes_json_and_figure(tmp_path: Path) -> None:
     spec = tmp_path / "smoke.toml"
     spec.write_text(SPEC)
     out = tmp_path / "out"
-    assert main(["audit", str(spec), "--attack", "inversion", "--iterations", "3", "--batch", "1", "--out", str(out)]) == 0
+    args = ["audit", str(spec), "--attack", "inversion", "--iterations", "3", "--batch", "1", "--out", str(out)]
+    assert main(args) == 0
     record = json.loads((out / "audit.json").read_text())["inversion"]
     assert [r["protocol"] for r in record["results"]] == ["plain-fedavg", "plain-fedavg"]  # references are skipped
     assert {r["target"] for r in record["results"]} == {"site payload", "released aggregate"}

@@ -23,8 +23,8 @@ def test_overfit_model_leaks_membership_above_random_guessing() -> None:
     site.y_test = torch.randint(0, 2, site.y_test.shape, generator=gen)
     model = task.make_model(0)
     before = loss_threshold_attack(model, task)
-    train_local(model, site.x_train, site.y_train, TrainingConfig(local_epochs=100, batch_size=100, lr=0.01, optimizer="adam"),
-                task.loss_fn(), seed=0)
+    cfg = TrainingConfig(local_epochs=100, batch_size=100, lr=0.01, optimizer="adam")
+    train_local(model, site.x_train, site.y_train, cfg, task.loss_fn(), seed=0)
     res = loss_threshold_attack(model, task)
     assert res["n_non_members"] == 400 and res["member_loss_mean"] < res["non_member_loss_mean"]
     assert res["auc"] > 0.8, res["auc"]

@@ -36,7 +36,8 @@ def epsilon_audit(
         raise SecureFLError(f"epsilon_audit: 2k = {2 * k} guesses exceed m = {m} canaries")
     raw: dict[str, Any] = {
         "name": "epsilon-audit", "protocols": [protocol], "seeds": [seed], "rounds": rounds,
-        "task": {"name": "synthetic-tabular", "n_sites": n_sites, "n_per_site": n_per_site, "n_features": n_features, "seed": seed},
+        "task": {"name": "synthetic-tabular", "n_sites": n_sites, "n_per_site": n_per_site, "n_features": n_features,
+                 "seed": seed},
         "training": {"local_epochs": local_epochs, "batch_size": batch_size, "lr": lr},
     }
     if target_epsilon is not None:
@@ -71,6 +72,7 @@ def epsilon_audit(
         "confidence": confidence, "delta": delta, "epsilon_lower_bound": eps_lb,
         "epsilon_accountant": float(spent["epsilon"]) if spent else float("inf"),
         "rounds": rounds, "aborted_rounds": aborted, "site": site.name,
-        "setting": f"synthetic-tabular logreg, {n_features} features, {n_sites} sites x {n_per_site}; canaries: Gaussian "
-                   f"points (x{canary_scale:g} the features' scale) with random labels in {site.name}; score = loss drop from the initial to the released model",
+        "setting": f"synthetic-tabular logreg, {n_features} features, {n_sites} sites x {n_per_site}; canaries: "
+                   f"Gaussian points (x{canary_scale:g} the features' scale) with random labels in {site.name}; "
+                   f"score = loss drop from the initial to the released model",
     }

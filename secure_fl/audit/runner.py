@@ -51,16 +51,19 @@ def resolve_target(target: str, out: Path | None = None, protocols: list[str] | 
         exp = parse_experiment(resolved["experiment"], str(path / "resolved.json"))
         chosen = [v for v in exp.variants if v.label == resolved["variant"]]
         if not chosen:
-            raise SecureFLError(f"{path}/resolved.json: variant {resolved['variant']!r} is not a protocol of its experiment")
+            raise SecureFLError(
+                f"{path}/resolved.json: variant {resolved['variant']!r} is not a protocol of its experiment")
         return AuditTarget(exp, chosen, int(resolved["seed"]), out or path, path)
     if path.is_dir():
-        raise SecureFLError(f"{path}: a folder without resolved.json is not a run folder (runs/EXPERIMENT/VARIANT/seedK)")
+        raise SecureFLError(
+            f"{path}: a folder without resolved.json is not a run folder (runs/EXPERIMENT/VARIANT/seedK)")
     exp = load_experiment(target)
     variants = [v for v in exp.variants if v.spec is not None and (not protocols or v.label in protocols)]
     if protocols:
         unknown = sorted(set(protocols) - {v.label for v in variants})
         if unknown:
-            raise SecureFLError(f"--protocol {unknown}: not protocols of {exp.source} ({[v.label for v in exp.variants]})")
+            listed = [v.label for v in exp.variants]
+            raise SecureFLError(f"--protocol {unknown}: not protocols of {exp.source} ({listed})")
     return AuditTarget(exp, variants, exp.seeds[0], out or Path("runs") / "audit" / exp.name, None)
 
 
@@ -94,13 +97,15 @@ def _inversion(t: AuditTarget, batch: int, cfg: InversionConfig) -> dict[str, An
         results.extend(res)
     figure = None
     if originals is not None and results:
-        rows = [(f"{r.protocol}\n{r.target}\nPSNR {np.mean(r.psnr):.1f} dB", r.images) for r in results if r.images is not None]
+        rows = [(f"{r.protocol}\n{r.target}\nPSNR {np.mean(r.psnr):.1f} dB", r.images)
+                for r in results if r.images is not None]
         figure = t.out_dir / "inversion.png"
         inversion_figure(rows, originals, figure)
     return {
         "setting": f"task {t.exp.task_name}: site 1 holds {batch} images and takes one full-batch SGD step from the "
                    f"global model; the attacker knows the labels and the global model; PSNR/SSIM after a per-image "
-                   f"affine fit (the encoder standardises each image), best one-to-one match; baseline = best constant image",
+                   f"affine fit (the encoder standardises each image), best one-to-one match; "
+                   f"baseline = best constant image",
         "config": cfg.__dict__, "results": [r.to_json() for r in results], "figure": str(figure) if figure else None,
     }
 

@@ -137,7 +137,8 @@ def inversion_audit(
     model = task.make_model(seed)
     results = []
     for name, update, how in targets:
-        recon, facts = invert_update(model, tapped.start_weights, update, site.y_train, shape, task.loss_fn(), cfg, seed)
+        recon, facts = invert_update(
+            model, tapped.start_weights, update, site.y_train, shape, task.loss_fn(), cfg, seed)
         order, ps, ss = match_images(recon[:, 0], originals)
         aligned = np.stack([align_affine(recon[order[i], 0], originals[i]) for i in range(batch)])
         base = [float(10 * np.log10((o.max() - o.min()) ** 2 / o.var())) for o in originals]
