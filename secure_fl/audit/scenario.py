@@ -65,7 +65,8 @@ def attack_setting(exp: Experiment, batch: int, lr: float = 0.1) -> Experiment:
     raw["training"] = {"local_steps": 1, "batch_size": batch, "lr": lr, "optimizer": "sgd"}
     raw["rounds"] = 1
     raw["federation"] = {"fraction": 1.0, "dropout": 0.0, "min_sites": 1}
-    return parse_experiment(raw, exp.source)
+    source = Path(exp.source)
+    return parse_experiment(raw, exp.source, base_dir=source.parent if source.is_file() else None)
 
 
 def shrink_sites(task: Task, batch: int, seed: int) -> Task:
