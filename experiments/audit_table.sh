@@ -6,5 +6,6 @@ python -m secure_fl.cli audit audit-faces --attack inversion --iterations 300 --
 python -m secure_fl.cli audit audit-faces --attack membership --out $OUT/audit-faces
 python -m secure_fl.cli audit audit-heart --attack membership --out $OUT/audit-heart
 python -m secure_fl.cli audit audit-heart --attack epsilon --protocol "dp-sgd-local[target_epsilon=1.0]" \
-  --protocol "dp-sgd-local[target_epsilon=4.0]" --protocol "dp-sgd-local[target_epsilon=8.0]" --out $OUT/audit-heart
+  --protocol "dp-sgd-local[target_epsilon=4.0]" --protocol "dp-sgd-local[target_epsilon=8.0]" \
+  --protocol plain-fedavg --out $OUT/audit-heart
 python experiments/audit_table.py

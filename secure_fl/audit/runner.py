@@ -144,12 +144,13 @@ def _membership(t: AuditTarget, rounds: int | None) -> dict[str, Any]:
     return {"results": out}
 
 
-def _epsilon(t: AuditTarget, m: int, k: int, rounds: int) -> dict[str, Any]:
+def _epsilon(t: AuditTarget, m: int, k: int, rounds: int, explicit: bool) -> dict[str, Any]:
+    """DP variants; a protocol without DP only when named explicitly (the audit's no-protection reference)."""
     from .canaries import epsilon_audit
 
     out = []
     for v in t.variants:
-        if v.spec is None or v.spec.privacy is None:
+        if v.spec is None or (v.spec.privacy is None and not explicit):
             continue
         eps = v.overrides.get("privacy.target_epsilon")
         with tempfile.TemporaryDirectory() as tmp:
@@ -180,7 +181,7 @@ def run_audit(
     elif attack == "membership":
         body = _membership(t, rounds)
     else:
-        body = _epsilon(t, canaries, guesses, audit_rounds)
+        body = _epsilon(t, canaries, guesses, audit_rounds, explicit=bool(protocols))
     record = {"attack": attack, "target": target, "experiment": t.exp.name, "task": t.exp.task_name, "seed": t.seed,
               "seconds": time.perf_counter() - t0, **body}
     path = t.out_dir / "audit.json"
