@@ -27,7 +27,9 @@ def main() -> None:
     def row(p: str) -> dict[str, str]:
         return rows.setdefault(p, {})
 
-    for r in faces.get("inversion", {}).get("results", []):
+    dp_faces = _load("audit-faces-dp")
+    inversions = faces.get("inversion", {}).get("results", []) + dp_faces.get("inversion", {}).get("results", [])
+    for r in inversions:
         key = "inv site" if r["target"] == "site payload" else "inv release"
         row(r["protocol"])[key] = f"{r['psnr_mean']:.1f} / {r['ssim_mean']:.2f}"
         row(r["protocol"])["baseline"] = f"{r['baseline_psnr_mean']:.1f}"

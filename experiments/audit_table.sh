@@ -3,6 +3,7 @@
 set -e
 OUT=experiments/results
 python -m secure_fl.cli audit audit-faces --attack inversion --iterations 300 --batch 2 --out $OUT/audit-faces
+python -m secure_fl.cli audit audit-faces-dp --attack inversion --iterations 300 --batch 2 --out $OUT/audit-faces-dp
 python -m secure_fl.cli audit audit-faces --attack membership --out $OUT/audit-faces
 python -m secure_fl.cli audit audit-heart --attack membership --out $OUT/audit-heart
 python -m secure_fl.cli audit audit-heart --attack epsilon --protocol "dp-sgd-local[target_epsilon=1.0]" \
