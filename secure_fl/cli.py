@@ -146,6 +146,7 @@ _EXTRA_COMMANDS = [
     ("secure_fl.cli_predict", "add_parser"),
     ("secure_fl.cli_deploy", "add_parser"),
     ("secure_fl.cli_report", "add_parser"),
+    ("secure_fl.cli_audit", "add_parser"),
 ]
 
 

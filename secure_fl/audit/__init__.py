@@ -1,0 +1,9 @@
+"""Attacks run against what the threat model gives an attacker: the payloads the aggregator
+carried (taken from the carrier's tap) and the released models, never a site's internals.
+
+- :mod:`.inversion`  gradient inversion of one site's update (Geiping et al. 2020)
+- :mod:`.membership` membership inference on a released model (loss threshold, Yeom et al. 2018)
+- :mod:`.epsilon`    one-run empirical ε lower bound (Steinke, Nasr, Jagielski 2023)
+- :mod:`.metrics`    PSNR, SSIM, ROC / TPR at a fixed FPR
+- :mod:`.scenario`   one tapped round of a real protocol (the attacker's view), and the audits end to end
+"""

@@ -1,0 +1,201 @@
+"""``secure-fl audit``: run one attack against a run folder or every protocol of an experiment.
+
+- ``inversion``: per protocol, one tapped round in the attack setting (site 1's batch of ``batch``
+  images, one SGD step), then the attack on site 1's payloads and on the released aggregate.
+- ``membership``: the loss-threshold attack on the released model (a run folder's ``model.pt``;
+  for an experiment, each protocol is run first into ``OUT/runs``).
+- ``epsilon``: the one-run audit of each DP protocol (its own small canary task, see
+  :mod:`.canaries`), beside the accountant's ε.
+
+Every result is seeded; the inversion is bounded by ``iterations`` and ``budget_seconds``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import SecureFLError
+from ..run.experiment import Experiment, Variant, load_experiment, parse_experiment
+from ..tasks.registry import build_task
+from ..training.flat import load_flat
+from .inversion import InversionConfig
+from .scenario import InversionResult, inversion_audit
+
+__all__ = ["AuditTarget", "resolve_target", "run_audit", "inversion_figure", "ATTACKS"]
+
+ATTACKS = ("inversion", "membership", "epsilon")
+
+
+@dataclass
+class AuditTarget:
+    exp: Experiment
+    variants: list[Variant]
+    seed: int
+    out_dir: Path
+    run_dir: Path | None  # a finished run folder (model.pt) when the target was one
+
+
+def resolve_target(target: str, out: Path | None = None, protocols: list[str] | None = None) -> AuditTarget:
+    """A run folder (has ``resolved.json``) or an experiment (name or TOML path)."""
+    path = Path(target)
+    if (path / "resolved.json").is_file():
+        resolved = json.loads((path / "resolved.json").read_text())
+        exp = parse_experiment(resolved["experiment"], str(path / "resolved.json"))
+        chosen = [v for v in exp.variants if v.label == resolved["variant"]]
+        if not chosen:
+            raise SecureFLError(
+                f"{path}/resolved.json: variant {resolved['variant']!r} is not a protocol of its experiment")
+        return AuditTarget(exp, chosen, int(resolved["seed"]), out or path, path)
+    if path.is_dir():
+        raise SecureFLError(
+            f"{path}: a folder without resolved.json is not a run folder (runs/EXPERIMENT/VARIANT/seedK)")
+    exp = load_experiment(target)
+    variants = [v for v in exp.variants if v.spec is not None and (not protocols or v.label in protocols)]
+    if protocols:
+        unknown = sorted(set(protocols) - {v.label for v in variants})
+        if unknown:
+            listed = [v.label for v in exp.variants]
+            raise SecureFLError(f"--protocol {unknown}: not protocols of {exp.source} ({listed})")
+    return AuditTarget(exp, variants, exp.seeds[0], out or Path("runs") / "audit" / exp.name, None)
+
+
+def inversion_figure(rows: list[tuple[str, np.ndarray]], originals: np.ndarray, path: Path) -> None:
+    """Originals in the first row, then one row per (label, aligned reconstructions [B, H, W])."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    B = len(originals)
+    fig, axes = plt.subplots(len(rows) + 1, B, figsize=(1.6 * B + 2.6, 1.7 * (len(rows) + 1)), squeeze=False)
+    for r, (label, imgs) in enumerate([("originals (site 1)", originals), *rows]):
+        for b in range(B):
+            ax = axes[r][b]
+            lo, hi = float(originals[b].min()), float(originals[b].max())
+            ax.imshow(np.clip(imgs[b], lo, hi), cmap="gray", vmin=lo, vmax=hi)
+            ax.set_xticks([]), ax.set_yticks([])
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _inversion(t: AuditTarget, batch: int, cfg: InversionConfig) -> dict[str, Any]:
+    results: list[InversionResult] = []
+    originals: np.ndarray | None = None
+    for v in t.variants:
+        with tempfile.TemporaryDirectory() as tmp:
+            res, originals = inversion_audit(t.exp, v, t.seed, Path(tmp), batch, cfg)
+        results.extend(res)
+    figure = None
+    if originals is not None and results:
+        rows = [(f"{r.protocol}\n{r.target}\nPSNR {np.mean(r.psnr):.1f} dB", r.images)
+                for r in results if r.images is not None]
+        figure = t.out_dir / "inversion.png"
+        inversion_figure(rows, originals, figure)
+    return {
+        "setting": f"task {t.exp.task_name}: site 1 holds {batch} images and takes one full-batch SGD step from the "
+                   f"global model; the attacker knows the labels and the global model; PSNR/SSIM after a per-image "
+                   f"affine fit (the encoder standardises each image), best one-to-one match; "
+                   f"baseline = best constant image",
+        "config": cfg.__dict__, "results": [r.to_json() for r in results], "figure": str(figure) if figure else None,
+    }
+
+
+def _released_model(t: AuditTarget, v: Variant, run_dir: Path):  # type: ignore[no-untyped-def]
+    task = build_task(t.exp.task_name, t.exp.task_params, f"{t.exp.source} [task]")
+    model = task.make_model(t.seed)
+    state = torch.load(run_dir / "model.pt", weights_only=True)
+    if "weights" not in state:
+        raise SecureFLError(f"{run_dir}/model.pt holds no released global model (a reference run?)")
+    load_flat(model, state["weights"].numpy())
+    return task, model
+
+
+def _membership(t: AuditTarget, rounds: int | None) -> dict[str, Any]:
+    from ..run.federation import run_variant
+    from .membership import loss_threshold_attack
+
+    out = []
+    for v in t.variants:
+        run_dir = t.run_dir
+        if run_dir is None:
+            exp = t.exp
+            if rounds:
+                exp.rounds = rounds
+            task = build_task(exp.task_name, exp.task_params, f"{exp.source} [task]")
+            run_dir = t.out_dir / "runs" / v.label / f"seed{t.seed}"
+            run_variant(exp, task, v, t.seed, run_dir)
+        task, model = _released_model(t, v, run_dir)
+        res = loss_threshold_attack(model, task)
+        summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+        res.update({"protocol": v.label, "run": str(run_dir), "rounds": summary.get("rounds_done"),
+                    "epsilon_spent": summary.get("epsilon"), "test_metrics": summary.get("metrics", {}).get(
+                        f"pooled/{task.primary_metric}")})
+        out.append(res)
+    return {"results": out}
+
+
+def _epsilon(t: AuditTarget, m: int, k: int, rounds: int, explicit: bool) -> dict[str, Any]:
+    """DP variants; a protocol without DP only when named explicitly (the audit's no-protection reference)."""
+    from .canaries import epsilon_audit
+
+    out = []
+    for v in t.variants:
+        if v.spec is None or (v.spec.privacy is None and not explicit):
+            continue
+        eps = v.overrides.get("privacy.target_epsilon")
+        with tempfile.TemporaryDirectory() as tmp:
+            out.append(epsilon_audit(v.spec.name, Path(tmp),
+                                     target_epsilon=eps, m=m, k=k, rounds=rounds, seed=t.seed))
+    if not out:
+        raise SecureFLError(f"{t.exp.source}: no DP protocol to audit (none has a [privacy] table)")
+    return {"results": out}
+
+
+def run_audit(
+    target: str, attack: str, *, out: Path | None = None, protocols: list[str] | None = None, batch: int = 2,
+    iterations: int = 300, budget_seconds: float | None = None, rounds: int | None = None, canaries: int = 200,
+    guesses: int = 20, audit_rounds: int = 5, threads: int = 1,
+) -> Path:
+    """Run ``attack`` and record it under its name in ``audit.json`` (and figures) in the output folder.
+
+    Other attacks already in that ``audit.json`` are kept. Returns the file's path.
+    """
+    if attack not in ATTACKS:
+        raise SecureFLError(f"--attack {attack!r}: expected one of {list(ATTACKS)}")
+    torch.set_num_threads(threads)
+    t = resolve_target(target, out, protocols)
+    t.out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if attack == "inversion":
+        body = _inversion(t, batch, InversionConfig(iterations=iterations, budget_seconds=budget_seconds))
+    elif attack == "membership":
+        body = _membership(t, rounds)
+    else:
+        body = _epsilon(t, canaries, guesses, audit_rounds, explicit=bool(protocols))
+    record = {"attack": attack, "target": target, "experiment": t.exp.name, "task": t.exp.task_name, "seed": t.seed,
+              "seconds": time.perf_counter() - t0, **body}
+    path = t.out_dir / "audit.json"
+    existing = json.loads(path.read_text()) if path.is_file() else {}
+    existing[attack] = _finite(record)
+    path.write_text(json.dumps(existing, indent=1))
+    return path
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return "inf" if obj > 0 else ("-inf" if obj < 0 else None)
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
