@@ -227,7 +227,8 @@ def table_rows(result: CompareResult) -> tuple[list[str], list[list[str]]]:
         runs = [r for r in result.runs if r.variant == v.label]
         if not runs:
             continue
-        row = [v.label, v.spec.threat_model.aggregator_sees if v.spec is not None else "–"]
+        spec = getattr(v, "spec", None)
+        row = [v.label, spec.threat_model.aggregator_sees if spec is not None else "–"]
         for k in metric_keys:
             row.append(_mean_sd([r.metrics.get(k, float("nan")) for r in runs]))
         row.append(_epsilon_cell(runs) if v.reference is None else "–")
@@ -247,8 +248,9 @@ def guarantee_lines(result: CompareResult) -> list[tuple[str, str]]:
     """(protocol, its first stated guarantee) for every protocol in the table: what each row buys."""
     out = []
     for v in result.experiment.variants:
-        if v.spec is not None and any(r.variant == v.label for r in result.runs):
-            first = v.spec.threat_model.guarantees[0] if v.spec.threat_model.guarantees else v.spec.summary
+        spec = getattr(v, "spec", None)
+        if spec is not None and any(r.variant == v.label for r in result.runs):
+            first = spec.threat_model.guarantees[0] if spec.threat_model.guarantees else spec.summary
             out.append((v.label, first))
     return out
 
