@@ -2,7 +2,7 @@
 
 Usage::
 
-    python scripts/privacy_curve.py runs/faces-pretrained-dp --out experiments/results/faces-pretrained-dp \
+    python scripts/privacy_curve.py runs/faces-pretrained-dp [more run folders] --out experiments/results/faces-pretrained-dp \
         --metrics pooled/accuracy gallery/top1
 
 Reads ``compare.json`` (one record per variant × seed). Variants swept over
@@ -111,18 +111,19 @@ def plot(rows: list[dict[str, Any]], metrics: list[str], path: Path, title: str,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir", type=Path, help="the experiment's folder under --out of secure-fl compare")
+    ap.add_argument("run_dirs", type=Path, nargs="+",
+                    help="the experiment's folder(s) under --out of secure-fl compare (several: runs split by --protocol)")
     ap.add_argument("--out", type=Path, required=True, help="output stem: writes STEM.csv and STEM.png")
     ap.add_argument("--metrics", nargs="+", default=["pooled/accuracy"])
     ap.add_argument("--title", default="")
     ap.add_argument("--chance", type=float, default=None, help="draw a chance level, e.g. 1/30")
     args = ap.parse_args(argv)
-    rows = load_rows(args.run_dir, args.metrics)
+    rows = [r for d in args.run_dirs for r in load_rows(d, args.metrics)]
     if not rows:
-        raise SystemExit(f"{args.run_dir}/compare.json has no runs")
+        raise SystemExit(f"no runs in {[str(d / 'compare.json') for d in args.run_dirs]}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(rows, args.out.with_suffix(".csv"))
-    plot(rows, args.metrics, args.out.with_suffix(".png"), args.title or args.run_dir.name, args.chance)
+    plot(rows, args.metrics, args.out.with_suffix(".png"), args.title or args.run_dirs[0].name, args.chance)
     print(f"wrote {args.out.with_suffix('.csv')} and {args.out.with_suffix('.png')}")
     return 0
 

