@@ -5,7 +5,8 @@ Usage::
     python scripts/privacy_curve.py runs/faces-pretrained-dp [more run folders] --out experiments/results/faces-pretrained-dp \
         --metrics pooled/accuracy gallery/top1
 
-Reads ``compare.json`` (one record per variant × seed). Variants swept over
+Reads ``compare.json`` (one record per variant × seed), or the runs' ``*/seed*/summary.json``
+when a comparison was split or cut short. Variants swept over
 ``privacy.target_epsilon`` are labelled ``name[target_epsilon=E]``; a variant with no privacy
 (plain FedAvg, pooled, local-only) is drawn as a horizontal line (mean over seeds, band = ±1 sd).
 Each DP curve shows the mean over seeds with a band of ±1 sd and the seeds as dots.
@@ -29,10 +30,14 @@ _LABEL = re.compile(r"^(?P<name>.+)\[target_epsilon=(?P<eps>[0-9.eE+-]+)\]$")
 
 def load_rows(run_dir: Path, metrics: list[str]) -> list[dict[str, Any]]:
     path = run_dir / "compare.json"
-    if not path.is_file():
-        raise SystemExit(f"{path}: not found; run `secure-fl compare EXPERIMENT --out ...` first")
+    if path.is_file():
+        records = json.loads(path.read_text())
+    else:  # a comparison cut short: the finished runs' own summaries
+        records = [json.loads(p.read_text()) for p in sorted(run_dir.glob("*/seed*/summary.json"))]
+        if not records:
+            print(f"warning: {run_dir}: no compare.json and no finished run (*/seed*/summary.json)", file=sys.stderr)
     rows = []
-    for rec in json.loads(path.read_text()):
+    for rec in records:
         m = _LABEL.match(rec["variant"])
         spent = [v.get("epsilon") for v in rec.get("epsilon", {}).values() if isinstance(v, dict)]
         spent = [e for e in spent if isinstance(e, (int, float)) and not math.isnan(e)]
