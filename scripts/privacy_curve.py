@@ -99,8 +99,8 @@ def plot(rows: list[dict[str, Any]], metrics: list[str], path: Path, title: str,
             ax.fill_between(eps, [m - s for m, s in stats], [m + s for m, s in stats], color=colours[proto], alpha=0.18)
             for e in eps:
                 ax.scatter([e] * len(by_eps[e]), by_eps[e], s=8, color=colours[proto], alpha=0.5)
-        if chance is not None:
-            ax.axhline(chance, color="grey", lw=0.8, ls=":", label="chance")
+        if chance is not None and metric == metrics[0]:  # chance of the first metric (top-1), not of top-5
+            ax.axhline(chance, color="grey", lw=0.8, ls=":", label=f"chance ({chance:.3g})")
         ax.set_xscale("log", base=2)
         if finite:
             ax.set_xticks(finite, [f"{e:g}" for e in finite])
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="output stem: writes STEM.csv and STEM.png")
     ap.add_argument("--metrics", nargs="+", default=["pooled/accuracy"])
     ap.add_argument("--title", default="")
-    ap.add_argument("--chance", type=float, default=None, help="draw a chance level, e.g. 1/30")
+    ap.add_argument("--chance", type=float, default=None, help="chance level of the first metric, e.g. 0.0333 for 30 classes")
     args = ap.parse_args(argv)
     rows = [r for d in args.run_dirs for r in load_rows(d, args.metrics)]
     if not rows:
