@@ -260,3 +260,25 @@ def test_site_outputs_beyond_the_update_do_not_depend_on_private_data(tmp_path, 
         _, weight = out
         outputs.append((weight, sp.charge(0), sp.public_metrics({"train_loss": 0.3})))
     assert outputs[0] == outputs[1]
+
+
+def test_distributed_dp_over_ckks_sends_no_magnitude_histogram(tmp_path, tiny_experiment_toml):
+    """Item 12: under distributed DP the CKKS sum uses public bounds (clip x largest site + the noise
+    share's tail), so the per-site histogram of magnitude exponents never travels."""
+    import tomllib
+
+    from secure_fl.run.compare import run_experiment
+    from secure_fl.run.experiment import parse_experiment
+
+    task = 'name = "synthetic-tabular"\nn_sites = 3\nn_per_site = 40'
+    text = tiny_experiment_toml(protocols='["dp-distributed-ckks"]', rounds=1, task=task,
+                                extra='[sweep]\n"privacy.secure_noise" = [false]')
+    run = run_experiment(parse_experiment(tomllib.loads(text), "tiny.toml"), tmp_path, show_progress=False).runs[0]
+    import json
+    from pathlib import Path
+
+    views = [json.loads(line) for line in (Path(run.path) / "views.jsonl").read_text().splitlines()]
+    stages = {v["stage"] for v in views}
+    assert "bounds" not in stages and "bounds_sum" not in stages, stages
+    record = json.loads((Path(run.path) / "rounds.jsonl").read_text().splitlines()[0])
+    assert record["applied"], record

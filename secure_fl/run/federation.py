@@ -201,6 +201,9 @@ class Federation:
         # the privacy layer first: its checks name the key the user set (e.g. [privacy].min_sites), which the
         # secure sum only sees as the minimum the layer pushed into it
         self.privacy = _privacy_layer(variant, exp, task, run_dir, seed)
+        bounds = getattr(self.privacy, "public_bounds", lambda: None)()
+        if bounds is not None and hasattr(self.protocol, "use_public_bounds"):
+            self.protocol.use_public_bounds(*bounds)  # e.g. CKKS: no histogram of per-site magnitudes travels
         self.protocol.setup([s.name for s in task.sites], self.dim)
         agg = spec.aggregation
         self.server = make_server(agg.server, agg.server_lr, agg.beta1, agg.beta2, agg.tau)

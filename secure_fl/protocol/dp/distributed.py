@@ -104,6 +104,19 @@ class DistributedDpSgd(DpMechanism):
     def round_event(self, site_id: str, sigma: float) -> dp_event.DpEvent:
         return poisson_gaussian_event(sigma, self.config.sample_rate)
 
+    def public_bounds(self) -> tuple[float, float]:
+        """Public bounds on what a site hands the secure sum, so that no data-dependent magnitude
+        (e.g. CKKS's histogram of exponents) has to travel: every coordinate of a clipped-gradient sum
+        is at most C times the site's size, plus the noise share's tail at 12 standard deviations
+        (exceeded with probability < 1e-32 per coordinate); the weight is the site's size."""
+        from ...privacy.mechanisms import share_std
+
+        cfg = self.config
+        largest = max(self.layer.site_sizes.values())
+        sigma = max(self.layer.noise_multiplier_for(s) for s in self.layer.site_sizes)
+        tail = 12.0 * share_std(sigma, cfg.max_grad_norm, int(cfg.min_sites))
+        return cfg.max_grad_norm * largest + tail, float(largest)
+
     def local_update(self, site: "DpSite", model: "torch.nn.Module", x: "torch.Tensor", y: "torch.Tensor",
                      loss_fn: Any, round: int) -> tuple[np.ndarray, float, dp_event.DpEvent] | None:
         """This site's clipped gradient sum plus its noise share."""

@@ -179,6 +179,12 @@ class DpPrivacyLayer:
         """The clip bound of this round (adaptive clipping moves it)."""
         return float(getattr(self.mechanism, "clip", self.config.max_grad_norm))
 
+    def public_bounds(self) -> tuple[float, float] | None:
+        """(value bound, weight bound) on every site's input to the secure sum when the mechanism makes them
+        public (distributed noise); ``None`` otherwise. The engine hands them to a secure sum that can use them."""
+        bounds = getattr(self.mechanism, "public_bounds", None)
+        return bounds() if bounds is not None else None
+
     def noise_multiplier_for(self, site_id: str) -> float:
         """σ used at ``site_id`` (given in the spec, or calibrated to the target over the planned rounds)."""
         return self._sigma[site_id]
