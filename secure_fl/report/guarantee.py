@@ -173,7 +173,10 @@ def _secure_sum(spec: ProtocolSpec, plan: Plan) -> tuple[Any, dict[str, Any]]:
         preset = ss.parameters
         info.update({
             "preset": preset.describe(), "total_bits": preset.total_bits,
-            "release": getattr(ss, "release", "sites"), "bounds": getattr(ss, "bounds", None),
+            "release": getattr(ss, "release", "sites"),
+            # distributed DP runs the CKKS sum with public bounds (the privacy layer hands them over in a run)
+            "bounds": "public" if getattr(privacy, "mechanism", None) == "distributed-dp-sgd"
+            else getattr(ss, "bounds", None),
             "statistical_security": getattr(ss, "statistical_security", None),
         })
     return ss, info
