@@ -151,7 +151,12 @@ _EXTRA_COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="secure-fl", description="Privacy-preserving federated learning between hospitals.")
+    parser = argparse.ArgumentParser(
+        prog="secure-fl", description="Privacy-preserving federated learning between hospitals.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  secure-fl compare                       every protection on four real hospitals\n"
+               "  secure-fl guarantee ckks-fedavg --sites 4   what a protocol guarantees, in plain language",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -170,7 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print compare.json (strict JSON) instead of the tables")
         p.add_argument("--threads", type=int, default=int(os.environ.get("SECURE_FL_THREADS", "1")), help="torch threads (default 1, or $SECURE_FL_THREADS)")
 
-    p = sub.add_parser("compare", help="several protocols on the same task and seeds; prints the table")
+    p = sub.add_parser(
+        "compare", help="several protocols on the same task and seeds; prints the table",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  secure-fl compare                                   the quickstart (four hospitals)\n"
+               "  secure-fl compare heart-protocols --seeds 0 --protocol ckks-fedavg",
+    )
     experiment_args(p, optional=True)
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("run", help="one protocol of an experiment (the first listed unless --protocol)")
