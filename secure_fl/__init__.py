@@ -1,6 +1,6 @@
 """secure-fl: privacy-preserving federated learning between hospitals.
 
-Importing the package imports nothing heavy; see DESIGN.md for the layers.
+Importing the package imports nothing heavy; see docs/architecture.md for the layers.
 """
 
 from __future__ import annotations

@@ -157,7 +157,7 @@ def test_cli_protocols_lists_catalogue(capsys):
 
 @pytest.mark.parametrize("name", list_protocols())
 def test_aggregator_never_sees_a_plain_site_update_unless_the_spec_says_so(tmp_path, tiny_experiment_toml, name):
-    """DESIGN.md, "Views are explicit": checked for every protocol in protocols/."""
+    """docs/architecture.md, "Rules" (views are explicit): checked for every protocol in protocols/."""
     exp = _exp(tiny_experiment_toml(protocols=f'["{name}"]', rounds=1, task='name = "synthetic-tabular"\nn_sites = 3\nn_per_site = 40'))
     spec = exp.variants[0].spec
     run = run_experiment(exp, tmp_path, show_progress=False).runs[0]

@@ -111,7 +111,7 @@ def _promise(fed: Any, spec: Any) -> Promise:
 def test_what_the_aggregator_carries_keeps_the_spec_promise(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """DESIGN.md "Views are explicit", checked on the bytes for every protocol in protocols/."""
+    """docs/architecture.md, "Rules" (views are explicit), checked on the bytes for every protocol in protocols/."""
     spec = load_protocol(name)
     # two rounds (a second round reuses keys and state), one where a DP ledger makes each round cost ~1 s of accounting
     fed, rounds = _run_and_tap(name, tmp_path, monkeypatch, rounds=1 if spec.privacy is not None else 2)

@@ -1,7 +1,7 @@
 """Differential privacy math: noise sources, clipping and Gaussian mechanisms, accounting on
 ``dp_accounting`` events, and the per-site privacy ledger.
 
-Nothing here knows about sites, rounds or transports (DESIGN.md, "Math is separate from
+Nothing here knows about sites, rounds or transports (docs/architecture.md, "Math is separate from
 orchestration"); the package :mod:`secure_fl.protocol.dp` composes these pieces into the privacy layer.
 """
 

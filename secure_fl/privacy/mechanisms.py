@@ -15,7 +15,7 @@ References:
   sums). Here the shares are ``1/(m−1)`` of the variance, so that the sum minus one curious
   site's own share still carries the full noise (:func:`share_std`).
 
-Nothing here knows about sites, rounds or transports (DESIGN.md, "Math is separate").
+Nothing here knows about sites, rounds or transports (docs/architecture.md, "Math is separate").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Secure-sum protocols as explicit stages (DESIGN.md, "The one flow", step 3).
+"""Secure-sum protocols as explicit stages (docs/architecture.md, "The one flow", step 3).
 
 A protocol gives key holders (and, if its spec says so, the aggregator) the weighted sum
 ``Σ_i values_i`` and ``Σ_i weight_i`` of the sites' inputs. Each party is a small state

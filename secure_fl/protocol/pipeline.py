@@ -1,7 +1,7 @@
 """The update pipeline around the secure sum: what a site does to its delta before it
 leaves, and what happens to the released sum before the server step.
 
-DESIGN.md step 2 (update transforms) and the hand-over to step 4. The engine calls, per
+docs/architecture.md, "The one flow", step 2 (update transforms) and the hand-over to step 4. The engine calls, per
 round and per participating site, in this order::
 
     privacy = layer.site(site_id)             # persistent across rounds (accountant, ledger)
