@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,29 +26,13 @@ sys.path.insert(0, str(REPO))
 
 from secure_fl.deploy.kit import load_kit  # noqa: E402
 from secure_fl.deploy.provision import provision  # noqa: E402
-from secure_fl.engine.flower.launch import register_sites, start_superlink, start_supernode, wait_for_port  # noqa: E402
+from secure_fl.engine.flower.launch import (  # noqa: E402
+    free_port, register_sites, start_superlink, start_supernode, stop_process_group, wait_for_port,
+)
 from secure_fl.protocol.spec import load_protocol  # noqa: E402
 
 HOSPITALS = {"cleveland": "Cleveland", "hungary": "Hungary", "va-long-beach": "VA Long Beach", "switzerland": "Switzerland"}
 ENV = {"PYTHONPATH": str(REPO), "SECURE_FL_THREADS": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=8)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def main() -> None:
@@ -92,7 +74,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     finally:
         for proc in reversed(procs):
-            stop(proc)
+            stop_process_group(proc)
     load = os.getloadavg()
     print(f"\nheart-disease, 4 hospitals, {args.rounds} rounds, seed 0; load average {load[0]:.1f} on {os.cpu_count()} CPUs")
     print("| protocol | local engine s/round | Flower s/round | of which site work | server round trips per round | last round (+ final evaluation) |")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,9 @@ import torch
 
 from secure_fl.deploy.kit import load_kit
 from secure_fl.deploy.provision import provision
-from secure_fl.engine.flower.launch import register_sites, split_address, start_superlink, start_supernode, wait_for_port
+from secure_fl.engine.flower.launch import (
+    free_port, register_sites, split_address, start_superlink, start_supernode, stop_process_group, wait_for_port,
+)
 from secure_fl.protocol.spec import load_protocol
 from secure_fl.run.experiment import load_experiment
 from secure_fl.run.federation import Federation
@@ -40,12 +41,6 @@ HOSPITALS = {"cleveland": "Cleveland", "hungary": "Hungary", "va-long-beach": "V
 ENV = {"PYTHONPATH": str(REPO), "SECURE_FL_THREADS": "1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _fed_toml(path: Path, name: str, port: int, sites: dict[str, str]) -> Path:
     lines = [f'name = "{name}"', f'address = "127.0.0.1:{port}"']
     for s, data in sites.items():
@@ -54,25 +49,10 @@ def _fed_toml(path: Path, name: str, port: int, sites: dict[str, str]) -> Path:
     return path
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop a process group we started: SIGTERM, then SIGKILL after 8 s (a SuperNode needs > 3 s)."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=8)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=5)
-
-
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory):
     root = tmp_path_factory.mktemp("flower")
-    port = _free_port()
+    port = free_port()
     # a fifth provisioned site that the aggregator does not register: an unregistered node
     sites = {**HOSPITALS, "intruder": "Cleveland"}
     kits = root / "kits"
@@ -89,11 +69,11 @@ def fed(tmp_path_factory):
             for spec in ("ckks-fedavg", "secagg-plus-fedavg") + (("plain-fedavg",) if s != "switzerland" else ()):
                 p = load_protocol(spec)
                 kit.approve(p.spec_hash, p.name, spec)
-            procs[s] = start_supernode(kit, _free_port(), log=root / f"{s}.log", env=ENV)
+            procs[s] = start_supernode(kit, free_port(), log=root / f"{s}.log", env=ENV)
         yield {"root": root, "kits": kits, "procs": procs, "port": port}
     finally:
         for name, proc in procs.items():
-            _stop(proc)
+            stop_process_group(proc)
 
 
 def _deploy(fed, protocol: str, rounds: int, stage_timeout: float = 120, on_line=None, limit: float = 600) -> tuple[dict, Path, list[str]]:
@@ -113,7 +93,7 @@ def _deploy(fed, protocol: str, rounds: int, stage_timeout: float = 120, on_line
                 break
         proc.wait(timeout=max(1, end - time.monotonic()))
     finally:
-        _stop(proc)
+        stop_process_group(proc)
     out = fed["root"] / "runs" / "heart-protocols" / protocol / "seed0"
     assert (out / "summary.json").exists(), "\n".join(lines[-40:])
     import json
@@ -162,7 +142,7 @@ def test_an_unapproved_spec_is_refused_by_the_site_and_the_run_goes_on(fed):
 
 def test_an_unregistered_node_is_refused(fed):
     kit = fed["kits"] / "sites" / "intruder"
-    res = subprocess.run([sys.executable, "-m", "secure_fl.cli", "site", "start", str(kit), "--runtime-port", str(_free_port())],
+    res = subprocess.run([sys.executable, "-m", "secure_fl.cli", "site", "start", str(kit), "--runtime-port", str(free_port())],
                          capture_output=True, text=True, timeout=180, env={**os.environ, **ENV}, cwd=REPO)
     assert res.returncode == 2, res.stderr[-2000:]
     assert "is not registered there" in res.stderr
@@ -172,7 +152,7 @@ def test_a_wrong_certificate_or_a_kit_from_another_federation_is_refused(fed, tm
     other = tmp_path / "other"
     provision(_fed_toml(tmp_path / "other.toml", "heart-test", fed["port"], HOSPITALS), other)
     res = subprocess.run([sys.executable, "-m", "secure_fl.cli", "site", "start", str(other / "sites" / "cleveland"),
-                          "--runtime-port", str(_free_port())], capture_output=True, text=True, timeout=120,
+                          "--runtime-port", str(free_port())], capture_output=True, text=True, timeout=120,
                          env={**os.environ, **ENV}, cwd=REPO)
     assert res.returncode == 2
     assert "did not sign" in res.stderr and "another federation" in res.stderr

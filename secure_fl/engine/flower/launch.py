@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -95,6 +96,28 @@ def write_flwr_config(kit: Kit, address: str, insecure: bool) -> Path:
     path = home / "config.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (for SuperLinks and SuperNodes started side by side on one machine)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_process_group(proc: subprocess.Popen[Any]) -> None:
+    """Stop a process group we started: SIGTERM, then SIGKILL after 8 s (a SuperNode needs > 3 s to exit)."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=8)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=5)
 
 
 def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[Any] | None = None) -> None:
