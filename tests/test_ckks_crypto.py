@@ -14,7 +14,7 @@ import tenseal as ts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secure_fl.cli_keys import add_parser
+from secure_fl.cli.keys import add_parser
 from secure_fl.crypto.ckks import (
     CkksKeyError,
     chunk_count,

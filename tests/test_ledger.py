@@ -120,7 +120,7 @@ def test_cli_ledger_shows_spend_over_time(tmp_path, capsys):
     import argparse
     import json
 
-    from secure_fl.cli_ledger import add_parser
+    from secure_fl.cli.ledger import add_parser
     from secure_fl.errors import DataError
 
     site = tmp_path / "run" / "sites" / "Cleveland"

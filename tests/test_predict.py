@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from secure_fl.cli import main
-from secure_fl.cli_predict import predict_file
+from secure_fl.cli.predict import predict_file
 from secure_fl.errors import DataError
 from secure_fl.run.compare import run_experiment
 from secure_fl.run.experiment import parse_experiment

@@ -84,7 +84,7 @@ def redact_reason(reason: str) -> str:
 
     Reasons raised at a site can quote what it holds (``max |value| = 3.1e+02``, ``weight 1234
     exceeds max_weight``): un-noised per-site values that the aggregator-side record must not carry
-    when the protocol protects single updates (issue 8 item 12).
+    when the protocol protects single updates.
     """
     return _EXACT_VALUE.sub("<number>", reason)
 

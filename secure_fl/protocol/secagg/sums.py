@@ -276,7 +276,7 @@ class SecAggSum(SecureSum):
         """Fewest contributors a released sum may have: max(min_contributors, colluders + 2).
 
         A "sum" of the survivors minus the colluders' own inputs must cover at least two honest sites;
-        with exactly t survivors and t - 1 colluders it would be one site's input (issue 8, item 3).
+        with exactly t survivors and t - 1 colluders it would be one site's input.
         """
         return max(self.min_contributors, self.colluders + 2)
 

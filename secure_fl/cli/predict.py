@@ -26,9 +26,9 @@ def predict_file(run_dir: Path, data: Path, site: str | None = None) -> tuple[li
     """(header, rows) of class probabilities for every row of the CSV ``data``."""
     import torch
 
-    from .errors import DataError
-    from .tasks.export import load_model
-    from .tasks.tabular import LINE, Preprocessor, read_table
+    from ..errors import DataError
+    from ..tasks.export import load_model
+    from ..tasks.tabular import LINE, Preprocessor, read_table
 
     model, card = load_model(run_dir, site)
     pre_json = card.get("preprocessing")
@@ -60,8 +60,8 @@ def _predict_images(model: Any, card: dict[str, Any], data: Path) -> tuple[list[
     import numpy as np
     import torch
 
-    from .errors import DataError
-    from .tasks.images import IMAGE_SUFFIXES, load_image
+    from ..errors import DataError
+    from ..tasks.images import IMAGE_SUFFIXES, load_image
 
     pre = card["preprocessing"]
     if data.is_dir():

@@ -70,7 +70,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    from .deploy.provision import provision
+    from ..deploy.provision import provision
 
     summary = provision(args.federation, args.out)
     print(f"federation {summary['federation']} (id {summary['federation_id']}), address {summary['address']}")
@@ -99,8 +99,8 @@ def _wait(proc: subprocess.Popen[bytes], what: str) -> int:
 
 
 def cmd_aggregator_start(args: argparse.Namespace) -> int:
-    from .deploy.kit import load_kit
-    from .engine.flower.launch import register_sites, split_address, start_superlink, wait_for_port
+    from ..deploy.kit import load_kit
+    from ..engine.flower.launch import register_sites, split_address, start_superlink, wait_for_port
 
     kit = load_kit(args.kit, role="aggregator")
     proc = start_superlink(kit, insecure=args.insecure, bind=args.bind, database=not args.no_database)
@@ -120,8 +120,8 @@ def cmd_aggregator_start(args: argparse.Namespace) -> int:
 
 
 def cmd_site_start(args: argparse.Namespace) -> int:
-    from .deploy.kit import KitError, load_kit
-    from .engine.flower.launch import SUPERNODE_UNREGISTERED_EXIT, check_server_certificate, start_supernode
+    from ..deploy.kit import KitError, load_kit
+    from ..engine.flower.launch import SUPERNODE_UNREGISTERED_EXIT, check_server_certificate, start_supernode
 
     kit = load_kit(args.kit, role="site")
     if not args.insecure:
@@ -157,8 +157,8 @@ def cmd_site_start(args: argparse.Namespace) -> int:
 
 
 def cmd_site_approve(args: argparse.Namespace) -> int:
-    from .deploy.kit import load_kit
-    from .protocol.spec import load_protocol
+    from ..deploy.kit import load_kit
+    from ..protocol.spec import load_protocol
 
     kit = load_kit(args.kit, role="site")
     spec = load_protocol(args.spec)
@@ -169,10 +169,10 @@ def cmd_site_approve(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy_run(args: argparse.Namespace) -> int:
-    from .deploy.kit import load_kit
-    from .engine.flower.launch import CONNECTION, bin_path, build_app, check_insecure, flwr_env, write_flwr_config
-    from .errors import SpecError
-    from .run.experiment import load_experiment
+    from ..deploy.kit import load_kit
+    from ..engine.flower.launch import CONNECTION, bin_path, build_app, check_insecure, flwr_env, write_flwr_config
+    from ..errors import SpecError
+    from ..run.experiment import load_experiment
 
     kit = load_kit(args.federation, role="aggregator")
     exp = load_experiment(args.experiment)

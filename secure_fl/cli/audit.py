@@ -15,7 +15,7 @@ __all__ = ["add_parser", "cmd_audit"]
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit.runner import run_audit
+    from ..audit.runner import run_audit
 
     path = run_audit(
         args.target, args.attack, out=Path(args.out) if args.out else None, protocols=args.protocol or None,
@@ -33,7 +33,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("audit", help="attack what the aggregator carried and the released model (issue 15)")
+    p = sub.add_parser("audit", help="attack what the aggregator carried and the released model")
     p.add_argument("target", help="a run folder (runs/EXP/VARIANT/seedK) or an experiment name / TOML path")
     p.add_argument("--attack", required=True, choices=["inversion", "membership", "epsilon"])
     p.add_argument("--out", help="output folder (default: the run folder, or runs/audit/EXPERIMENT)")

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
+from ..errors import DataError
 
 __all__ = ["add_parser", "cmd_ledger", "find_ledgers", "ledger_rows"]
 
@@ -40,8 +40,8 @@ def ledger_rows(
 ) -> list[dict[str, Any]]:
     """One dict per charge of every dataset in ``file``; ε recomputed at ``delta`` when given;
     with ``opacus``, also ε of the same history by Opacus's RDP and PRV accountants."""
-    from .privacy.accounting import compose, describe_event, epsilons, opacus_epsilons
-    from .privacy.ledger import PrivacyLedger
+    from ..privacy.accounting import compose, describe_event, epsilons, opacus_epsilons
+    from ..privacy.ledger import PrivacyLedger
 
     try:
         datasets = PrivacyLedger.datasets(file)

@@ -1,23 +1,18 @@
-"""The ``secure-fl`` command."""
+"""``secure-fl compare``, ``run`` and ``protocols``: experiments on the in-process engine."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
-import sys
-import warnings
 from pathlib import Path
 
-from .errors import SecureFLError
-
-__all__ = ["main"]
+from ..errors import SecureFLError
 
 DEFAULT_EXPERIMENT = "quickstart"
 
 
 def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from .run.experiment import load_experiment, with_overrides
+    from ..run.experiment import load_experiment, with_overrides
 
     exp = load_experiment(args.experiment)
     if args.rounds is not None or args.seeds is not None:
@@ -27,14 +22,14 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def _print_table(result, as_json: bool = False) -> None:  # type: ignore[no-untyped-def]
     if as_json:  # the same strict JSON as compare.json, for scripts
-        from .run.compare import compare_json
+        from ..run.compare import compare_json
 
         print(compare_json(result))
         return
     from rich.console import Console
     from rich.table import Table
 
-    from .run.compare import table_rows
+    from ..run.compare import table_rows
 
     header, rows = table_rows(result)
     table = Table(title=f"{result.experiment.name}: {result.task.describe()}", title_justify="left")
@@ -46,11 +41,11 @@ def _print_table(result, as_json: bool = False) -> None:  # type: ignore[no-unty
         table.add_row(*(escape(c) for c in r))  # labels like "dp-sgd-local[target_epsilon=1.0]" are not markup
     console = Console()  # rich fits the table to the terminal (wrapping cells) and prints 80 columns into a pipe
     console.print(table)
-    from .run.compare import site_rows
+    from ..run.compare import site_rows
 
     site_header, srows = site_rows(result)
     if srows:
-        from .run.compare import SITE_LEGEND
+        from ..run.compare import SITE_LEGEND
 
         sites = Table(title="per site", caption=SITE_LEGEND, title_justify="left", caption_justify="left")
         for h in site_header:
@@ -59,7 +54,7 @@ def _print_table(result, as_json: bool = False) -> None:  # type: ignore[no-unty
         for r in srows:
             sites.add_row(*(escape(c) for c in r))
         console.print(sites)
-    from .run.compare import guarantee_lines
+    from ..run.compare import guarantee_lines
 
     for label, guarantee in guarantee_lines(result):  # what each protected row buys (its spec's first guarantee)
         console.print(f"[bold]{escape(label)}[/bold]: {escape(guarantee)}")
@@ -74,7 +69,7 @@ def _print_table(result, as_json: bool = False) -> None:  # type: ignore[no-unty
 
 
 def _start(args: argparse.Namespace, chosen: list[str] | None, exp=None) -> int:  # type: ignore[no-untyped-def]
-    from .run.compare import run_experiment
+    from ..run.compare import run_experiment
 
     result = run_experiment(exp or _load(args), Path(args.out), variants=chosen, show_progress=not args.quiet,
                             threads=args.threads, run_id=args.run_id, overwrite=args.overwrite)
@@ -87,14 +82,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .errors import SpecError
+    from ..errors import SpecError
 
     if args.resume is not None:
         given = [f for f in ("experiment", "protocol", "rounds", "seeds", "run_id") if getattr(args, f) is not None]
         if given or args.overwrite:
             given += ["overwrite"] if args.overwrite else []
             raise SpecError(f"--resume continues a run with its own settings; drop {given}")
-        from .run.compare import resume_experiment
+        from ..run.compare import resume_experiment
 
         result = resume_experiment(Path(args.resume), show_progress=not args.quiet, threads=args.threads)
         _print_table(result, args.json)
@@ -109,8 +104,8 @@ def cmd_protocols(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .protocol.spec import list_protocols, load_protocol
-    from .run.experiment import REFERENCES
+    from ..protocol.spec import list_protocols, load_protocol
+    from ..run.experiment import REFERENCES
 
     table = Table(title="protocol catalogue (protocols/*.toml)", title_justify="left")
     for h in ("name", "secure sum", "aggregator sees", "privacy", "summary"):
@@ -139,27 +134,7 @@ def cmd_protocols(args: argparse.Namespace) -> int:
     return 0
 
 
-# sub-commands contributed by other modules: (module, attribute) with add_parser(subparsers)
-_EXTRA_COMMANDS = [
-    ("secure_fl.cli_keys", "add_parser"),
-    ("secure_fl.cli_ledger", "add_parser"),
-    ("secure_fl.cli_predict", "add_parser"),
-    ("secure_fl.cli_deploy", "add_parser"),
-    ("secure_fl.cli_report", "add_parser"),
-    ("secure_fl.cli_audit", "add_parser"),
-]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="secure-fl", description="Privacy-preserving federated learning between hospitals.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  secure-fl compare                       every protection on four real hospitals\n"
-               "  secure-fl guarantee ckks-fedavg --sites 4   what a protocol guarantees, in plain language",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     def experiment_args(p: argparse.ArgumentParser, optional: bool) -> None:
         if optional:
             p.add_argument("experiment", nargs="?", default=DEFAULT_EXPERIMENT, help="experiment TOML or name in experiments/ (default: quickstart)")
@@ -191,57 +166,3 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("protocols", help="list the protocol catalogue")
     p.add_argument("--sites", type=int, help="also print each masking protocol's guarantee for this many sites")
     p.set_defaults(func=cmd_protocols)
-    for module, attr in _EXTRA_COMMANDS:
-        try:
-            getattr(importlib.import_module(module), attr)(sub)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-    return parser
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
-
-
-def _quiet_library_warnings() -> None:
-    """Show each library warning once per process, not once per site and round.
-
-    Opacus registers full backward hooks; PyTorch warns "Full backward hook is firing when gradients
-    are computed with respect to module outputs..." on every backward pass whose first layer's input
-    needs no gradient (harmless there): ≈1,900 lines for dp-heart. The ``"once"`` filter action is
-    not enough: its registry is cleared whenever any ``warnings.catch_warnings()`` block changes the
-    filters (the accountants use one each round), so repeats are dropped here, by message and category.
-    """
-    show = warnings.showwarning
-    if getattr(show, "secure_fl_once", False):
-        return
-    shown: set[tuple[type, str]] = set()
-
-    def show_once(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
-        key = (category, str(message))
-        if key not in shown:
-            shown.add(key)
-            show(message, category, filename, lineno, file, line)
-
-    show_once.secure_fl_once = True  # type: ignore[attr-defined]
-    warnings.showwarning = show_once
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _quiet_library_warnings()
-    try:
-        return int(args.func(args))
-    except SecureFLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished rounds are in the run folder", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

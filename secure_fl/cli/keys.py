@@ -30,7 +30,7 @@ def _positive(text: str) -> int:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``keys provision`` and ``keys show`` to the ``secure-fl`` sub-commands."""
-    from .crypto.ckks_params import DEFAULT_PRESET, PRESETS
+    from ..crypto.ckks_params import DEFAULT_PRESET, PRESETS
 
     keys = subparsers.add_parser("keys", help="provision or inspect CKKS key sets")
     sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -51,8 +51,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    from .crypto.ckks import provision
-    from .errors import SecureFLError
+    from ..crypto.ckks import provision
+    from ..errors import SecureFLError
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -75,7 +75,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .crypto.ckks import CkksKeyError, load_context, load_manifest
+    from ..crypto.ckks import CkksKeyError, load_context, load_manifest
 
     directory = Path(args.dir)
     manifest = load_manifest(directory)

@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from .errors import SpecError
+from ..errors import SpecError
 
 __all__ = ["add_parser", "cmd_guarantee", "cmd_report"]
 
@@ -34,8 +34,8 @@ def _overrides(items: list[str] | None) -> dict[str, Any]:
 
 
 def cmd_guarantee(args: argparse.Namespace) -> int:
-    from .report.guarantee import Plan, guarantee_for
-    from .report.statement import to_json, to_text
+    from ..report.guarantee import Plan, guarantee_for
+    from ..report.statement import to_json, to_text
 
     plan = Plan(sites=args.sites, rounds=args.rounds, examples_per_site=args.examples, batch_size=args.batch_size,
                 local_epochs=args.local_epochs)
@@ -48,7 +48,7 @@ def cmd_guarantee(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report.html import write_report
+    from ..report.html import write_report
 
     path = write_report(Path(args.run_dir), lang=args.lang, pdf=args.pdf)
     print(path)
@@ -80,6 +80,6 @@ def add_parser(sub: Any) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from .cli import main
+    from . import main
 
     sys.exit(main(sys.argv[1:]))
