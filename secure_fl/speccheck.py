@@ -11,9 +11,9 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from .errors import SpecError
+from .errors import InvalidParameter, SpecError
 
-__all__ = ["REQUIRED", "check_keys", "get", "get_table", "one_of", "in_range"]
+__all__ = ["REQUIRED", "build", "check_keys", "get", "get_table", "one_of", "in_range"]
 
 T = TypeVar("T")
 
@@ -69,6 +69,15 @@ def get(
         if problem:
             raise SpecError(f"{where}.{key}: {problem}, found {value!r}")
     return value  # type: ignore[no-any-return]
+
+
+def build(where: str, make: Callable[[], T]) -> T:
+    """Run a constructor that validates its own arguments (the one validation path of a component);
+    re-raise its :class:`~secure_fl.errors.InvalidParameter` as a :class:`SpecError` naming ``where``."""
+    try:
+        return make()
+    except InvalidParameter as exc:
+        raise SpecError(f"{where}.{exc.key}: {exc.problem}" if exc.key else f"{where}: {exc.problem}") from exc
 
 
 def get_table(table: Mapping[str, Any], key: str, where: str, default: Any = REQUIRED) -> dict[str, Any]:

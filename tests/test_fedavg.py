@@ -31,7 +31,7 @@ def test_fedavg_equals_hand_computed_weighted_mean():
 
 def test_bytes_and_views_are_recorded():
     out = drive_round(PlainSum(), 3, _inputs([[1.0] * 5, [2.0] * 5], [1, 1]), 5)
-    assert out.bytes_up == {"s0": 8 + 4 * 5, "s1": 8 + 4 * 5}
+    assert out.bytes_up == {"s0": 16 + 4 * 5, "s1": 16 + 4 * 5}  # round, weight, float32 values
     assert [(v.sender, v.receiver, v.kind, v.round) for v in out.views] == [("s0", AGGREGATOR, "plain", 3), ("s1", AGGREGATOR, "plain", 3)]
     assert set(out.stage_seconds) == {"submit", "release"}
 
@@ -69,7 +69,7 @@ def test_aggregator_rejects_bad_and_duplicate_messages_and_keeps_the_rest():
     res = agg.result()
     assert res.contributors == ("a",)
     np.testing.assert_allclose(res.mean, [1.0, 1.0])
-    assert "expected 16" in agg.rejected["b"]
+    assert "expected 24" in agg.rejected["b"]
     assert agg.rejected["c"] == "sent twice in one round"
     assert "not a participant" in agg.rejected["mallory"]
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare, kstest
 
-from secure_fl.errors import ProtocolError, RoundAborted, SiteRejected, SpecError
+from secure_fl.errors import ProtocolError, RoundAborted, SiteRejected, SpecError, StageError
 from secure_fl.protocol.base import AGGREGATOR, Message, ViewKind
 from secure_fl.protocol.secagg import (
     ADVERTISE_KEYS,
@@ -450,10 +450,10 @@ def test_site_with_a_weight_above_max_weight_is_rejected_others_kept() -> None:
 def test_stage_out_of_order_is_refused() -> None:
     proto = secagg(N, DIM)
     site = proto.site("site-00", 0, np.zeros(DIM), 1)
-    with pytest.raises(SiteRejected, match="out of order: expected 'advertise_keys'"):
+    with pytest.raises(StageError, match="out-of-order stage 'masked_input'; expected 'advertise_keys' next"):
         site.step(MASKED_INPUT, [])
     agg = proto.aggregator(0, list(proto.roster), DIM)
-    with pytest.raises(ProtocolError, match="out of order"):
+    with pytest.raises(StageError, match="out-of-order stage 'release'"):
         agg.step("release", [])
 
 

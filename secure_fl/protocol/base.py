@@ -7,7 +7,9 @@ engine and the Flower engine both drive the same objects.
 
 Routing contract, shared by every engine:
 
-* Stages run in the order of :attr:`SecureSum.stages`. At a stage whose ``actor`` is
+* Stages run in the order of :attr:`SecureSum.stages`; every party checks it through
+  :class:`StagedParty` (one handler per stage, declared with :func:`handles`), which refuses an
+  unknown, repeated or out-of-order stage with :class:`~secure_fl.errors.StageError`. At a stage whose ``actor`` is
   ``"sites"``, every live site steps once; at an ``"aggregator"`` stage, the aggregator does.
 * A message is delivered into its receiver's inbox for the receiver's *next* step.
   Every message passes through the aggregator (sites have no direct channel), so the engine
@@ -23,11 +25,13 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
+
+from ..errors import ProtocolError, StageError
 
 __all__ = [
     "AGGREGATOR",
@@ -35,6 +39,8 @@ __all__ = [
     "Message",
     "Stage",
     "SumResult",
+    "StagedParty",
+    "handles",
     "SiteParty",
     "AggregatorParty",
     "SecureSum",
@@ -91,6 +97,88 @@ class SumResult:
         return self.total / self.weight
 
 
+Handler = Callable[[Any, Sequence[Message]], list[Message]]
+_H = TypeVar("_H", bound=Handler)
+
+
+def handles(stage: str) -> Callable[[_H], _H]:
+    """Declare a method of a :class:`StagedParty` as the handler of ``stage``: ``handler(inbox) -> outbox``."""
+
+    def mark(method: _H) -> _H:
+        setattr(method, "_handles_stage", stage)
+        return method
+
+    return mark
+
+
+class StagedParty:
+    """Stage sequencing, once for every protocol (routing contract above).
+
+    A party declares one handler per stage with :func:`handles` and, in its constructor, the stages
+    it takes this round, in order (:meth:`_sequence`: its actor's stages of :attr:`SecureSum.stages`,
+    which may depend on the configuration). :meth:`step` then runs the handler of the expected
+    stage and refuses anything else with one error type, :class:`~secure_fl.errors.StageError`:
+    an unknown stage, a repeated one, or one whose turn has not come. The state is plain data
+    (names and a counter), so a party stays picklable between messages (the Flower site keeps it
+    on disk).
+
+    Mix it in before :class:`SiteParty` / :class:`AggregatorParty` so its :meth:`step` is the one used.
+    """
+
+    #: stage name -> name of the method handling it, collected from :func:`handles` over the class's MRO
+    _stage_handlers: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        found: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):  # a subclass's handler replaces its base's
+            own: dict[str, str] = {}
+            for attr, value in vars(klass).items():
+                stage = getattr(value, "_handles_stage", None)
+                if isinstance(stage, str):
+                    if stage in own:
+                        raise TypeError(f"{klass.__name__}: stage {stage!r} has two handlers, {own[stage]} and {attr}")
+                    own[stage] = attr
+            found.update(own)
+        cls._stage_handlers = found
+
+    def _sequence(self, stages: Sequence[Stage], actor: Literal["sites", "aggregator"], party: str) -> None:
+        """Fix the stages this party takes, in order: those of ``actor`` in ``stages``. ``party`` names it in errors."""
+        names = tuple(s.name for s in stages if s.actor == actor)
+        missing = [n for n in names if n not in self._stage_handlers]
+        if missing:
+            raise ProtocolError(f"{party}: no handler for stage(s) {missing} (declare them with @handles)")
+        self._stage_plan = names
+        self._stage_party = party
+        self._stage_next = 0
+
+    @property
+    def next_stage(self) -> str | None:
+        """The stage this party expects next; ``None`` once it has taken all of them."""
+        plan, i = self._stage_plan, self._stage_next
+        return plan[i] if i < len(plan) else None
+
+    def _advance(self, stage: str) -> None:
+        expected = self.next_stage
+        if stage == expected:
+            self._stage_next += 1
+            return
+        plan = self._stage_plan
+        if stage not in plan:
+            problem = "unknown"
+        elif plan.index(stage) < self._stage_next:
+            problem = "repeated"
+        else:
+            problem = "out-of-order"
+        raise StageError(self._stage_party, stage, expected, problem, plan)
+
+    def step(self, stage: str, inbox: Sequence[Message]) -> list[Message]:
+        """Check that ``stage`` is the one expected next, then run its handler on ``inbox``."""
+        self._advance(stage)
+        handler: Callable[[Sequence[Message]], list[Message]] = getattr(self, self._stage_handlers[stage])
+        return handler(inbox)
+
+
 class SiteParty(ABC):
     """A site's side of one round."""
 
@@ -128,16 +216,20 @@ class SecureSum(ABC):
     ``from_params`` and must validate every key there (see :mod:`secure_fl.protocol.spec`).
     """
 
-    name: str = field(init=False, default="")
-    #: what the aggregator sees of one site's input
-    view_kind: ViewKind = field(init=False, default=ViewKind.PLAIN)
-    #: whether this protocol releases the sum to the aggregator
-    releases_to_aggregator: bool = field(init=False, default=True)
+    #: the kind's name in the registry and in specs (``[secure_sum].kind``); set by each subclass
+    name: ClassVar[str]
+    #: what the aggregator sees of one site's input; set by each subclass
+    view_kind: ClassVar[ViewKind]
     #: fewest contributors a released sum may have. Enforced where the data flows: the
     #: aggregator withholds (and every key holder refuses to open) a sum over fewer sites,
     #: because a "sum" of one site is that site's input. Protocols that hide single inputs
     #: keep it >= 2; privacy layers raise it with :meth:`require_contributors`.
     min_contributors: int = field(init=False, default=1)
+
+    @property
+    def releases_to_aggregator(self) -> bool:
+        """Whether this protocol releases the sum to the aggregator (default: it does)."""
+        return True
 
     def require_contributors(self, k: int) -> None:
         """Raise :attr:`min_contributors` to at least ``k`` (e.g. the ``min_sites`` noise shares of

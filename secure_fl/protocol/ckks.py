@@ -68,9 +68,8 @@ runs (a deployment kit) must carry its count with the kit or be re-provisioned p
 The release keeps :attr:`CkksSum.release_precision_bits` bits relative to the public bound
 ``2**Lv``; a setting that keeps fewer than 14 is refused at setup.
 
-Stage order: both parties refuse an out-of-order, repeated or unknown stage (a site with
-:class:`~secure_fl.errors.SiteRejected`, the aggregator with
-:class:`~secure_fl.errors.ProtocolError`).
+Stage order: both parties refuse an out-of-order, repeated or unknown stage with
+:class:`~secure_fl.errors.StageError` (:class:`~secure_fl.protocol.base.StagedParty`).
 
 Bad input (a ciphertext from another key set, a truncated or corrupted frame, a wrong chunk
 count, a site sending twice): with ``on_bad_input = "drop"`` that site is dropped and
@@ -83,21 +82,31 @@ round releases nothing (stated in the spec's ``not_protected``).
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..crypto.ckks import CkksContext, CkksKeys, chunk_count, decrypt_chunks, encrypt_chunks, generate_keys
 from ..crypto.ckks_frame import FrameError, FrameKind, load_vectors, pack_frame, unpack_frame
 from ..crypto.ckks_params import DEFAULT_PRESET, PRESETS, CkksPreset, flooding_std, get_preset, noise_std
-from ..errors import ProtocolError, RoundAborted, SiteRejected, SpecError
+from ..errors import InvalidParameter, ProtocolError, RoundAborted, SiteRejected, SpecError
 from ..privacy.noise import NoiseSource
-from ..speccheck import check_keys, get, in_range, one_of
-from .base import AGGREGATOR, AggregatorParty, Message, SecureSum, SiteParty, Stage, SumResult, ViewKind
+from ..speccheck import build, check_keys, get
+from .base import (
+    AGGREGATOR,
+    AggregatorParty,
+    Message,
+    SecureSum,
+    SiteParty,
+    Stage,
+    StagedParty,
+    SumResult,
+    ViewKind,
+    handles,
+)
 
 __all__ = [
     "CkksSum",
@@ -164,32 +173,10 @@ def _h_bits(n_sites: int) -> int:
     return max(0, _ceil_log2(float(max(1, n_sites))))
 
 
-class _StageOrder:
-    """The stages one party takes, in order; anything else is refused with one clear message."""
-
-    def __init__(self, stages: Sequence[str], who: str, error: Callable[[str], Exception]) -> None:
-        self._stages, self._who, self._error = tuple(stages), who, error
-        self._next = 0
-
-    def advance(self, stage: str) -> None:
-        expected = self._stages[self._next] if self._next < len(self._stages) else None
-        if stage == expected:
-            self._next += 1
-            return
-        if stage not in self._stages:
-            problem = f"unknown stage {stage!r}"
-        elif self._stages.index(stage) < self._next:
-            problem = f"repeated stage {stage!r}"
-        else:
-            problem = f"out-of-order stage {stage!r}"
-        nxt = f"expected {expected!r} next" if expected else "this party has finished its round"
-        raise self._error(f"{self._who}: {problem}; {nxt} (stages in order: {list(self._stages)})")
-
-
 # --- sites ------------------------------------------------------------------------------
 
 
-class _CkksSite(SiteParty):
+class _CkksSite(StagedParty, SiteParty):
     def __init__(
         self, proto: CkksSum, ctx: CkksContext, site_id: str, round: int, values: np.ndarray, weight: float
     ) -> None:
@@ -200,11 +187,7 @@ class _CkksSite(SiteParty):
         self._lv = self._lw = 0
         self._bounds_from: tuple[str, ...] | None = None
         self._result: SumResult | None = None
-        stages = [s.name for s in proto.stages if s.actor == "sites"]
-        self._order = _StageOrder(stages, f"CKKS site {site_id!r}", functools.partial(SiteRejected, site_id))
-        self._handlers: dict[str, Callable[[Sequence[Message]], list[Message]]] = {
-            BOUNDS: self._bounds, SUBMIT: self._submit, DECRYPT: self._decrypt,
-        }
+        self._sequence(proto.stages, "sites", f"CKKS site {site_id!r}")
 
     def _msg(self, stage: str, payload: bytes, kind: ViewKind = ViewKind.CIPHERTEXT) -> Message:
         return Message(self.round, stage, self.site_id, AGGREGATOR, payload, kind)
@@ -224,10 +207,6 @@ class _CkksSite(SiteParty):
             return unpack_frame(mine[0].payload, kind=kind, fingerprint=fp, round=self.round, n_chunks=n_chunks)
         except FrameError as exc:
             raise self._reject(f"bad {stage!r} message from the aggregator: {exc}") from exc
-
-    def step(self, stage: str, inbox: Sequence[Message]) -> list[Message]:
-        self._order.advance(stage)
-        return self._handlers[stage](inbox)
 
     def _tag(self) -> np.ndarray:
         tags = np.zeros(len(self._p.roster))
@@ -278,6 +257,7 @@ class _CkksSite(SiteParty):
                 "discarding it"
             )
 
+    @handles(BOUNDS)
     def _bounds(self, inbox: Sequence[Message]) -> list[Message]:
         self._check_input()
         v, w = self._values, self._weight
@@ -316,6 +296,7 @@ class _CkksSite(SiteParty):
         self._lw = _ceil_log2(float(np.sum(np.ldexp(counts[_HIST:], exps))))
         self._bounds_from = listed
 
+    @handles(SUBMIT)
     def _submit(self, inbox: Sequence[Message]) -> list[Message]:
         if self._p.bounds == "histogram":
             self._bounds_from_histogram(inbox)
@@ -333,6 +314,7 @@ class _CkksSite(SiteParty):
         chunks = encrypt_chunks(self._ctx, flat)
         return [self._msg(SUBMIT, pack_frame(FrameKind.UPDATE, self._ctx.fingerprint, self.round, chunks))]
 
+    @handles(DECRYPT)
     def _decrypt(self, inbox: Sequence[Message]) -> list[Message]:
         dim, p = self._values.size, self._p
         layout = update_layout(dim, self._ctx.preset.slots, len(p.roster))
@@ -374,7 +356,7 @@ class _CkksSite(SiteParty):
 # --- aggregator -------------------------------------------------------------------------
 
 
-class _CkksAggregator(AggregatorParty):
+class _CkksAggregator(StagedParty, AggregatorParty):
     def __init__(self, proto: CkksSum, ctx: CkksContext, round: int, site_ids: Sequence[str], dim: int) -> None:
         super().__init__()
         if ctx.can_decrypt:
@@ -392,11 +374,7 @@ class _CkksAggregator(AggregatorParty):
         self._contributors: list[str] = []
         self._releaser: str | None = None
         self._result: SumResult | None = None
-        stages = [s.name for s in proto.stages if s.actor == "aggregator"]
-        self._order = _StageOrder(stages, f"CKKS aggregator (round {round})", ProtocolError)
-        self._handlers: dict[str, Callable[[Sequence[Message]], list[Message]]] = {
-            BOUNDS_SUM: self._bounds_sum, SUM: self._sum_stage, RELEASE: self._release,
-        }
+        self._sequence(proto.stages, "aggregator", f"CKKS aggregator (round {round})")
 
     @property
     def context(self) -> CkksContext:
@@ -466,10 +444,7 @@ class _CkksAggregator(AggregatorParty):
         payload = pack_frame(kind, self._ctx.fingerprint, self.round, [v.serialize() for v in total], meta)
         return [Message(self.round, stage, AGGREGATOR, s, payload, ViewKind.CIPHERTEXT) for s in to]
 
-    def step(self, stage: str, inbox: Sequence[Message]) -> list[Message]:
-        self._order.advance(stage)
-        return self._handlers[stage](inbox)
-
+    @handles(BOUNDS_SUM)
     def _bounds_sum(self, inbox: Sequence[Message]) -> list[Message]:
         msgs = self._by_sender(inbox, BOUNDS, self.site_ids)
         layout = bounds_layout(self._ctx.preset.slots, len(self._p.roster))
@@ -477,6 +452,7 @@ class _CkksAggregator(AggregatorParty):
         meta = {"contributors": self._bounds_from}
         return self._send(BOUNDS_SUM, FrameKind.BOUNDS_SUM, total, meta, self._bounds_from)
 
+    @handles(SUM)
     def _sum_stage(self, inbox: Sequence[Message]) -> list[Message]:
         msgs = self._by_sender(inbox, SUBMIT, self._bounds_from)
         layout = update_layout(self.dim, self._ctx.preset.slots, len(self._p.roster))
@@ -485,6 +461,7 @@ class _CkksAggregator(AggregatorParty):
         meta = {"contributors": self._contributors, "releaser": self._releaser}
         return self._send(SUM, FrameKind.SUM, total, meta, self._contributors)
 
+    @handles(RELEASE)
     def _release(self, inbox: Sequence[Message]) -> list[Message]:
         mine = [m for m in inbox if m.sender == self._releaser and m.stage == DECRYPT]
         if len(mine) != 1:
@@ -534,11 +511,15 @@ class CkksSum(SecureSum):
     noise: NoiseSource | None = field(default=None, repr=False, compare=False)
     min_contributors: int = field(default=3, kw_only=True)
 
+    name: ClassVar[str] = "ckks"
+    view_kind: ClassVar[ViewKind] = ViewKind.CIPHERTEXT
+
     def __post_init__(self) -> None:
-        self.name = "ckks"
-        self.view_kind = ViewKind.CIPHERTEXT
-        where = "CkksSum"
-        self._preset: CkksPreset = get_preset(self.preset, where=f"{where}.preset")
+        """The one validation of the parameters: :class:`~secure_fl.errors.InvalidParameter` naming the key
+        (:meth:`from_params` adds the spec location)."""
+        if not isinstance(self.preset, str) or self.preset not in PRESETS:
+            raise InvalidParameter("preset", f"expected one of {sorted(PRESETS)}", self.preset)
+        self._preset: CkksPreset = get_preset(self.preset)
         allowed_values = (
             ("release", ("sites", "aggregator")),
             ("on_bad_input", ("drop", "abort")),
@@ -546,19 +527,26 @@ class CkksSum(SecureSum):
         )
         for key, allowed in allowed_values:
             if getattr(self, key) not in allowed:
-                raise SpecError(f"{where}.{key}: expected one of {list(allowed)}, found {getattr(self, key)!r}")
-        _check_mitigation(self.mitigation, where)
-        for key, lo in (("statistical_security", 40), ("max_released_rounds", 1), ("min_contributors", 2)):
+                raise InvalidParameter(key, f"expected one of {list(allowed)}", getattr(self, key))
+        _check_mitigation(self.mitigation)
+        for key, lo, hi in (("statistical_security", 40, 128), ("max_released_rounds", 1, None),
+                            ("min_contributors", 2, None)):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise SpecError(f"{where}.{key}: must be an integer >= {lo}, found {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidParameter(key, "expected an integer", value)
+            if value < lo or (hi is not None and value > hi):
+                raise InvalidParameter(key, f"must be >= {lo}" if value < lo else f"must be <= {hi}", value)
         if self.bounds == "public":
-            self.use_public_bounds(self.value_bound, self.weight_bound)  # type: ignore[arg-type]
+            if self.value_bound is None or self.weight_bound is None:
+                raise InvalidParameter(
+                    "", "bounds = 'public' needs value_bound and weight_bound (public per-site bounds)"
+                )
+            self._check_bounds(self.value_bound, self.weight_bound)
+            self.value_bound, self.weight_bound = float(self.value_bound), float(self.weight_bound)
         elif self.value_bound is not None or self.weight_bound is not None:
-            raise SpecError(
-                f"{where}: value_bound and weight_bound apply only with bounds = 'public' (bounds = {self.bounds!r})"
+            raise InvalidParameter(
+                "", f"value_bound and weight_bound apply only with bounds = 'public' (bounds = {self.bounds!r})"
             )
-        self.releases_to_aggregator = self.release == "aggregator"
         self._keys: CkksKeys | None = None
         self._secret: CkksContext | None = None
         self._public: CkksContext | None = None
@@ -582,10 +570,18 @@ class CkksSum(SecureSum):
         """
         if getattr(self, "_site_ids", ()):
             raise ProtocolError("use_public_bounds() must be called before setup(): it removes the bounds stages")
+        self._check_bounds(value_bound, weight_bound)
+        self.bounds, self.value_bound, self.weight_bound = "public", float(value_bound), float(weight_bound)
+
+    @staticmethod
+    def _check_bounds(value_bound: object, weight_bound: object) -> None:
         for key, value in (("value_bound", value_bound), ("weight_bound", weight_bound)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise SpecError(f"CkksSum.{key}: bounds = 'public' needs a finite number > 0, found {value!r}")
-        self.bounds, self.value_bound, self.weight_bound = "public", float(value_bound), float(weight_bound)
+                raise InvalidParameter(key, "must be > 0 (bounds = 'public' needs a finite public bound)", value)
+
+    @property
+    def releases_to_aggregator(self) -> bool:
+        return self.release == "aggregator"
 
     @property
     def parameters(self) -> CkksPreset:
@@ -607,34 +603,22 @@ class CkksSum(SecureSum):
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], where: str) -> CkksSum:
+        """Build from a ``[secure_sum]`` table: keys and types are read here, every value is checked by the
+        constructor, whose error is re-raised as a :class:`SpecError` naming ``where`` and the key."""
         if "mitigation_bits" in params:
             raise SpecError(
                 f"{where}.mitigation_bits: no longer a key: the flooding noise is calibrated to the decryption error "
-                "bound "
-                "and the number of released values (Li, Micciancio, Schultz, Sorrell 2022); set statistical_security "
-                "(bits, default 40) and max_released_rounds instead"
+                "bound and the number of released values (Li, Micciancio, Schultz, Sorrell 2022); set "
+                "statistical_security (bits, default 40) and max_released_rounds instead"
             )
         check_keys(params, _SPEC_KEYS, where)
-        if "mitigation" in params:
-            _check_mitigation(params["mitigation"], where)
-        bounds = get(params, "bounds", str, where, "histogram", one_of("histogram", "public"))
-        value_bound = get(params, "value_bound", float, where, None, in_range(0, lo_open=True))
-        weight_bound = get(params, "weight_bound", float, where, None, in_range(0, lo_open=True))
-        if bounds == "public" and (value_bound is None or weight_bound is None):
-            raise SpecError(f"{where}: bounds = 'public' needs value_bound and weight_bound (public per-site bounds)")
-        if bounds == "histogram" and (value_bound is not None or weight_bound is not None):
-            raise SpecError(f"{where}: value_bound and weight_bound apply only with bounds = 'public'")
-        return cls(
-            preset=get(params, "preset", str, where, DEFAULT_PRESET, one_of(*sorted(PRESETS))),
-            release=get(params, "release", str, where, "sites", one_of("sites", "aggregator")),
-            on_bad_input=get(params, "on_bad_input", str, where, "drop", one_of("drop", "abort")),
-            statistical_security=get(params, "statistical_security", int, where, 40, in_range(40, 128)),
-            max_released_rounds=get(params, "max_released_rounds", int, where, 100, in_range(1)),
-            min_contributors=get(params, "min_contributors", int, where, 3, in_range(2)),
-            bounds=bounds,
-            value_bound=value_bound,
-            weight_bound=weight_bound,
-        )
+        types: dict[str, type] = {
+            "preset": str, "release": str, "on_bad_input": str, "mitigation": str, "bounds": str,
+            "statistical_security": int, "max_released_rounds": int, "min_contributors": int,
+            "value_bound": float, "weight_bound": float,
+        }
+        kwargs = {key: get(params, key, typ, where) for key, typ in types.items() if key in params}
+        return build(where, lambda: cls(**kwargs))
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -767,11 +751,12 @@ class CkksSum(SecureSum):
         return total + noise[1:] * math.ldexp(step, lv), float(weight + noise[0] * math.ldexp(step, lw))
 
 
-def _check_mitigation(value: Any, where: str) -> None:
+def _check_mitigation(value: Any) -> None:
     if value == "round":
-        raise SpecError(
-            f"{where}.mitigation: 'round' was removed: rounding to a grid is deterministic, so what is released still "
-            "depends on the decryption error and no IND-CPA^D proof covers it (Li-Micciancio key recovery); use 'flood'"
+        raise InvalidParameter(
+            "mitigation",
+            "'round' was removed: rounding to a grid is deterministic, so what is released still depends on the "
+            "decryption error and no IND-CPA^D proof covers it (Li-Micciancio key recovery); use 'flood'",
         )
     if value != "flood":
-        raise SpecError(f"{where}.mitigation: expected one of ['flood'], found {value!r}")
+        raise InvalidParameter("mitigation", "expected one of ['flood']", value)

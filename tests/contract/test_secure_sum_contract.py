@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from payload_audit import Promise, SiteInput, audit, quantizer_of
-from secure_fl.errors import RoundAborted, SecureFLError, SiteRejected
+from secure_fl.errors import RoundAborted, SiteRejected, StageError
 from secure_fl.protocol.base import AGGREGATOR, AggregatorParty, Message, SecureSum, SiteParty, SumResult, ViewKind
 from secure_fl.protocol.registry import SECURE_SUMS, secure_sum_class
 from secure_fl.protocol.spec import list_protocols, load_protocol
@@ -36,15 +36,8 @@ EXTRA_CONFIGS: dict[str, list[dict[str, Any]]] = {
     "ckks": [{"kind": "ckks", "preset": "wide", "release": "aggregator"}],
 }
 
-_PLAIN_ORDER = ("not fixed yet: plain parties do not check stage order "
-                "(issue 18, stage sequencing in the base)")
-_PLAIN_ROUND = "not fixed yet: the plain aggregator ignores Message.round; its wire format has no round"
 #: (case, config id or config id-extra) -> why it fails today; strict, so it fails once the fix lands
-XFAIL: dict[tuple[str, str], str] = {
-    ("order", "plain-aggregator"): _PLAIN_ORDER + " (it raises ValueError, not a secure-fl error)",
-    ("repeat", "plain"): _PLAIN_ORDER,
-    ("replay", "plain"): _PLAIN_ROUND,
-}
+XFAIL: dict[tuple[str, str], str] = {}
 
 
 def _catalogue_tables() -> dict[str, list[dict[str, Any]]]:
@@ -340,7 +333,8 @@ def test_a_coalition_within_the_collusion_bound_cannot_isolate_a_survivor(cid: s
 
 
 def _refused(call: Callable[[], object], stage: str) -> None:
-    with pytest.raises(SecureFLError) as info:
+    """One error type for every protocol and party: StageError (secure_fl.protocol.base.StagedParty)."""
+    with pytest.raises(StageError) as info:
         call()
     assert stage in str(info.value), f"the error does not name the stage {stage!r}: {info.value}"
 

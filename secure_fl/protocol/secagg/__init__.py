@@ -84,7 +84,8 @@ from .stages import (
     SIGN_SURVIVORS,
     UNMASK,
 )
-from .sums import InvalidParameter, SecAggPlusSum, SecAggSum
+from ...errors import InvalidParameter
+from .sums import SecAggPlusSum, SecAggSum
 
 __all__ = [
     "ADVERTISE_KEYS",

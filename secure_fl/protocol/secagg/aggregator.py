@@ -16,8 +16,8 @@ import numpy as np
 
 from ...crypto import identity, kex, prg, shamir
 from ...crypto.quantize import from_wire
-from ...errors import ProtocolError, RoundAborted
-from ..base import AGGREGATOR, AggregatorParty, Message, SumResult, ViewKind
+from ...errors import RoundAborted
+from ..base import AGGREGATOR, AggregatorParty, Message, StagedParty, SumResult, ViewKind, handles
 from . import wire
 from .consistency import advert_statement, survivors_statement, valid_signers
 from .graph import is_connected
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["SecAggAggregator"]
 
 
-class SecAggAggregator(AggregatorParty):
+class SecAggAggregator(StagedParty, AggregatorParty):
     """The aggregator of one SecAgg(+) round: routes, tracks survivors, unmasks the sum."""
 
     def __init__(self, proto: "SecAggSum", round: int, site_ids: Sequence[str]) -> None:
@@ -51,7 +51,6 @@ class SecAggAggregator(AggregatorParty):
         self.t = proto.threshold_value
         self.quantizer = proto._require_setup()
         self.dim = proto.dim + 1
-        self._stages = [s.name for s in proto.stages if s.actor == "aggregator"]
         self.abort_reason: str | None = None
         #: observations that did not drop anyone (ignored stray messages, bad shares)
         self.notes: list[str] = []
@@ -62,7 +61,7 @@ class SecAggAggregator(AggregatorParty):
         self.u3: list[str] = []
         self.signed: list[str] = []
         self.u4: list[str] = []
-        self._next = 0
+        self._sequence(proto.stages, "aggregator", f"{proto.name} aggregator (round {round})")
         self._keys: dict[str, tuple[bytes, bytes, bytes, bytes]] = {}
         self._graph: dict[str, frozenset[str]] = {}
         self._relay: dict[str, dict[str, bytes]] = {}
@@ -117,24 +116,13 @@ class SecAggAggregator(AggregatorParty):
     def step(self, stage: str, inbox: Sequence[Message]) -> list[Message]:
         if self.abort_reason is not None:
             raise RoundAborted(f"{self.proto.name} round {self.round} aborted earlier: {self.abort_reason}")
-        expected = self._stages[self._next] if self._next < len(self._stages) else None
-        if stage != expected:
-            raise ProtocolError(f"{self.proto.name} aggregator: stage {stage!r} out of order, expected {expected!r}")
-        self._next += 1
-        consistency = self.proto.consistency_check
-        handler = {
-            ROUTE_KEYS: self._route_keys,
-            ROUTE_SHARES: self._route_shares,
-            ANNOUNCE_SURVIVORS: self._fix_survivors,
-            REQUEST_UNMASK: self._request_signed_unmask if consistency else self._fix_survivors,
-            RELEASE: self._release,
-        }[stage]
-        return handler(inbox)
+        return super().step(stage, inbox)
 
     def _send(self, stage: str, receiver: str, payload: bytes, kind: ViewKind) -> Message:
         return Message(self.round, stage, AGGREGATOR, receiver, payload, kind)
 
     # 2. route keys (only those signed by their site's identity key)
+    @handles(ROUTE_KEYS)
     def _route_keys(self, inbox: Sequence[Message]) -> list[Message]:
         got = self._collect(inbox, ADVERTISE_KEYS, self.site_ids)
         seen_keys: dict[bytes, str] = {}
@@ -165,6 +153,7 @@ class SecAggAggregator(AggregatorParty):
         return out
 
     # 4. route shares
+    @handles(ROUTE_SHARES)
     def _route_shares(self, inbox: Sequence[Message]) -> list[Message]:
         """U2: sites that sealed a share for every neighbour. A site that refused a neighbour's signed
         keys is dropped itself: this aggregator verified every advert it routed, so the report is false,
@@ -217,6 +206,7 @@ class SecAggAggregator(AggregatorParty):
         return out
 
     # 6. fix the survivor set U3; announce it (consistency check) or ask for shares right away
+    @handles(ANNOUNCE_SURVIVORS)
     def _fix_survivors(self, inbox: Sequence[Message]) -> list[Message]:
         got = self._collect(inbox, MASKED_INPUT, self.u2)
         q = self.quantizer
@@ -274,6 +264,14 @@ class SecAggAggregator(AggregatorParty):
             )
 
     # 8. (consistency check) relay the signatures on U3 and ask for shares
+    @handles(REQUEST_UNMASK)
+    def _request_unmask(self, inbox: Sequence[Message]) -> list[Message]:
+        # with the consistency check, U3 was fixed at announce_survivors and this relays the signatures;
+        # without it, this stage fixes U3 and carries it in the request
+        if self.proto.consistency_check:
+            return self._request_signed_unmask(inbox)
+        return self._fix_survivors(inbox)
+
     def _request_signed_unmask(self, inbox: Sequence[Message]) -> list[Message]:
         got = self._collect(inbox, SIGN_SURVIVORS, self.u3)
         statement = survivors_statement(self.proto.name, self.round, self.u3)
@@ -307,6 +305,7 @@ class SecAggAggregator(AggregatorParty):
         return out
 
     # last: release
+    @handles(RELEASE)
     def _release(self, inbox: Sequence[Message]) -> list[Message]:
         got = self._collect(inbox, UNMASK, self.signed if self.proto.consistency_check else self.u3)
         u3 = set(self.u3)

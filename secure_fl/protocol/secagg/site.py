@@ -19,7 +19,7 @@ import numpy as np
 from ...crypto import aead, identity, kex, prg, shamir
 from ...crypto.quantize import to_wire
 from ...errors import SiteRejected
-from ..base import AGGREGATOR, Message, SiteParty, ViewKind
+from ..base import AGGREGATOR, Message, SiteParty, StagedParty, ViewKind, handles
 from . import wire
 from .consistency import advert_statement, survivors_statement, valid_signers
 from .keys import SECRET, SHARE, pair_seed, seed_commitment, self_seed, share_ad, share_key
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["SecAggSite"]
 
 
-class SecAggSite(SiteParty):
+class SecAggSite(StagedParty, SiteParty):
     """One site's side of a SecAgg(+) round. Holds its secrets; reveals at most one share kind per peer."""
 
     def __init__(
@@ -57,8 +57,7 @@ class SecAggSite(SiteParty):
         self.proto, self.site_id, self.round = proto, site_id, round
         self._values: np.ndarray | None = values
         self._weight, self._rng, self._signing_key = weight, rng, signing_key
-        self._stages = [s.name for s in proto.stages if s.actor == "sites"]
-        self._next = 0
+        self._sequence(proto.stages, "sites", f"{proto.name} site {site_id!r} (round {round})")
         self._t = proto.threshold_value
         self._quantizer = proto._require_setup()
         self._encoded: np.ndarray | None = None
@@ -72,20 +71,6 @@ class SecAggSite(SiteParty):
 
     def _reject(self, reason: str) -> SiteRejected:
         return SiteRejected(self.site_id, reason)
-
-    def step(self, stage: str, inbox: Sequence[Message]) -> list[Message]:
-        expected = self._stages[self._next] if self._next < len(self._stages) else None
-        if stage != expected:
-            raise self._reject(f"stage {stage!r} out of order: expected {expected!r}")
-        self._next += 1
-        handler = {
-            ADVERTISE_KEYS: self._advertise,
-            SHARE_KEYS: self._share_keys,
-            MASKED_INPUT: self._masked_input,
-            SIGN_SURVIVORS: self._sign_survivors,
-            UNMASK: self._unmask,
-        }[stage]
-        return handler(inbox)
 
     def _from_aggregator(self, inbox: Sequence[Message], stage: str) -> Message:
         found = [
@@ -107,6 +92,7 @@ class SecAggSite(SiteParty):
         return Message(self.round, stage, self.site_id, AGGREGATOR, payload, kind)
 
     # 1. advertise keys, signed with the long-term identity key
+    @handles(ADVERTISE_KEYS)
     def _advertise(self, inbox: Sequence[Message]) -> list[Message]:
         try:
             self._encoded = self._quantizer.encode(self._values, self._weight, self._rng, self.proto.integer_noise)
@@ -129,6 +115,7 @@ class SecAggSite(SiteParty):
         ]
 
     # 3. share keys with the neighbours whose signed keys verify
+    @handles(SHARE_KEYS)
     def _share_keys(self, inbox: Sequence[Message]) -> list[Message]:
         msg = self._from_aggregator(inbox, ROUTE_KEYS)
         try:
@@ -179,6 +166,7 @@ class SecAggSite(SiteParty):
         return out
 
     # 5. masked input
+    @handles(MASKED_INPUT)
     def _masked_input(self, inbox: Sequence[Message]) -> list[Message]:
         assert self._encoded is not None
         msg = self._from_aggregator(inbox, ROUTE_SHARES)
@@ -271,6 +259,7 @@ class SecAggSite(SiteParty):
         return mine, set(self._peers) - u3
 
     # 6. (consistency check) sign the survivor set
+    @handles(SIGN_SURVIVORS)
     def _sign_survivors(self, inbox: Sequence[Message]) -> list[Message]:
         msg = self._from_aggregator(inbox, ANNOUNCE_SURVIVORS)
         try:
@@ -283,6 +272,7 @@ class SecAggSite(SiteParty):
         return [self._msg(SIGN_SURVIVORS, wire.encode_signature(sig), ViewKind.PUBLIC)]
 
     # 7. unmask
+    @handles(UNMASK)
     def _unmask(self, inbox: Sequence[Message]) -> list[Message]:
         msg = self._from_aggregator(inbox, REQUEST_UNMASK)
         try:

@@ -8,14 +8,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ...crypto import identity
 from ...crypto.quantize import IntegerNoise, Quantizer
-from ...errors import ProtocolError, SpecError
-from ...speccheck import check_keys, get
+from ...errors import InvalidParameter, ProtocolError
+from ...speccheck import build, check_keys, get
 from ..base import AGGREGATOR, SecureSum, Stage, ViewKind
 from .graph import complete_graph, graph_seed, harary_graph
 from .params import PlusParameters, derive_plus_parameters
@@ -26,14 +26,6 @@ if TYPE_CHECKING:
     from .site import SecAggSite
 
 __all__ = ["SecAggSum", "SecAggPlusSum", "InvalidParameter"]
-
-
-class InvalidParameter(ValueError):
-    """A constructor argument is invalid; ``str()`` starts with its name (``key: problem, found v``)."""
-
-    def __init__(self, key: str, problem: str, value: object) -> None:
-        super().__init__(f"{key}: {problem}, found {value!r}")
-        self.key = key
 
 
 def _is_int(v: object) -> bool:
@@ -73,14 +65,12 @@ class SecAggSum(SecureSum):
     _signing_keys: dict[str, bytes] = field(init=False, default_factory=dict, repr=False)
     _t: int = field(init=False, default=0)
 
-    _KIND = "secagg"
+    name: ClassVar[str] = "secagg"
+    view_kind: ClassVar[ViewKind] = ViewKind.MASKED
     _KEYS = ["kind", "threshold", "threshold_fraction", "bits", "clip_range", "max_weight", "consistency_check"]
     _NEEDS_THRESHOLD = True
 
     def __post_init__(self) -> None:
-        self.name = self._KIND
-        self.view_kind = ViewKind.MASKED
-        self.releases_to_aggregator = True
         self._validate()
         if self.rng is None:
             self.rng = np.random.default_rng()
@@ -89,10 +79,11 @@ class SecAggSum(SecureSum):
     def _validate(self) -> None:
         has_t, has_f = self.threshold is not None, self.threshold_fraction is not None
         if has_t and has_f or (self._NEEDS_THRESHOLD and not has_t and not has_f):
-            raise ValueError(
+            raise InvalidParameter(
+                "",
                 f"set exactly one of 'threshold' (an integer: shares needed to reconstruct, > half the holders) "
                 f"and 'threshold_fraction' (in (1/2, 1]: that fraction of {self._fraction_of()}, rounded up); found "
-                + ("both" if has_t else "neither")
+                + ("both" if has_t else "neither"),
             )
         if has_t and (not _is_int(self.threshold) or self.threshold < 2):  # type: ignore[operator]
             raise InvalidParameter(
@@ -126,7 +117,10 @@ class SecAggSum(SecureSum):
         if not isinstance(self.consistency_check, bool):
             raise InvalidParameter("consistency_check", "expected a boolean", self.consistency_check)
         # bits, clip_range, max_weight and the noise bound must leave room for a modulus (with one site)
-        Quantizer(self.bits, self.clip_range, self.max_weight, 1, self.noise_bound)
+        try:
+            Quantizer(self.bits, self.clip_range, self.max_weight, 1, self.noise_bound)
+        except ValueError as exc:
+            raise InvalidParameter("", str(exc)) from exc
 
     @classmethod
     def _fraction_of(cls) -> str:
@@ -152,12 +146,7 @@ class SecAggSum(SecureSum):
         for required in ("clip_range", "max_weight"):
             get(params, required, cls._spec_types()[required], where)
         kwargs = {k: get(params, k, typ, where) for k, typ in cls._spec_types().items() if k in params}
-        try:
-            return cls(**kwargs)
-        except InvalidParameter as exc:
-            raise SpecError(f"{where}.{exc}") from exc
-        except ValueError as exc:
-            raise SpecError(f"{where}: {exc}") from exc
+        return build(where, lambda: cls(**kwargs))
 
     def set_integer_noise(self, noise: IntegerNoise | None, bound: int) -> None:
         """Distributed-DP hook: each site adds ``noise(dim, rng)`` (integers, ``|z| <= bound``,
@@ -403,7 +392,7 @@ class SecAggPlusSum(SecAggSum):
     correctness_bits: int = 20
     plus_parameters: PlusParameters | None = field(init=False, default=None)
 
-    _KIND = "secagg-plus"
+    name: ClassVar[str] = "secagg-plus"
     _KEYS = SecAggSum._KEYS + ["degree", "corrupt_fraction", "dropout_fraction", "security_bits", "correctness_bits"]
     _NEEDS_THRESHOLD = False
 
