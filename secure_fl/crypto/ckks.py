@@ -41,6 +41,7 @@ from ..errors import SecureFLError
 from .ckks_params import CkksParamError, CkksPreset, get_preset
 
 __all__ = [
+    "TENSEAL_ERRORS",
     "ContextKind",
     "CkksKeyError",
     "CkksKeys",
@@ -61,6 +62,14 @@ MAGIC = b"SFLCKKS1"
 ContextKind = Literal["secret", "public"]
 
 
+#: what TenSEAL raises on parameters, bytes or operands it refuses: pybind11 translates SEAL's C++
+#: exceptions to these built-in types (std::invalid_argument -> ValueError, std::logic_error and
+#: std::runtime_error -> RuntimeError, std::out_of_range -> IndexError, std::overflow_error ->
+#: OverflowError, std::bad_alloc -> MemoryError; pybind11 docs, "Exceptions"). Callers translate them
+#: into secure-fl's own errors at the boundary instead of catching every Exception.
+TENSEAL_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, RuntimeError, IndexError, OverflowError, MemoryError)
+
+
 class CkksKeyError(SecureFLError, ValueError):
     """A context file or key set is unusable for the role it was handed to."""
 
@@ -69,7 +78,7 @@ def _tenseal_context(preset: CkksPreset) -> ts.Context:
     enc = ts.ENCRYPTION_TYPE.SYMMETRIC if preset.encryption == "symmetric" else ts.ENCRYPTION_TYPE.ASYMMETRIC
     try:
         ctx = ts.context(ts.SCHEME_TYPE.CKKS, preset.poly_degree, -1, list(preset.coeff_mod_bit_sizes), encryption_type=enc)
-    except Exception as exc:  # SEAL refuses parameters it cannot build
+    except TENSEAL_ERRORS as exc:  # SEAL refuses parameters it cannot build
         raise CkksParamError(f"preset {preset.name!r}: TenSEAL refused the parameters ({exc})") from exc
     ctx.global_scale = float(2**preset.scale)
     return ctx
@@ -260,7 +269,7 @@ def load_context(path: Path | str, expect: ContextKind) -> CkksContext:
         raise CkksKeyError(f"{path}: the context bytes do not match the header's digest (file altered or truncated)")
     try:
         ctx = ts.context_from(body)
-    except Exception as exc:
+    except TENSEAL_ERRORS as exc:
         raise CkksKeyError(f"{path}: the TenSEAL context is corrupted ({type(exc).__name__}: {exc})") from exc
     if bool(ctx.is_private()) != (kind == "secret"):
         raise CkksKeyError(f"{path}: header says {kind!r} but the context {'holds' if ctx.is_private() else 'lacks'} a secret key")

@@ -32,7 +32,7 @@ from typing import Any
 
 import tenseal as ts
 
-from .ckks import CkksContext
+from .ckks import TENSEAL_ERRORS, CkksContext
 
 __all__ = ["FrameKind", "FrameError", "Frame", "pack_frame", "unpack_frame", "load_vectors"]
 
@@ -128,7 +128,7 @@ def load_vectors(ctx: CkksContext, chunks: Sequence[bytes], sizes: Sequence[int]
         try:
             vec = ts.ckks_vector_from(ctx.context, blob)
             got = vec.size()
-        except Exception as exc:  # TenSEAL raises assorted types on bad bytes
+        except TENSEAL_ERRORS as exc:  # TenSEAL raises assorted built-in types on bad bytes
             raise FrameError(f"chunk {i} is not a valid ciphertext for this context ({type(exc).__name__}: {exc})") from exc
         if got != size:
             raise FrameError(f"chunk {i} holds {got} values, the layout needs {size}")

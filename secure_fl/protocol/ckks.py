@@ -89,7 +89,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..crypto.ckks import CkksContext, CkksKeys, chunk_count, decrypt_chunks, encrypt_chunks, generate_keys
+from ..crypto.ckks import TENSEAL_ERRORS, CkksContext, CkksKeys, chunk_count, decrypt_chunks, encrypt_chunks, generate_keys
 from ..crypto.ckks_frame import FrameError, FrameKind, load_vectors, pack_frame, unpack_frame
 from ..crypto.ckks_params import DEFAULT_PRESET, PRESETS, CkksPreset, flooding_std, get_preset, noise_std
 from ..errors import InvalidParameter, ProtocolError, RoundAborted, SiteRejected, SpecError
@@ -420,7 +420,7 @@ class _CkksAggregator(StagedParty, AggregatorParty):
             except FrameError as exc:
                 self._refuse(site, str(exc))
                 continue
-            except Exception as exc:  # e.g. TenSEAL refusing to add mismatched scales/levels
+            except TENSEAL_ERRORS as exc:  # one site's ciphertext TenSEAL cannot add (mismatched scales/levels)
                 self._refuse(site, f"ciphertext cannot be added to the others ({type(exc).__name__}: {exc})")
                 continue
             total = new

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..aggregation.server import make_server
 from ..engine.local import drive_round
-from ..errors import SecureFLError, SiteRejected
+from ..errors import RoundAborted, SecureFLError, SiteRejected
 from ..protocol.base import SecureSum
 from ..protocol.pipeline import NoPrivacy, PrivacyLayer
 from ..tasks.base import Task
@@ -156,7 +156,7 @@ def run_variant(
     except KeyboardInterrupt:
         summary.status = "interrupted"
         raise
-    except Exception as exc:
+    except Exception as exc:  # recorded in the run's summary and error.txt, then re-raised
         summary.status = f"failed: {type(exc).__name__}: {exc}"
         (run_dir / "error.txt").write_text(traceback.format_exc())
         raise
@@ -264,7 +264,7 @@ class Federation:
                 try:
                     self.weights = server_update(self.privacy, self.server, self.weights, outcome.result, r, list(inputs))
                     applied = True
-                except Exception as exc:  # RoundAborted from the privacy layer, e.g. too few noise shares
+                except RoundAborted as exc:  # the privacy layer refuses the release, e.g. too few noise shares
                     aborted = f"{type(exc).__name__}: {exc}"
                 stage_seconds["release_and_server_step"] = time.perf_counter() - t0
         load_flat(self.model, self.weights)
