@@ -51,7 +51,8 @@ def tapped_round(fed: Federation, r: int = 0) -> TappedRound:
         inputs[site.name] = (values, weight)
     messages: list[Message] = []
     outcome = drive_round(fed.protocol, r, inputs, fed.dim, tap=messages.append)
-    released, contributors = None, ()
+    released: np.ndarray | None = None
+    contributors: tuple[str, ...] = ()
     if outcome.result is not None and outcome.aborted is None:
         result: SumResult = outcome.result
         released = np.asarray(fed.privacy.release(result, r, list(inputs)), dtype=np.float64)
@@ -138,11 +139,12 @@ def inversion_audit(
     model = task.make_model(seed)
     results = []
     for name, update, how in targets:
-        recon, facts = invert_update(
+        recon, inverted = invert_update(
             model, tapped.start_weights, update, site.y_train, shape, task.loss_fn(), cfg, seed)
         order, ps, ss = match_images(recon[:, 0], originals)
         aligned = np.stack([align_affine(recon[order[i], 0], originals[i]) for i in range(batch)])
         base = [float(10 * np.log10((o.max() - o.min()) ** 2 / o.var())) for o in originals]
+        facts: dict[str, Any] = dict(inverted)
         facts.update({"attacker_input": how, "batch": batch, "labels_known": True, "aborted": tapped.aborted,
                       "update_norm": float(np.linalg.norm(update))})
         results.append(InversionResult(variant.label, name, ps, ss, base, facts, aligned))

@@ -86,12 +86,13 @@ def _tenseal_context(preset: CkksPreset) -> ts.Context:
 
 def _public_bytes(ctx: ts.Context, preset: CkksPreset) -> bytes:
     """Serialise what the aggregator may hold: parameters (+ public key), no secret, no eval keys."""
-    return ctx.serialize(
+    data: bytes = ctx.serialize(
         save_public_key=preset.encryption == "public-key",
         save_secret_key=False,
         save_galois_keys=False,
         save_relin_keys=False,
     )
+    return data
 
 
 def _fingerprint(key_id: bytes, public_bytes: bytes) -> str:

@@ -213,7 +213,7 @@ def flooding_std(preset: CkksPreset, n_summed: int, n_values: int, statistical_s
     if not isinstance(statistical_security, int) or statistical_security < 1:
         raise ValueError(f"statistical security must be a positive integer of bits, found {statistical_security!r}")
     bound = error_bound(preset, n_summed, n_values, statistical_security)
-    return math.sqrt(64.0 * n_values) * 2.0 ** (statistical_security / 2) * bound
+    return float(math.sqrt(64.0 * n_values) * 2.0 ** (statistical_security / 2) * bound)
 
 
 PRESETS: dict[str, CkksPreset] = {

@@ -47,9 +47,9 @@ def expand_mask(seed: bytes, dim: int, modulus_bits: int) -> np.ndarray:
     nbytes = int(dim) * dtype.itemsize
     _check_seed(seed)
     enc = Cipher(algorithms.AES(bytes(seed)), modes.CTR(b"\x00" * 16)).encryptor()
-    buf = np.empty(nbytes + 16, dtype=np.uint8)  # update_into needs room for one extra block
+    buf = bytearray(nbytes + 16)  # update_into needs room for one extra block
     enc.update_into(bytes(nbytes), buf)
-    words = buf[:nbytes].view(dtype.newbyteorder("<"))
+    words = np.frombuffer(buf, dtype=dtype.newbyteorder("<"), count=int(dim))
     if words.dtype.byteorder not in ("=", "|") and words.dtype != dtype:  # big-endian host
         words = words.astype(dtype)
     if modulus_bits < dtype.itemsize * 8:

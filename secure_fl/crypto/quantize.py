@@ -79,7 +79,7 @@ def stochastic_round(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     low = np.floor(x)
     up = rng.random(x.shape) < (x - low)
-    out = low.astype(np.int64)
+    out: np.ndarray = low.astype(np.int64)
     out += up
     return out
 

@@ -118,7 +118,7 @@ def split_noise_multiplier(noise_multiplier: float, count_stddev: float) -> floa
             f"clip count stddev {count_stddev} is too small for noise multiplier {noise_multiplier}: "
             f"need 2*stddev > {noise_multiplier} so that the update keeps some of the budget"
         )
-    return rest**-0.5
+    return float(rest**-0.5)
 
 
 @dataclass

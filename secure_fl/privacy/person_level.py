@@ -77,4 +77,5 @@ def noisy_person_sum(grads: np.ndarray, person_ids: np.ndarray, clip: float, noi
     if noise_multiplier < 0:
         raise ValueError(f"noise_multiplier must be >= 0, found {noise_multiplier}")
     total = clipped_person_sum(grads, person_ids, clip)
-    return total + noise.normal(noise_multiplier * clip, total.shape)
+    noisy: np.ndarray = total + noise.normal(noise_multiplier * clip, total.shape)
+    return noisy

@@ -617,7 +617,7 @@ class CkksSum(SecureSum):
             "statistical_security": int, "max_released_rounds": int, "min_contributors": int,
             "value_bound": float, "weight_bound": float,
         }
-        kwargs = {key: get(params, key, typ, where) for key, typ in types.items() if key in params}
+        kwargs: dict[str, Any] = {key: get(params, key, typ, where) for key, typ in types.items() if key in params}
         return build(where, lambda: cls(**kwargs))
 
     # -- keys ------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any
+from typing import Any, TypeGuard
 
 from .runs import RunData
 
@@ -44,7 +44,7 @@ def _svg(fig: Any) -> str:
     return text[text.index("<svg"):]
 
 
-def _finite(x: Any) -> bool:
+def _finite(x: Any) -> TypeGuard[float]:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 

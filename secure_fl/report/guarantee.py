@@ -149,10 +149,14 @@ def _secure_sum(spec: ProtocolSpec, plan: Plan) -> tuple[Any, dict[str, Any]]:
     n = plan.n_sites
     info: dict[str, Any] = {
         "kind": kind, "aggregator_sees": spec.threat_model.aggregator_sees,
-        "releases_to": "aggregator" if getattr(ss, "releases_to_aggregator", True) else "sites",
-        "min_contributors": int(getattr(ss, "min_contributors", 1)),
+        "releases_to": "aggregator" if ss.releases_to_aggregator else "sites",
+        "min_contributors": int(ss.min_contributors),
     }
     if kind in ("secagg", "secagg-plus"):
+        from ..protocol.secagg import SecAggSum
+
+        if not isinstance(ss, SecAggSum):
+            raise SpecError(f"{spec.name}: secure sum of kind {kind!r} is a {type(ss).__name__}, not a SecAggSum")
         try:
             ss.setup(list(plan.sizes()), 1)
         except (ProtocolError, ValueError) as exc:
@@ -170,6 +174,10 @@ def _secure_sum(spec: ProtocolSpec, plan: Plan) -> tuple[Any, dict[str, Any]]:
             "bits": getattr(ss, "bits", None), "clip_range": getattr(ss, "clip_range", None),
         })
     elif kind == "ckks":
+        from ..protocol.ckks import CkksSum
+
+        if not isinstance(ss, CkksSum):
+            raise SpecError(f"{spec.name}: secure sum of kind {kind!r} is a {type(ss).__name__}, not a CkksSum")
         preset = ss.parameters
         info.update({
             "preset": preset.describe(), "total_bits": preset.total_bits,

@@ -133,7 +133,8 @@ class RunData:
     def exp_value(self, table: str | None, key: str, default: Any) -> Any:
         """A value of the experiment spec as run (``resolved.json``), tolerant of both layouts."""
         e = self.experiment
-        for node in (e, e.get("raw") if isinstance(e.get("raw"), dict) else {}):
+        raw = e.get("raw")
+        for node in (e, raw if isinstance(raw, dict) else {}):
             t = node.get(table) if table else node
             if isinstance(t, dict) and key in t:
                 return t[key]

@@ -346,9 +346,9 @@ def _run_protocol(exp: Experiment, task: Task, variant: Variant, seed: int, fold
         if ckpt:
             restore_federation(fed, ckpt["state"])
         _redo_round_charges(fed, folder.path, first)
-        for r in read_rounds(folder.path):
-            summary.rounds_done, summary.metrics = r["round"] + 1, r["metrics"]
-            summary.epsilon = r.get("privacy_spent", {})
+        for done in read_rounds(folder.path):
+            summary.rounds_done, summary.metrics = done["round"] + 1, done["metrics"]
+            summary.epsilon = done.get("privacy_spent", {})
     for r in range(first, exp.rounds):
         record = fed.round(r)
         views = [{**v.to_json(), "round": r} for v in fed.last_views]

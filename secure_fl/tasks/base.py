@@ -41,7 +41,7 @@ class Task(ABC):
     name: str
     num_classes: int
     sites: list[SiteData]
-    info: dict[str, object] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # JSON-like metadata (labels, notes, preprocessing)
 
     @abstractmethod
     def make_model(self, seed: int) -> nn.Module:

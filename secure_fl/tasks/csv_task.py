@@ -60,7 +60,7 @@ def _collect(items: list[Any], fn: Any) -> list[Any]:
 
 
 def _frames(s: _Site) -> list[tuple[Any, Path]]:
-    return [(s.train, s.src.train)] + ([(s.test, s.src.test)] if s.test is not None else [])
+    return [(s.train, s.src.train)] + ([(s.test, s.src.test or s.src.train)] if s.test is not None else [])
 
 
 def _columns(sites: list[_Site], declared: list[ColumnSpec] | None, feats: list[Any] | None, label: str,
@@ -119,13 +119,14 @@ def _columns(sites: list[_Site], declared: list[ColumnSpec] | None, feats: list[
 def _classes(sites: list[_Site], spec: LabelSpec, where: str) -> list[str]:
     def labels_of(item: tuple[Any, Path]) -> set[str]:
         df, path = item
-        raw = [canon(v) for v in df[spec.column]]
-        missing = [i for i, v in enumerate(raw) if v is None]
+        labels = [canon(v) for v in df[spec.column]]
+        missing = [i for i, v in enumerate(labels) if v is None]
         if missing:
             lines = ", ".join(str(line_of(df, i)) for i in missing[:5])
             raise DataError(f"{path}: label column {spec.column!r} is missing at line(s) {lines}"
                             f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''}; a row without a label "
                             "cannot be trained on or tested (drop it from the file)")
+        raw = [v for v in labels if v is not None]  # all of them (none missing)
         if spec.mapping is not None:
             unknown = [(i, v) for i, v in enumerate(raw) if v not in spec.mapping]
             if unknown:
@@ -228,6 +229,8 @@ def build_csv(params: Mapping[str, Any], where: str) -> HeartTask:
 
     def finish(s: _Site) -> SiteData:
         name, test_path = s.src.name, s.src.test or s.src.train
+        if s.test is None:  # _split gave every site a test set
+            raise DataError(f"site {name!r} ({s.src.train}): no test rows")
         if len(s.train) == 0 or len(s.test) == 0:
             raise DataError(f"site {name!r} ({s.src.train}): {len(s.train)} training and {len(s.test)} test rows "
                             f"after the split ({s.src.split}); each needs at least one")

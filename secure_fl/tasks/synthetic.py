@@ -46,7 +46,7 @@ def build_synthetic_faces(params: Mapping[str, Any], where: str) -> FacesTask:
     p = faces_params(base, where, n_ids, per_id)
     rng = np.random.default_rng(get(params, "seed", int, where, 0))
     h, w = p["image_size"]
-    templates = rng.normal(size=(n_ids, h // 4 + 1, w // 4 + 1))
+    templates: np.ndarray = rng.normal(size=(n_ids, h // 4 + 1, w // 4 + 1))
     templates = np.kron(templates, np.ones((4, 4)))[:, :h, :w]
     xs, ids = [], []
     for i in range(n_ids):

@@ -138,7 +138,7 @@ class LabelSpec:
 def parse_labels(params: Mapping[str, Any], where: str) -> LabelSpec:
     column = get(params, "label_column", str, where)
     raw_map = get(params, "label_map", dict, where, None)
-    mapping = None
+    mapping: dict[str, str] | None = None
     if raw_map is not None:
         mapping = {}
         for k, v in raw_map.items():

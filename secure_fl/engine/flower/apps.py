@@ -88,7 +88,7 @@ class FlowerTransport:
             replies = self._push_pull({nid: encode({"who": True}) for nid in unnamed}, 60.0)
             for nid, rep in replies.items():
                 name = decode(rep).get("site") if isinstance(rep, bytes) else None
-                if name in self.roster and name not in self.node_of:
+                if isinstance(name, str) and name in self.roster and name not in self.node_of:
                     self.node_of[name] = nid
                 else:
                     self.refused_nodes[nid] = f"node {nid} says it is {name!r}, not a provisioned site (or a duplicate)"

@@ -298,13 +298,16 @@ class SiteRuntime:
         out: dict[str, Any] = {"op": "begin", "round": r}
         if r > 0 and op.get("evaluate", True):
             out["eval"] = self._metrics(state)
-        model = self._model(state)
+        model = self._model(state)  # sets state.weights when the site has none yet
+        weights = state.weights
+        if weights is None:
+            raise ProtocolError(f"site {self.kit.name!r}: no global weights after loading the model")
         for old in [k for k in state.parties if k < r]:
             del state.parties[old]
         privacy = NoPrivacy(self._spec.aggregation.weighting).site(self.kit.name)
         site = self._task.sites[self._index]
         seed = derive_seed(int(self._cfg["seed"]), r, self._index)
-        values, weight, metrics = site_update(model, state.weights, site, privacy, self._exp.training,
+        values, weight, metrics = site_update(model, weights, site, privacy, self._exp.training,
                                               self._task.loss_fn(), seed, r)
         state.parties[r] = proto.site(self.kit.name, r, values, weight)
         out["train"] = metrics

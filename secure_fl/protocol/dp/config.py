@@ -119,7 +119,7 @@ def parse_privacy(table: Mapping[str, Any], where: str, secure_sum: SecureSum) -
         accountant=get(table, "accountant", str, where, "pld", one_of(*ACCOUNTANTS)),
         epsilon_budget=get(table, "epsilon_budget", float, where, None, positive),
         site_budgets={k: float(v) for k, v in budgets.items()},
-        secure_sum_kind=getattr(secure_sum, "name", "") or "plain",
+        secure_sum_kind=secure_sum.name,
         where=where,
         options={k.name: k.read(table, where) for k in spec.keys},
     )

@@ -102,8 +102,11 @@ def on_grid(total: np.ndarray, grid: float, offset: float, round: int) -> np.nda
 
 def ddg_params(cfg: "PrivacyConfig", dim: int, sigma: float | None = None) -> DdgParams:
     """The DDG parameters of a ``ddg`` config for updates of dimension ``dim`` (σ from the spec unless given)."""
+    sigma = cfg.noise_multiplier if sigma is None else sigma
+    if sigma is None:
+        raise SpecError(f"{cfg.where}: ddg needs 'noise_multiplier' or a σ calibrated from 'target_epsilon'")
     return DdgParams(clip=cfg.max_grad_norm, grid=2.0**cfg.grid_log2, dim=dim,
-                     noise_multiplier=cfg.noise_multiplier if sigma is None else sigma,
+                     noise_multiplier=sigma,
                      min_shares=cfg.min_sites - cfg.colluding_sites, beta=cfg.beta)
 
 

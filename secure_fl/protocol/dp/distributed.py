@@ -61,7 +61,7 @@ class DistributedDpSgd(DpMechanism):
     @classmethod
     def validate(cls, cfg: "PrivacyConfig", table: Mapping[str, Any], secure_sum: SecureSum, where: str) -> None:
         kind = cfg.secure_sum_kind
-        view = getattr(secure_sum, "view_kind", ViewKind.PLAIN)
+        view = secure_sum.view_kind
         if view == ViewKind.PLAIN:
             raise SpecError(
                 f"{where}.noise: 'distributed' noise needs a secure sum, but [secure_sum].kind = {kind!r}: the "

@@ -79,7 +79,7 @@ class DpFedAvg(DpMechanism):
     @classmethod
     def validate(cls, cfg: "PrivacyConfig", table: Mapping[str, Any], secure_sum: SecureSum, where: str) -> None:
         kind = cfg.secure_sum_kind
-        view = getattr(secure_sum, "view_kind", ViewKind.PLAIN)
+        view = secure_sum.view_kind
         if cfg.accountant != "rdp":
             raise SpecError(f"{where}.accountant: dp-fedavg adds exact discrete Gaussian noise on a grid, charged by "
                             "its zCDP (Canonne, Kamath, Steinke 2020, §3); only the RDP accountant bounds it "
@@ -92,7 +92,7 @@ class DpFedAvg(DpMechanism):
                     f"{where}: central noise needs 'noise_adder' = 'aggregator' or 'key-holders': the spec must say "
                     "who adds the noise, because that party sees the sum before noise"
                 )
-            releases = getattr(secure_sum, "releases_to_aggregator", True)
+            releases = secure_sum.releases_to_aggregator
             expected = "aggregator" if releases else "key-holders"
             if cfg.noise_adder != expected:
                 raise SpecError(

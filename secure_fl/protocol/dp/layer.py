@@ -168,10 +168,11 @@ class DpPrivacyLayer:
             key = self.round_event(site_id, 1.0)
             cached = next((s for other, s in self._sigma.items() if self.round_event(other, 1.0) == key), None)
             if cached is None:
-                cached = calibrate_noise_multiplier(
-                    cfg.target_epsilon, cfg.delta,
-                    lambda s, sid=site_id: dp_event.SelfComposedDpEvent(self.round_event(sid, s), rounds), "rdp",
-                )
+
+                def run_event(s: float, sid: str = site_id) -> dp_event.DpEvent:
+                    return dp_event.SelfComposedDpEvent(self.round_event(sid, s), rounds)
+
+                cached = calibrate_noise_multiplier(cfg.target_epsilon, cfg.delta, run_event, "rdp")
             self._sigma[site_id] = cached
 
     @property

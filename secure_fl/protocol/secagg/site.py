@@ -94,6 +94,8 @@ class SecAggSite(StagedParty, SiteParty):
     # 1. advertise keys, signed with the long-term identity key
     @handles(ADVERTISE_KEYS)
     def _advertise(self, inbox: Sequence[Message]) -> list[Message]:
+        if self._values is None:  # the first stage (StagedParty runs it once): the input is still here
+            raise self._reject("the input was already encoded")
         try:
             self._encoded = self._quantizer.encode(self._values, self._weight, self._rng, self.proto.integer_noise)
         except ValueError as exc:

@@ -145,7 +145,7 @@ class SecAggSum(SecureSum):
         check_keys(params, cls._KEYS, where)
         for required in ("clip_range", "max_weight"):
             get(params, required, cls._spec_types()[required], where)
-        kwargs = {k: get(params, k, typ, where) for k, typ in cls._spec_types().items() if k in params}
+        kwargs: dict[str, Any] = {k: get(params, k, typ, where) for k, typ in cls._spec_types().items() if k in params}
         return build(where, lambda: cls(**kwargs))
 
     def set_integer_noise(self, noise: IntegerNoise | None, bound: int) -> None:
