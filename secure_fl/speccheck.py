@@ -25,7 +25,14 @@ class _Required:
 
 REQUIRED: Any = _Required()
 
-_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}
+_TYPE_NAMES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "a table",
+}
 
 
 def check_keys(table: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
@@ -92,7 +99,9 @@ def one_of(*allowed: Any) -> Callable[[Any], str | None]:
     return check
 
 
-def in_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False) -> Callable[[Any], str | None]:
+def in_range(
+    lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False
+) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         if lo is not None and (value < lo or (lo_open and value == lo)):
             return f"must be {'>' if lo_open else '>='} {lo}"

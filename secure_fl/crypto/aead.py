@@ -18,7 +18,16 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["KEY_BYTES", "NONCE_BYTES", "TAG_BYTES", "OVERHEAD", "AuthenticationError", "seal", "open_sealed", "associated_data"]
+__all__ = [
+    "KEY_BYTES",
+    "NONCE_BYTES",
+    "TAG_BYTES",
+    "OVERHEAD",
+    "AuthenticationError",
+    "seal",
+    "open_sealed",
+    "associated_data",
+]
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -47,7 +56,9 @@ def open_sealed(key: bytes, sealed: bytes, associated: bytes) -> bytes:
     """Decrypt a message made by :func:`seal`; raise :class:`AuthenticationError` saying why not."""
     _check_key(key)
     if len(sealed) < OVERHEAD:
-        raise AuthenticationError(f"sealed message is {len(sealed)} bytes, shorter than the {OVERHEAD}-byte nonce and tag (truncated)")
+        raise AuthenticationError(
+            f"sealed message is {len(sealed)} bytes, shorter than the {OVERHEAD}-byte nonce and tag (truncated)"
+        )
     try:
         return AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], associated)
     except InvalidTag:

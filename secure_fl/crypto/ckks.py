@@ -67,7 +67,14 @@ ContextKind = Literal["secret", "public"]
 #: std::runtime_error -> RuntimeError, std::out_of_range -> IndexError, std::overflow_error ->
 #: OverflowError, std::bad_alloc -> MemoryError; pybind11 docs, "Exceptions"). Callers translate them
 #: into secure-fl's own errors at the boundary instead of catching every Exception.
-TENSEAL_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, RuntimeError, IndexError, OverflowError, MemoryError)
+TENSEAL_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    RuntimeError,
+    IndexError,
+    OverflowError,
+    MemoryError,
+)
 
 
 class CkksKeyError(SecureFLError, ValueError):
@@ -77,7 +84,9 @@ class CkksKeyError(SecureFLError, ValueError):
 def _tenseal_context(preset: CkksPreset) -> ts.Context:
     enc = ts.ENCRYPTION_TYPE.SYMMETRIC if preset.encryption == "symmetric" else ts.ENCRYPTION_TYPE.ASYMMETRIC
     try:
-        ctx = ts.context(ts.SCHEME_TYPE.CKKS, preset.poly_degree, -1, list(preset.coeff_mod_bit_sizes), encryption_type=enc)
+        ctx = ts.context(
+            ts.SCHEME_TYPE.CKKS, preset.poly_degree, -1, list(preset.coeff_mod_bit_sizes), encryption_type=enc
+        )
     except TENSEAL_ERRORS as exc:  # SEAL refuses parameters it cannot build
         raise CkksParamError(f"preset {preset.name!r}: TenSEAL refused the parameters ({exc})") from exc
     ctx.global_scale = float(2**preset.scale)
@@ -148,7 +157,12 @@ def generate_keys(preset: CkksPreset | str) -> CkksKeys:
     """Generate a key set (SEAL draws the secret key from the OS CSPRNG)."""
     p = get_preset(preset) if isinstance(preset, str) else preset
     ctx = _tenseal_context(p)
-    secret_bytes = ctx.serialize(save_public_key=p.encryption == "public-key", save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
+    secret_bytes = ctx.serialize(
+        save_public_key=p.encryption == "public-key",
+        save_secret_key=True,
+        save_galois_keys=False,
+        save_relin_keys=False,
+    )
     return CkksKeys(p, secrets.token_bytes(16), secret_bytes, _public_bytes(ctx, p))
 
 
@@ -210,7 +224,8 @@ def provision(n_sites: int, out_dir: Path | str, preset: str = "compact") -> dic
         "params": p.describe(),
         "sites": site_files,
         "aggregator": "aggregator.public.ckks",
-        "note": "site files hold the shared secret key: hand each only to its site; the aggregator gets only aggregator.public.ckks",
+        "note": "site files hold the shared secret key: hand each only to its site; the aggregator gets only "
+        "aggregator.public.ckks",
     }
     _write_private(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
     return manifest
@@ -221,7 +236,9 @@ def load_manifest(key_dir: Path | str) -> dict[str, Any]:
     try:
         data: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError:
-        raise CkksKeyError(f"{path}: no manifest; is {key_dir} a directory written by `secure-fl keys provision`?") from None
+        raise CkksKeyError(
+            f"{path}: no manifest; is {key_dir} a directory written by `secure-fl keys provision`?"
+        ) from None
     except json.JSONDecodeError as exc:
         raise CkksKeyError(f"{path}: not valid JSON ({exc})") from exc
     for key in ("fingerprint", "preset", "sites", "aggregator"):
@@ -262,9 +279,15 @@ def load_context(path: Path | str, expect: ContextKind) -> CkksContext:
     header, body = _read_header(path)
     kind = header["kind"]
     if expect == "public" and kind == "secret":
-        raise CkksKeyError(f"{path}: this is a SECRET context (it holds the decryption key); the aggregator must get the public context (aggregator.public.ckks), never a site's")
+        raise CkksKeyError(
+            f"{path}: this is a SECRET context (it holds the decryption key); the aggregator must get the "
+            "public context (aggregator.public.ckks), never a site's"
+        )
     if expect == "secret" and kind == "public":
-        raise CkksKeyError(f"{path}: this is a PUBLIC context without the secret key; a site that decrypts needs its site-*.secret.ckks file")
+        raise CkksKeyError(
+            f"{path}: this is a PUBLIC context without the secret key; a site that decrypts needs its "
+            "site-*.secret.ckks file"
+        )
     preset = get_preset(str(header.get("preset")), where=f"{path}: preset")
     if hashlib.sha256(body).hexdigest() != header.get("body_sha256"):
         raise CkksKeyError(f"{path}: the context bytes do not match the header's digest (file altered or truncated)")
@@ -273,7 +296,9 @@ def load_context(path: Path | str, expect: ContextKind) -> CkksContext:
     except TENSEAL_ERRORS as exc:
         raise CkksKeyError(f"{path}: the TenSEAL context is corrupted ({type(exc).__name__}: {exc})") from exc
     if bool(ctx.is_private()) != (kind == "secret"):
-        raise CkksKeyError(f"{path}: header says {kind!r} but the context {'holds' if ctx.is_private() else 'lacks'} a secret key")
+        raise CkksKeyError(
+            f"{path}: header says {kind!r} but the context {'holds' if ctx.is_private() else 'lacks'} a secret key"
+        )
     ctx.global_scale = float(2**preset.scale)
     try:
         key_id = bytes.fromhex(str(header.get("key_id")))
@@ -281,7 +306,10 @@ def load_context(path: Path | str, expect: ContextKind) -> CkksContext:
         raise CkksKeyError(f"{path}: header key_id is not hex") from None
     fp = _fingerprint(key_id, _public_bytes(ctx, preset))
     if fp != header.get("fingerprint"):
-        raise CkksKeyError(f"{path}: fingerprint mismatch (header {header.get('fingerprint')}, computed {fp}): the file was altered or mixes two key sets")
+        raise CkksKeyError(
+            f"{path}: fingerprint mismatch (header {header.get('fingerprint')}, computed {fp}): the file was "
+            "altered or mixes two key sets"
+        )
     mode = stat.S_IMODE(path.stat().st_mode)
     if kind == "secret" and mode & 0o077:
         raise CkksKeyError(f"{path}: secret context is readable by others (mode {mode:o}); run `chmod 600 {path}`")
@@ -319,7 +347,10 @@ def encrypt_chunks(ctx: CkksContext, flat: np.ndarray) -> list[bytes]:
     limit = 2.0 ** (ctx.preset.data_bits - 2 - ctx.preset.scale)
     peak = float(np.max(np.abs(x), initial=0.0))
     if not peak <= limit:  # also catches NaN
-        raise ValueError(f"values up to {peak:g} exceed {limit:g}, the largest magnitude preset {ctx.preset.name!r} encodes at scale 2^{ctx.preset.scale}; normalise by a power of two first")
+        raise ValueError(
+            f"values up to {peak:g} exceed {limit:g}, the largest magnitude preset {ctx.preset.name!r} encodes "
+            f"at scale 2^{ctx.preset.scale}; normalise by a power of two first"
+        )
     slots = ctx.preset.slots
     out = []
     for i in range(chunk_count(x.size, slots)):

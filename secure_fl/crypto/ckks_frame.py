@@ -66,7 +66,9 @@ def _fp_bytes(fingerprint: str) -> bytes:
     return bytes.fromhex(fingerprint)[:16]
 
 
-def pack_frame(kind: FrameKind, fingerprint: str, round: int, chunks: Sequence[bytes], meta: dict[str, Any] | None = None) -> bytes:
+def pack_frame(
+    kind: FrameKind, fingerprint: str, round: int, chunks: Sequence[bytes], meta: dict[str, Any] | None = None
+) -> bytes:
     meta_b = json.dumps(meta or {}, sort_keys=True).encode()
     body = meta_b + b"".join(chunks)
     head = _FIXED.pack(_MAGIC, int(kind), _fp_bytes(fingerprint), round, len(chunks), len(meta_b))
@@ -74,7 +76,9 @@ def pack_frame(kind: FrameKind, fingerprint: str, round: int, chunks: Sequence[b
     return head + lens + hashlib.blake2b(body, digest_size=16).digest() + body
 
 
-def unpack_frame(payload: bytes, *, kind: FrameKind, fingerprint: str, round: int, n_chunks: int | None = None) -> Frame:
+def unpack_frame(
+    payload: bytes, *, kind: FrameKind, fingerprint: str, round: int, n_chunks: int | None = None
+) -> Frame:
     """Parse and validate a frame. Raises :class:`FrameError` naming the first problem."""
     if len(payload) < _FIXED.size:
         raise FrameError(f"message of {len(payload)} bytes is shorter than a frame header ({_FIXED.size} bytes)")
@@ -82,7 +86,9 @@ def unpack_frame(payload: bytes, *, kind: FrameKind, fingerprint: str, round: in
     if magic != _MAGIC:
         raise FrameError(f"not a CKKS frame (magic {magic!r}, expected {_MAGIC!r})")
     if fp != _fp_bytes(fingerprint):
-        raise FrameError(f"ciphertext from another key set (fingerprint {fp.hex()}, this run uses {_fp_bytes(fingerprint).hex()})")
+        raise FrameError(
+            f"ciphertext from another key set (fingerprint {fp.hex()}, this run uses {_fp_bytes(fingerprint).hex()})"
+        )
     if k != int(kind):
         name = FrameKind(k).name if k in FrameKind._value2member_map_ else str(k)
         raise FrameError(f"wrong message kind {name}, expected {kind.name}")
@@ -129,7 +135,9 @@ def load_vectors(ctx: CkksContext, chunks: Sequence[bytes], sizes: Sequence[int]
             vec = ts.ckks_vector_from(ctx.context, blob)
             got = vec.size()
         except TENSEAL_ERRORS as exc:  # TenSEAL raises assorted built-in types on bad bytes
-            raise FrameError(f"chunk {i} is not a valid ciphertext for this context ({type(exc).__name__}: {exc})") from exc
+            raise FrameError(
+                f"chunk {i} is not a valid ciphertext for this context ({type(exc).__name__}: {exc})"
+            ) from exc
         if got != size:
             raise FrameError(f"chunk {i} holds {got} values, the layout needs {size}")
         out.append(vec)

@@ -76,32 +76,42 @@ def security_bits(poly_degree: int, total_bits: int) -> int | None:
     return None
 
 
-def check_parameters(poly_degree: int, coeff_mod_bit_sizes: tuple[int, ...] | list[int], scale_bits: int, where: str = "ckks") -> None:
+def check_parameters(
+    poly_degree: int, coeff_mod_bit_sizes: tuple[int, ...] | list[int], scale_bits: int, where: str = "ckks"
+) -> None:
     """Refuse a parameter set that is insecure or cannot hold a normalised sum.
 
     Raises :class:`CkksParamError` naming ``where`` and the numbers.
     """
     table = HE_STANDARD_MAX_LOG_Q[128]
     if poly_degree not in table:
-        raise CkksParamError(f"{where}: poly_degree {poly_degree} is not in the HE standard table; expected one of {sorted(table)}")
+        raise CkksParamError(
+            f"{where}: poly_degree {poly_degree} is not in the HE standard table; expected one of {sorted(table)}"
+        )
     bits = list(coeff_mod_bit_sizes)
     if len(bits) < 2:
         raise CkksParamError(
-            f"{where}: coeff_mod_bit_sizes {bits} needs at least 2 primes (one data prime and the special prime TenSEAL reserves for key switching)"
+            f"{where}: coeff_mod_bit_sizes {bits} needs at least 2 primes (one data prime and the special prime "
+            "TenSEAL reserves for key switching)"
         )
     for b in bits:
         if not isinstance(b, int) or isinstance(b, bool) or not 17 <= b <= 60:
-            raise CkksParamError(f"{where}: every prime of coeff_mod_bit_sizes must be an integer of 17..60 bits (SEAL's limit), found {b!r} in {bits}")
+            raise CkksParamError(
+                f"{where}: every prime of coeff_mod_bit_sizes must be an integer of 17..60 bits (SEAL's limit), "
+                f"found {b!r} in {bits}"
+            )
     total = sum(bits)
     if total > table[poly_degree]:
         raise CkksParamError(
             f"{where}: log2(Q) = sum{bits} = {total} bits exceeds {table[poly_degree]}, the HomomorphicEncryption.org "
-            f"standard's maximum for 128-bit security at N = {poly_degree}; use fewer/smaller primes or N = {_next_degree(total)}"
+            f"standard's maximum for 128-bit security at N = {poly_degree}; use fewer/smaller primes or N = "
+            f"{_next_degree(total)}"
         )
     level_bits = sum(bits[:-1])
     if not isinstance(scale_bits, int) or isinstance(scale_bits, bool) or not 10 <= scale_bits <= level_bits - 2:
         raise CkksParamError(
-            f"{where}: scale_bits must be an integer in [10, {level_bits - 2}] (data primes {bits[:-1]} hold {level_bits} bits; "
+            f"{where}: scale_bits must be an integer in [10, {level_bits - 2}] (data primes {bits[:-1]} hold "
+            f"{level_bits} bits; "
             f"one bit of sign and one of headroom are needed), found {scale_bits!r}"
         )
 
@@ -131,7 +141,9 @@ class CkksPreset:
 
     def __post_init__(self) -> None:
         if self.encryption not in ("symmetric", "public-key"):
-            raise CkksParamError(f"preset {self.name!r}: encryption must be 'symmetric' or 'public-key', found {self.encryption!r}")
+            raise CkksParamError(
+                f"preset {self.name!r}: encryption must be 'symmetric' or 'public-key', found {self.encryption!r}"
+            )
         if self.scale_bits is None:
             object.__setattr__(self, "scale_bits", max(10, sum(self.coeff_mod_bit_sizes[:-1]) - 2))
         check_parameters(self.poly_degree, self.coeff_mod_bit_sizes, self.scale, where=f"preset {self.name!r}")

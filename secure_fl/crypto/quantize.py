@@ -160,7 +160,9 @@ def from_wire(payload: bytes, modulus_bits: int, dim: int) -> np.ndarray:
     dtype = mask_dtype(modulus_bits)
     width = wire_bytes_per_value(modulus_bits)
     if len(payload) != width * dim:
-        raise ValueError(f"packed vector has {len(payload)} bytes, expected {width * dim} ({dim} values x {width} bytes)")
+        raise ValueError(
+            f"packed vector has {len(payload)} bytes, expected {width * dim} ({dim} values x {width} bytes)"
+        )
     raw = np.frombuffer(payload, dtype=np.uint8).reshape(dim, width)
     full = np.zeros((dim, dtype.itemsize), dtype=np.uint8)
     full[:, :width] = raw
@@ -183,7 +185,11 @@ class Quantizer:
 
     def __post_init__(self) -> None:
         _int_in("bits", self.bits, 1, MAX_BITS)
-        if isinstance(self.clip_range, bool) or not isinstance(self.clip_range, (int, float)) or not math.isfinite(self.clip_range):
+        if (
+            isinstance(self.clip_range, bool)
+            or not isinstance(self.clip_range, (int, float))
+            or not math.isfinite(self.clip_range)
+        ):
             raise ValueError(f"clip_range must be a finite number > 0, got {self.clip_range!r}")
         if self.clip_range <= 0:
             raise ValueError(f"clip_range must be > 0 (a zero range would divide by zero), got {self.clip_range!r}")

@@ -19,7 +19,17 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["PRIME", "CHUNK_BYTES", "ELEMENT_BYTES", "MAX_SHARES", "Share", "split", "combine", "interpolate_at_zero", "share_bytes"]
+__all__ = [
+    "PRIME",
+    "CHUNK_BYTES",
+    "ELEMENT_BYTES",
+    "MAX_SHARES",
+    "Share",
+    "split",
+    "combine",
+    "interpolate_at_zero",
+    "share_bytes",
+]
 
 PRIME = 2**256 + 297
 CHUNK_BYTES = 32

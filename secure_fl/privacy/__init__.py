@@ -18,7 +18,14 @@ from .accounting import (
     poisson_gaussian_event,
 )
 from .ledger import Budget, ChargeRecord, PrivacyLedger
-from .mechanisms import AdaptiveClip, clip_l2, effective_noise_multiplier, gaussian_noise, share_std, split_noise_multiplier
+from .mechanisms import (
+    AdaptiveClip,
+    clip_l2,
+    effective_noise_multiplier,
+    gaussian_noise,
+    share_std,
+    split_noise_multiplier,
+)
 from .noise import NoiseSource
 
 __all__ = [

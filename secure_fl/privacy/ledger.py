@@ -117,12 +117,15 @@ class PrivacyLedger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.executescript(_SCHEMA)
-            row = db.execute("SELECT epsilon_max, delta, accountant FROM budget WHERE dataset = ?", (dataset,)).fetchone()
+            row = db.execute(
+                "SELECT epsilon_max, delta, accountant FROM budget WHERE dataset = ?", (dataset,)
+            ).fetchone()
             if row is not None:
                 stored = Budget(*row)
                 if budget is not None and budget != stored:
                     raise ValueError(
-                        f"{self.path}: ledger of {dataset!r} already has budget {stored}; refusing to change it to {budget}"
+                        f"{self.path}: ledger of {dataset!r} already has budget {stored}; refusing to change it "
+                        f"to {budget}"
                     )
                 budget = stored
             elif budget is not None:
@@ -148,7 +151,9 @@ class PrivacyLedger:
         """Names of the datasets with a budget or a charge in the ledger file at ``path`` (read only)."""
         db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
         try:
-            rows = db.execute("SELECT dataset FROM charges UNION SELECT dataset FROM budget ORDER BY dataset").fetchall()
+            rows = db.execute(
+                "SELECT dataset FROM charges UNION SELECT dataset FROM budget ORDER BY dataset"
+            ).fetchall()
         except sqlite3.DatabaseError as exc:
             raise ValueError(f"{path}: not a secure-fl privacy ledger ({exc})") from exc
         finally:
@@ -160,7 +165,9 @@ class PrivacyLedger:
         with self._db() as db:
             rows = db.execute(query + " ORDER BY id", (self.dataset,)).fetchall()
         return [
-            ChargeRecord(r[0], r[1], r[2], r[3], r[4], r[5], event_from_json(r[6]), r[7], r[8], r[9], r[10], r[11], r[12])
+            ChargeRecord(
+                r[0], r[1], r[2], r[3], r[4], r[5], event_from_json(r[6]), r[7], r[8], r[9], r[10], r[11], r[12]
+            )
             for r in rows
         ]
 
@@ -174,7 +181,9 @@ class PrivacyLedger:
             return {"rdp": 0.0, "pld": 0.0}
         return {name: epsilon(total, delta, name) for name in ACCOUNTANTS}
 
-    def would_spend(self, event: dp_event.DpEvent, delta: float, *, replacing_round: int | None = None) -> dict[str, float]:
+    def would_spend(
+        self, event: dp_event.DpEvent, delta: float, *, replacing_round: int | None = None
+    ) -> dict[str, float]:
         """Total ε if ``event`` were charged now (optionally in place of a round's current charge)."""
         kept = [r.event for r in self.records() if replacing_round is None or r.round != replacing_round]
         return {name: epsilon(compose([*kept, event]), delta, name) for name in ACCOUNTANTS}
@@ -224,7 +233,15 @@ class PrivacyLedger:
         return self._write(round, event, delta, protocol, spec_hash, mechanism, note, supersede_round=None)
 
     def amend(
-        self, round: int, event: dp_event.DpEvent, delta: float, *, protocol: str, spec_hash: str, mechanism: str, note: str
+        self,
+        round: int,
+        event: dp_event.DpEvent,
+        delta: float,
+        *,
+        protocol: str,
+        spec_hash: str,
+        mechanism: str,
+        note: str,
     ) -> ChargeRecord:
         """Replace the charge(s) of ``round`` by ``event`` (e.g. weaker noise than planned was obtained).
 
@@ -233,8 +250,15 @@ class PrivacyLedger:
         return self._write(round, event, delta, protocol, spec_hash, mechanism, note, supersede_round=round)
 
     def _write(
-        self, round: int, event: dp_event.DpEvent, delta: float, protocol: str, spec_hash: str, mechanism: str,
-        note: str, supersede_round: int | None,
+        self,
+        round: int,
+        event: dp_event.DpEvent,
+        delta: float,
+        protocol: str,
+        spec_hash: str,
+        mechanism: str,
+        note: str,
+        supersede_round: int | None,
     ) -> ChargeRecord:
         if not isinstance(event, dp_event.DpEvent):
             raise TypeError(f"a ledger charge must be a dp_accounting DpEvent, found {type(event).__name__}")
@@ -248,13 +272,25 @@ class PrivacyLedger:
             cur = db.execute(
                 "INSERT INTO charges (dataset, round, protocol, spec_hash, mechanism, event, delta, epsilon_rdp, "
                 "epsilon_pld, note, created_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (self.dataset, round, protocol, spec_hash, mechanism, event_to_json(event), delta,
-                 totals["rdp"], totals["pld"], note, now),
+                (
+                    self.dataset,
+                    round,
+                    protocol,
+                    spec_hash,
+                    mechanism,
+                    event_to_json(event),
+                    delta,
+                    totals["rdp"],
+                    totals["pld"],
+                    note,
+                    now,
+                ),
             )
             new_id = int(cur.lastrowid or 0)
             if supersede_round is not None:
                 db.execute(
-                    "UPDATE charges SET superseded_by = ? WHERE dataset = ? AND round = ? AND id != ? AND superseded_by IS NULL",
+                    "UPDATE charges SET superseded_by = ? WHERE dataset = ? AND round = ? AND id != ? AND "
+                    "superseded_by IS NULL",
                     (new_id, self.dataset, supersede_round, new_id),
                 )
         return next(r for r in self.records() if r.id == new_id)

@@ -105,7 +105,7 @@ def handles(stage: str) -> Callable[[_H], _H]:
     """Declare a method of a :class:`StagedParty` as the handler of ``stage``: ``handler(inbox) -> outbox``."""
 
     def mark(method: _H) -> _H:
-        setattr(method, "_handles_stage", stage)
+        setattr(method, "_handles_stage", stage)  # noqa: B010 (mypy does not type attributes set on functions)
         return method
 
     return mark
@@ -247,7 +247,7 @@ class SecureSum(ABC):
     def from_params(cls, params: Mapping[str, Any], where: str) -> "SecureSum":
         """Build from a spec table; raise SpecError naming ``where`` and the key otherwise."""
 
-    def setup(self, site_ids: Sequence[str], dim: int) -> None:
+    def setup(self, site_ids: Sequence[str], dim: int) -> None:  # noqa: B027 (optional hook, no-op by default)
         """Once per run, before round 0 (key provisioning, ...). Default: nothing."""
 
     @abstractmethod

@@ -89,7 +89,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..crypto.ckks import TENSEAL_ERRORS, CkksContext, CkksKeys, chunk_count, decrypt_chunks, encrypt_chunks, generate_keys
+from ..crypto.ckks import (
+    TENSEAL_ERRORS,
+    CkksContext,
+    CkksKeys,
+    chunk_count,
+    decrypt_chunks,
+    encrypt_chunks,
+    generate_keys,
+)
 from ..crypto.ckks_frame import FrameError, FrameKind, load_vectors, pack_frame, unpack_frame
 from ..crypto.ckks_params import DEFAULT_PRESET, PRESETS, CkksPreset, flooding_std, get_preset, noise_std
 from ..errors import InvalidParameter, ProtocolError, RoundAborted, SiteRejected, SpecError

@@ -17,18 +17,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from ..errors import SpecError
 from ..speccheck import check_keys, get, get_table, in_range, one_of
 from .base import SecureSum, ViewKind
 from .registry import secure_sum_class
 
-__all__ = ["AggregationSpec", "ThreatModel", "ProtocolSpec", "load_protocol", "parse_protocol", "PROTOCOLS_DIR", "list_protocols"]
+__all__ = [
+    "AggregationSpec",
+    "ThreatModel",
+    "ProtocolSpec",
+    "load_protocol",
+    "parse_protocol",
+    "PROTOCOLS_DIR",
+    "list_protocols",
+]
 
 PROTOCOLS_DIR = Path(__file__).resolve().parents[2] / "protocols"
 

@@ -29,7 +29,9 @@ class TrainingConfig:
 
     @classmethod
     def from_table(cls, t: Mapping[str, Any], where: str) -> "TrainingConfig":
-        check_keys(t, ["local_epochs", "local_steps", "batch_size", "lr", "optimizer", "momentum", "weight_decay"], where)
+        check_keys(
+            t, ["local_epochs", "local_steps", "batch_size", "lr", "optimizer", "momentum", "weight_decay"], where
+        )
         return cls(
             local_epochs=get(t, "local_epochs", int, where, 1, in_range(1)),
             local_steps=get(t, "local_steps", int, where, None, in_range(1)),

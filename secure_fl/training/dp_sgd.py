@@ -91,7 +91,9 @@ def check_dp_compatible(model: nn.Module) -> None:
         )
 
 
-def calibrate_dp_sgd(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp") -> float:
+def calibrate_dp_sgd(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
+) -> float:
     """Noise multiplier for ``steps`` DP-SGD steps at rate ``sample_rate`` to reach (ε, δ) overall."""
     if steps < 1:
         raise ValueError(f"need at least one planned step to calibrate, found {steps}")
@@ -125,11 +127,21 @@ class SourcedDPOptimizer(DPOptimizer):
     that noise can come from ``os.urandom`` (production) or a seeded generator (tests).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, noise_multiplier: float, max_grad_norm: float,
-                 expected_batch_size: int, source: NoiseSource) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: int,
+        source: NoiseSource,
+    ) -> None:
         super().__init__(
-            optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-            expected_batch_size=expected_batch_size, loss_reduction="mean",
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            loss_reduction="mean",
         )
         self.source = source
 
@@ -153,7 +165,9 @@ class DpSgdHook:
     :meth:`round_event` is the DpEvent of the steps actually taken.
     """
 
-    def __init__(self, *, noise_multiplier: float, max_grad_norm: float, sample_rate: float, source: NoiseSource) -> None:
+    def __init__(
+        self, *, noise_multiplier: float, max_grad_norm: float, sample_rate: float, source: NoiseSource
+    ) -> None:
         if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
             raise ValueError(f"noise multiplier must be > 0, found {noise_multiplier}")
         if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
@@ -191,8 +205,11 @@ class DpSgdHook:
         sampler = PoissonBatchSampler(n, self.sample_rate, self.steps_per_epoch, self.source)
         dp_loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
         dp_opt = SourcedDPOptimizer(
-            optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm,
-            expected_batch_size=max(1, round(self.sample_rate * n)), source=self.source,
+            optimizer,
+            noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.max_grad_norm,
+            expected_batch_size=max(1, round(self.sample_rate * n)),
+            source=self.source,
         )
         opacus_hook = self.opacus_accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate)
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from payload_audit import Promise, SiteInput, audit, quantizer_of
+
 from secure_fl.errors import RoundAborted, SiteRejected, StageError
 from secure_fl.protocol.base import AGGREGATOR, AggregatorParty, Message, SecureSum, SiteParty, SumResult, ViewKind
 from secure_fl.protocol.registry import SECURE_SUMS, secure_sum_class

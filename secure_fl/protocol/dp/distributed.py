@@ -70,8 +70,10 @@ class DistributedDpSgd(DpMechanism):
             )
         if kind in _MASKING_SUMS or view == ViewKind.MASKED:
             raise SpecError(
-                f"{where}.mechanism: 'distributed-dp-sgd' adds continuous Gaussian shares, which a masking sum ({kind}) "
-                "cannot carry; over masking use mechanism = 'ddg' (distributed discrete Gaussian, Kairouz, Liu, Steinke "
+                f"{where}.mechanism: 'distributed-dp-sgd' adds continuous Gaussian shares, which a masking sum "
+                f"({kind}) "
+                "cannot carry; over masking use mechanism = 'ddg' (distributed discrete Gaussian, Kairouz, "
+                "Liu, Steinke "
                 "2021; site-level), see protocols/dp-distributed-secagg.toml"
             )
 
@@ -84,22 +86,26 @@ class DistributedDpSgd(DpMechanism):
     @classmethod
     def guarantee(cls, cfg: "PrivacyConfig") -> list[str]:
         m = cfg.min_sites
-        return [f"patient-level ({cfg.target_text()}, add/remove one patient) for the released aggregates, one "
-                "Poisson-sampled Gaussian step per round on the union of all sites' patients, against the public and "
-                "against any one curious contributing site (its own noise share subtracted)",
-                f"each site adds noise of variance (σC)²/{m - 1}: any k >= {m} contributors minus one carry at least "
-                "(σC)²; the secure sum never opens a sum of fewer than min_sites contributors",
-                f"assumes: at least {m} sites add honest noise shares from a secret source, nobody sees a single share "
-                f"(secure sum {cfg.secure_sum_kind!r}) and no two key holders pool their shares; dataset sizes and "
-                "participation are public"]
+        return [
+            f"patient-level ({cfg.target_text()}, add/remove one patient) for the released aggregates, one "
+            "Poisson-sampled Gaussian step per round on the union of all sites' patients, against the public and "
+            "against any one curious contributing site (its own noise share subtracted)",
+            f"each site adds noise of variance (σC)²/{m - 1}: any k >= {m} contributors minus one carry at least "
+            "(σC)²; the secure sum never opens a sum of fewer than min_sites contributors",
+            f"assumes: at least {m} sites add honest noise shares from a secret source, nobody sees a single share "
+            f"(secure sum {cfg.secure_sum_kind!r}) and no two key holders pool their shares; dataset sizes and "
+            "participation are public",
+        ]
 
     # -- run time --------------------------------------------------------------------------
 
     def validate_plan(self) -> None:
         cfg = self.config
         if cfg.min_sites > len(self.layer.site_sizes):
-            raise SpecError(f"{cfg.where}.min_sites: {cfg.min_sites} exceeds the {len(self.layer.site_sizes)} sites "
-                            "of this federation")
+            raise SpecError(
+                f"{cfg.where}.min_sites: {cfg.min_sites} exceeds the {len(self.layer.site_sizes)} sites "
+                "of this federation"
+            )
 
     def round_event(self, site_id: str, sigma: float) -> dp_event.DpEvent:
         return poisson_gaussian_event(sigma, self.config.sample_rate)
@@ -117,21 +123,30 @@ class DistributedDpSgd(DpMechanism):
         tail = 12.0 * share_std(sigma, cfg.max_grad_norm, int(cfg.min_sites))
         return cfg.max_grad_norm * largest + tail, float(largest)
 
-    def local_update(self, site: "DpSite", model: "torch.nn.Module", x: "torch.Tensor", y: "torch.Tensor",
-                     loss_fn: Any, round: int) -> tuple[np.ndarray, float, dp_event.DpEvent] | None:
+    def local_update(
+        self, site: "DpSite", model: "torch.nn.Module", x: "torch.Tensor", y: "torch.Tensor", loss_fn: Any, round: int
+    ) -> tuple[np.ndarray, float, dp_event.DpEvent] | None:
         """This site's clipped gradient sum plus its noise share."""
         from ...training.dp_distributed import distributed_share
 
         cfg = self.config
         values, _ = distributed_share(
-            model, x, y, loss_fn, sample_rate=cfg.sample_rate, clip=cfg.max_grad_norm,
-            noise_multiplier=site.noise_multiplier, min_sites=cfg.min_sites, source=site.source,
+            model,
+            x,
+            y,
+            loss_fn,
+            sample_rate=cfg.sample_rate,
+            clip=cfg.max_grad_norm,
+            noise_multiplier=site.noise_multiplier,
+            min_sites=cfg.min_sites,
+            source=site.source,
         )
         # the weight is the site's size: public, data-independent (the Poisson batch size is not sent)
         return values, float(site.n_examples), site.planned_event()
 
-    def transform(self, site: "DpSite", delta: np.ndarray, n_examples: int,
-                  round: int) -> tuple[np.ndarray, float, dp_event.DpEvent | None]:
+    def transform(
+        self, site: "DpSite", delta: np.ndarray, n_examples: int, round: int
+    ) -> tuple[np.ndarray, float, dp_event.DpEvent | None]:
         # local_update already made the final contribution
         return np.asarray(delta, dtype=np.float64), float(n_examples), None
 

@@ -69,6 +69,7 @@ Threat model (what holds; the spec files say it per protocol):
 
 from __future__ import annotations
 
+from ...errors import InvalidParameter
 from .aggregator import SecAggAggregator
 from .keys import seed_commitment
 from .site import SecAggSite
@@ -84,7 +85,6 @@ from .stages import (
     SIGN_SURVIVORS,
     UNMASK,
 )
-from ...errors import InvalidParameter
 from .sums import SecAggPlusSum, SecAggSum
 
 __all__ = [
