@@ -139,7 +139,16 @@ def test_prg_keystream_nist_sp800_38a_f55_ctr_aes256() -> None:
     assert bytes(p ^ s for p, s in zip(plain, stream)) == cipher
 
 
-@pytest.mark.parametrize("bits", [1, 7, 23, 32, 33, 40, 62, 64])
+def test_prg_refuses_a_modulus_above_the_one_limit() -> None:
+    """One MAX_MODULUS_BITS for masks and quantised sums (crypto/prg.py, imported by crypto/quantize.py)."""
+    from secure_fl.crypto import quantize
+
+    assert quantize.MAX_MODULUS_BITS is prg.MAX_MODULUS_BITS
+    with pytest.raises(ValueError, match=rf"\[1, {prg.MAX_MODULUS_BITS}\], got {prg.MAX_MODULUS_BITS + 1}"):
+        prg.expand_mask(os.urandom(32), 4, prg.MAX_MODULUS_BITS + 1)
+
+
+@pytest.mark.parametrize("bits", [1, 7, 23, 32, 33, 40, 62])
 def test_prg_mask_is_deterministic_in_range_and_seed_dependent(bits: int) -> None:
     seed = os.urandom(32)
     a, b = prg.expand_mask(seed, 4096, bits), prg.expand_mask(seed, 4096, bits)

@@ -18,7 +18,10 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 __all__ = ["SEED_BYTES", "MAX_MODULUS_BITS", "mask_dtype", "keystream", "expand_mask"]
 
 SEED_BYTES = 32
-MAX_MODULUS_BITS = 64
+#: largest modulus 2^k of the masking sums, the one limit for masks (here) and quantised sums
+#: (:mod:`secure_fl.crypto.quantize`): sums are handled as uint64 and decoded through int64, so k stays
+#: below 63 bits
+MAX_MODULUS_BITS = 62
 
 
 def mask_dtype(modulus_bits: int) -> np.dtype:

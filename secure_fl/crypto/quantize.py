@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .prg import mask_dtype
+from .prg import MAX_MODULUS_BITS, mask_dtype
 
 __all__ = [
     "MAX_MODULUS_BITS",
@@ -57,8 +57,6 @@ __all__ = [
     "wire_bytes_per_value",
 ]
 
-#: largest modulus 2^k accepted: sums are handled as uint64 and decoded through int64
-MAX_MODULUS_BITS = 62
 MAX_BITS = 32
 
 #: ``(dim, rng) -> int64 noise of shape (dim,)``, each entry within ``noise_bound``
