@@ -78,13 +78,18 @@ def get(
     return value  # type: ignore[no-any-return]
 
 
-def build(where: str, make: Callable[[], T]) -> T:
+def build(where: str, make: Callable[[], T], keys: Mapping[str, str] | None = None) -> T:
     """Run a constructor that validates its own arguments (the one validation path of a component);
-    re-raise its :class:`~secure_fl.errors.InvalidParameter` as a :class:`SpecError` naming ``where``."""
+    re-raise its :class:`~secure_fl.errors.InvalidParameter` as a :class:`SpecError` naming ``where``.
+
+    ``keys`` renames a constructor argument to the spec key it comes from (``""``: derived from several
+    keys, the error then names the table).
+    """
     try:
         return make()
     except InvalidParameter as exc:
-        raise SpecError(f"{where}.{exc.key}: {exc.problem}" if exc.key else f"{where}: {exc.problem}") from exc
+        key = exc.key if keys is None else keys.get(exc.key, exc.key)
+        raise SpecError(f"{where}.{key}: {exc.problem}" if key else f"{where}: {exc.problem}") from exc
 
 
 def get_table(table: Mapping[str, Any], key: str, where: str, default: Any = REQUIRED) -> dict[str, Any]:

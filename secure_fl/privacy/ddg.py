@@ -41,6 +41,7 @@ import numpy as np
 from dp_accounting import dp_event
 
 from ..crypto.quantize import rounded_norm_bound_sq
+from ..errors import InvalidParameter
 from .discrete_gaussian import sample_discrete_gaussian, tail_bound, variance_at_least
 from .noise import NoiseSource
 
@@ -100,16 +101,21 @@ class DdgParams:
     bound_sq: int = field(init=False)
 
     def __post_init__(self) -> None:
+        """The one validation of the parameters (:class:`~secure_fl.errors.InvalidParameter` naming the field;
+        the spec layer maps fields to its keys with :func:`secure_fl.speccheck.build`)."""
         for name in ("clip", "grid", "noise_multiplier"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be a finite number > 0, found {v!r}")
+                raise InvalidParameter(name, f"{name} must be a finite number > 0", v)
         if isinstance(self.min_shares, bool) or not isinstance(self.min_shares, int) or self.min_shares < 1:
-            raise ValueError(f"min_shares must be an integer >= 1, found {self.min_shares!r}")
+            raise InvalidParameter("min_shares", "min_shares must be an integer >= 1", self.min_shares)
         target = (self.noise_multiplier * self.clip / self.grid) ** 2 / self.min_shares
         if target < 0.25:
-            raise ValueError(f"each share would have σ_s = {math.sqrt(target):.3g} < 1/2 grid unit: use a finer grid "
-                             "(more bits or a smaller clip_range) or more noise")
+            raise InvalidParameter(
+                "",
+                f"each share would have σ_s = {math.sqrt(target):.3g} < 1/2 grid unit: use a finer grid "
+                "(more bits or a smaller clip_range) or more noise",
+            )
         object.__setattr__(self, "share_variance", variance_at_least(target))
         object.__setattr__(self, "bound_sq", rounded_norm_bound_sq(self.clip / self.grid, self.dim, self.beta))
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InvalidParameter
 from .noise import NoiseSource
 
 __all__ = [
@@ -37,9 +38,9 @@ __all__ = [
 ]
 
 
-def _positive(name: str, value: float) -> None:
+def _positive(name: str, value: float, key: str = "") -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, found {value!r}")
+        raise InvalidParameter(key, f"{name} must be a finite number > 0", value)
 
 
 def clip_l2(vector: np.ndarray, bound: float) -> tuple[np.ndarray, float]:
@@ -144,12 +145,13 @@ class AdaptiveClip:
     count_stddev: float = 0.0
 
     def __post_init__(self) -> None:
-        _positive("initial clip", self.clip)
+        """The one validation of the parameters (:class:`~secure_fl.errors.InvalidParameter` naming the field)."""
+        _positive("initial clip", self.clip, "clip")
         if not 0.0 < self.target_quantile < 1.0:
-            raise ValueError(f"target quantile must be in (0, 1), found {self.target_quantile}")
-        _positive("clip learning rate", self.learning_rate)
-        if self.count_stddev < 0:
-            raise ValueError(f"clip count stddev must be >= 0, found {self.count_stddev}")
+            raise InvalidParameter("target_quantile", "target quantile must be in (0, 1)", self.target_quantile)
+        _positive("clip learning rate", self.learning_rate, "learning_rate")
+        if not self.count_stddev >= 0:
+            raise InvalidParameter("count_stddev", "clip count stddev must be >= 0", self.count_stddev)
 
     def bit(self, norm: float) -> float:
         """The clip indicator ``1[norm ≤ C]`` of an update of L2 norm ``norm``."""

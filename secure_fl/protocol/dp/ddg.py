@@ -39,7 +39,7 @@ from ...errors import ProtocolError, RoundAborted, SpecError
 from ...privacy.ddg import DdgParams, hadamard_rotate
 from ...privacy.mechanisms import clip_l2
 from ...privacy.noise import NoiseSource
-from ...speccheck import in_range, one_of
+from ...speccheck import build, in_range, one_of
 from ..base import SecureSum, SumResult
 from .mechanism import Adjacency, DpMechanism, Key
 
@@ -98,6 +98,10 @@ def on_grid(total: np.ndarray, grid: float, offset: float, round: int) -> np.nda
         raise ProtocolError(f"round {round}: the released sum is not on the grid {grid!r} (off by "
                             f"{float(np.max(np.abs(units - ints))):.3g} units): quantiser and mechanism disagree")
     return ints.astype(np.int64)
+
+
+#: DdgParams field -> the [privacy] key it comes from ("": derived from several keys)
+_DDG_KEYS = {"clip": "max_grad_norm", "grid": "grid_log2", "noise_multiplier": "noise_multiplier", "min_shares": ""}
 
 
 def ddg_params(cfg: "PrivacyConfig", dim: int, sigma: float | None = None) -> DdgParams:
@@ -162,10 +166,11 @@ class Ddg(DpMechanism):
             raise SpecError(f"{where}.colluding_sites: must be below min_sites = {cfg.min_sites} (at least one honest "
                             f"share), found {cfg.colluding_sites}")
         check_masking_grid(secure_sum, cfg.grid_log2, cfg.max_grad_norm, where)
+        params = build(where, lambda: ddg_params(cfg, 1), _DDG_KEYS)
+        noise = ShareNoise(params, cfg.secure_noise)
         try:
-            noise = ShareNoise(ddg_params(cfg, 1), cfg.secure_noise)
             secure_sum.set_integer_noise(noise, noise.bound)  # type: ignore[attr-defined]
-        except ValueError as exc:
+        except ValueError as exc:  # the quantizer has no room for the noise bound
             raise SpecError(f"{where}: {exc}") from exc
 
     @classmethod

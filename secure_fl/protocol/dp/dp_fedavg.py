@@ -40,7 +40,7 @@ from ...errors import SpecError
 from ...privacy.accounting import gaussian_event
 from ...privacy.discrete_gaussian import grid_gaussian, sample_discrete_gaussian, variance_at_least
 from ...privacy.mechanisms import AdaptiveClip, clip_l2, split_noise_multiplier
-from ...speccheck import in_range, one_of
+from ...speccheck import build, in_range, one_of
 from ..base import SecureSum, SumResult, ViewKind
 from .ddg import check_masking_grid, on_grid, site_rng
 from .mechanism import Adjacency, DpMechanism, Key
@@ -52,6 +52,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["DpFedAvg"]
 
 _ADAPTIVE_KEYS = ("target_quantile", "clip_learning_rate", "clip_count_stddev")
+#: AdaptiveClip field -> the [privacy] key it comes from
+_ADAPTIVE_FIELDS = {"clip": "max_grad_norm", "target_quantile": "target_quantile",
+                    "learning_rate": "clip_learning_rate", "count_stddev": "clip_count_stddev"}
 _MASKING_SUMS = ("secagg", "secagg-plus")
 #: default grid over a plain sum: 2^-20 of max_grad_norm, rounded down to a power of two (a rounded
 #: coordinate, |j| < 2^21, is exact in the plain sum's float32 wire format; noised values are rounded
@@ -67,8 +70,9 @@ class DpFedAvg(DpMechanism):
     unit = "site"
     keys = (
         Key("clipping", str, "fixed", one_of("fixed", "adaptive")),
-        Key("target_quantile", float, 0.5, in_range(0, 1, lo_open=True, hi_open=True)),
-        Key("clip_learning_rate", float, 0.2, in_range(0, lo_open=True)),
+        # ranges of target_quantile and clip_learning_rate: checked once, by AdaptiveClip (see validate)
+        Key("target_quantile", float, 0.5),
+        Key("clip_learning_rate", float, 0.2),
         Key("clip_count_stddev", float, None, in_range(0, lo_open=True)),
         Key("noise_adder", str, None, one_of("aggregator", "key-holders")),
         Key("grid_log2", int, None, in_range(-60, 20)),
@@ -111,6 +115,10 @@ class DpFedAvg(DpMechanism):
                     f"{where}.clipping: 'adaptive' clipping is implemented for secure_sum.kind = 'plain' only (the "
                     f"clip bits would have to travel inside the {kind!r} sum), found {kind!r}"
                 )
+            # the clip state's own validation, with the spec keys named
+            stddev = cfg.clip_count_stddev if cfg.clip_count_stddev is not None else 0.0
+            build(where, lambda: AdaptiveClip(cfg.max_grad_norm, cfg.target_quantile, cfg.clip_learning_rate, stddev),
+                  _ADAPTIVE_FIELDS)
         else:
             for key in _ADAPTIVE_KEYS:
                 if key in table:
