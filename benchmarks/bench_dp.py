@@ -85,11 +85,40 @@ def test_step(benchmark, model_name, mode):
     benchmark(step)
 
 
+def _forget_step_curves() -> None:
+    A._step_rdp.cache_clear()  # noqa: SLF001
+    A._step_pld.cache_clear()  # noqa: SLF001
+    A._opacus_step_rdp.cache_clear()  # noqa: SLF001
+
+
+@pytest.mark.parametrize("memo", ["cold", "warm"])
 @pytest.mark.parametrize("accountant", ["rdp", "pld"])
-def test_epsilon_of_30_rounds(benchmark, accountant):
+def test_epsilon_of_30_rounds(benchmark, accountant, memo):
+    """ε of a site's whole history, as its ledger counts it every round. ``cold``: the first count of this (q, σ)
+    (one step's RDP curve / PLD computed); ``warm``: every later round (the curve read from the memo)."""
     event = A.compose([A.dp_sgd_event(1.0, 16 / 228, 15)] * 30)  # Cleveland: 228 patients, 1 epoch per round
-    benchmark.extra_info.update({"accountant": accountant, "epsilon": A.epsilon(event, 1e-5, accountant)})
-    benchmark(A.epsilon, event, 1e-5, accountant)
+    benchmark.extra_info.update({"accountant": accountant, "memo": memo,
+                                 "epsilon": A._epsilon(event, 1e-5, accountant)})  # noqa: SLF001
+    setup = _forget_step_curves if memo == "cold" else None
+    benchmark.pedantic(A._epsilon, args=(event, 1e-5, accountant), setup=setup, rounds=5)  # noqa: SLF001
+
+
+@pytest.mark.parametrize("memo", ["cold", "warm"])
+def test_opacus_epsilon_of_30_rounds(benchmark, memo):
+    """Opacus's RDP ε of the same history (recorded beside the ledger's every round)."""
+    history = [(1.0, 16 / 228, 15 * 30)]
+    benchmark.extra_info.update({"memo": memo, "epsilon": A.opacus_rdp_epsilon(history, 1e-5)})
+    setup = _forget_step_curves if memo == "cold" else None
+    benchmark.pedantic(A.opacus_rdp_epsilon, args=(history, 1e-5), setup=setup, rounds=5)
+
+
+def test_calibration_repeated(benchmark):
+    """A calibration asked again (the report's guarantee recalibrates what the run calibrated)."""
+    def calibrate() -> float:
+        return A.calibrate_noise_multiplier(4.0, 1e-5, lambda s: A.dp_sgd_event(s, 16 / 228, 14 * 20))
+
+    benchmark.extra_info["sigma"] = calibrate()
+    benchmark(calibrate)
 
 
 def test_ledger_charge_after_30_rounds(benchmark, tmp_path):

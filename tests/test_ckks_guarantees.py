@@ -208,6 +208,65 @@ def test_sites_stop_releasing_after_max_released_rounds() -> None:
         run_round(fresh, values, weights, round=2)
 
 
+def _flooding(keys, log: Path | None, n: int = 3, dim: int = 20) -> tuple[CkksSum, dict, dict]:
+    proto = CkksSum(preset="wide", release="aggregator", max_released_rounds=2)
+    ids = [f"site-{i:02d}" for i in range(n)]
+    proto.setup(ids, dim, keys=keys, release_log=log)
+    rng = np.random.default_rng(0)
+    return proto, {s: rng.normal(size=dim) for s in ids}, {s: 3.0 for s in ids}
+
+
+def test_release_count_outlives_the_process_and_the_run(tmp_path: Path) -> None:
+    """The flooding budget is per key set: a new process or a new run with the same keys (a kit's) continues
+    the count kept beside them, so no release leaves once max_released_rounds sums were released."""
+    from secure_fl.crypto.ckks import generate_keys
+    from secure_fl.protocol.ckks_releases import ReleaseCount
+
+    keys, log = generate_keys(get_preset("wide")), tmp_path / "ckks" / "releases.json"
+    proto, values, weights = _flooding(keys, log)
+    for rnd in range(2):
+        _, agg, _, _ = run_round(proto, values, weights, round=rnd)
+        assert agg.result() is not None
+    assert ReleaseCount(keys.fingerprint, log).seen("site-00") == 2 == proto.released_rounds("site-01")
+    # a restarted process starting a new run at round 0 with the same keys: nothing is released
+    again, values, weights = _flooding(keys, log)
+    views: list[Message] = []
+    with pytest.raises(RoundAborted, match="releasing site 'site-00' sent 0"):
+        run_round(again, values, weights, round=0, views=views)
+    assert not [m for m in views if m.kind is ViewKind.AGGREGATE]
+    assert [m for m in views if m.stage == DECRYPT] == []  # no decrypted sum left any site
+    # without the file the same keys would have released again (the count would restart at 0)
+    _, agg, views, _ = run_round(_flooding(keys, None)[0], values, weights, round=0)
+    assert agg.result() is not None and [m for m in views if m.kind is ViewKind.AGGREGATE]
+    # new keys in the same file start their own count
+    fresh, values, weights = _flooding(generate_keys(get_preset("wide")), log)
+    _, agg, _, _ = run_round(fresh, values, weights, round=0)
+    # (the refused attempt was counted too: a count may run ahead of the releases, never behind)
+    assert agg.result() is not None and ReleaseCount(keys.fingerprint, log).seen("site-00") == 3
+    assert ReleaseCount(fresh.fingerprint, log).seen("site-00") == 1
+    # a count that cannot be read is refused by name, never read as zero
+    log.write_text('{"format": "secure-fl-ckks-releases/1", "key_sets": {"x": {"site-00": -1}}}')
+    with pytest.raises(ProtocolError, match="releases.json: 'key_sets' must map"):
+        _flooding(keys, log)
+    log.write_text("{not json")
+    with pytest.raises(ProtocolError, match="releases.json: the CKKS release count is not valid JSON"):
+        _flooding(keys, log)
+
+
+def test_a_deployed_site_counts_releases_beside_its_kit_key(tmp_path: Path) -> None:
+    from secure_fl.engine.flower.setup import RELEASE_LOG, setup_protocol
+
+    manifest = provision(3, tmp_path / "keys", preset="wide")
+    ids = sorted(manifest["sites"])
+    secret = tmp_path / "keys" / manifest["sites"][ids[0]]
+    proto = CkksSum(preset="wide", release="aggregator", max_released_rounds=2)
+    setup_protocol(proto, ids, 20, ckks_file=secret, ckks_kind="secret")
+    proto._count_release(ids[0])  # noqa: SLF001 (what a decrypting site does before a release leaves)
+    again = CkksSum(preset="wide", release="aggregator", max_released_rounds=2)
+    setup_protocol(again, ids, 20, ckks_file=secret, ckks_kind="secret")
+    assert again.released_rounds(ids[0]) == 1 and (secret.parent / RELEASE_LOG).is_file()
+
+
 def test_rounding_mitigation_is_refused() -> None:
     with pytest.raises(SpecError, match="'round' was removed"):
         CkksSum(mitigation="round")

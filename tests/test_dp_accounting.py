@@ -112,3 +112,61 @@ def test_opacus_counts_the_same_ledger_history():
     assert eps["opacus_rdp"] == pytest.approx(ours["rdp"], rel=5e-3)
     assert eps["opacus_prv"] == pytest.approx(ours["pld"], rel=1e-2)
     assert A.describe_event(history) == "Poisson(q=0.01)·Gaussian(σ=1) ×1000 + Gaussian(σ=5)"
+
+
+# -- the memoised one-step curves give the plain accountants' ε, bit for bit ----------------------------------
+
+# ε recorded by `secure-fl compare` (experiments/quickstart.toml, seed 0, 20 rounds) before the one-step curves
+# were memoised: (σ, q, steps per round) of a dp-sgd-local site and of dp-distributed-ckks (one step per round),
+# then (rounds, ε RDP, ε PLD, ε Opacus RDP or None) of the ledger's cumulative charge.
+QUICKSTART = [
+    ((1.6147829299145984, 0.07017543859649122, 14),  # Cleveland, local DP-SGD
+     [(1, 1.086737950902743, 0.9027354187387097, 1.0867379509027442),
+      (20, 3.9998327424732243, 3.6456244918212874, 3.9997920002465706)]),
+    ((3.546521408480829, 0.45714285714285713, 2),  # Switzerland, local DP-SGD
+     [(1, 0.8969230858580534, 0.7966203505897781, 0.896923085858053),
+      (20, 3.9989331029639796, 3.667802825689119, 3.997015487865305)]),
+    ((0.8130789054801135, 0.05, 1),  # distributed DP under CKKS (every site)
+     [(1, 2.479033306810108, 1.8152071345687157, None), (20, 3.999096940930385, 3.251339716372385, None)]),
+]
+
+
+@pytest.mark.parametrize(("mechanism", "history"), QUICKSTART)
+def test_quickstart_epsilons_unchanged_by_the_memo(mechanism, history):
+    sigma, q, steps = mechanism
+    round_event = A.dp_sgd_event(sigma, q, steps) if steps > 1 else A.poisson_gaussian_event(sigma, q)
+    for rounds, eps_rdp, eps_pld, eps_opacus in history:
+        event = A.compose([round_event] * rounds)
+        assert A._epsilon(event, 1e-5, "rdp") == eps_rdp  # noqa: SLF001 (not the per-event memo)
+        assert A._epsilon(event, 1e-5, "pld") == eps_pld  # noqa: SLF001
+        if eps_opacus is not None:
+            assert A.opacus_rdp_epsilon([(sigma, q, steps * rounds)], 1e-5) == eps_opacus
+
+
+@pytest.mark.parametrize("event", [
+    A.dp_sgd_event(1.3, 0.02, 40),
+    dp_event.ComposedDpEvent([A.dp_sgd_event(1.3, 0.02, 40), A.gaussian_event(5.0), A.dp_sgd_event(2.0, 0.2, 3)]),
+    A.poisson_gaussian_event(0.9, 1.0),
+])
+def test_memo_accountants_equal_dp_accounting(event):
+    from dp_accounting.pld import pld_privacy_accountant
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    for kind, plain in (("rdp", rdp_privacy_accountant.RdpAccountant()),
+                        ("pld", pld_privacy_accountant.PLDAccountant(value_discretization_interval=A.PLD_DISCRETIZATION))):
+        plain.compose(event)
+        for _ in range(2):  # the second count reads the memo
+            assert A._epsilon(event, 1e-6, kind) == plain.get_epsilon(1e-6)  # noqa: SLF001
+
+
+def test_opacus_rdp_epsilon_equals_opacus_accountant():
+    history = [(1.1, 0.05, 30), (2.0, 0.2, 4), (1.1, 0.05, 7)]
+    acc = RDPAccountant()
+    acc.history = list(history)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        expected = acc.get_epsilon(1e-5)
+    assert A.opacus_rdp_epsilon(history, 1e-5) == expected
+    assert A.opacus_rdp_epsilon([], 1e-5) == 0.0
+    with pytest.raises(ValueError, match="Sampling rate must be in"):
+        A.opacus_rdp_epsilon([(1.0, 1.5, 3)], 1e-5)

@@ -236,3 +236,48 @@ def test_too_few_noise_shares_abort(tmp_path):
     result = _sum_of(layer, ["A", "B"], 0, _model())
     with pytest.raises(RoundAborted, match="only 2 site\\(s\\) added noise shares, min_sites is 3"):
         layer.release(result, 0, ["A", "B", "C"])
+
+
+# -- one site's failure ----------------------------------------------------------------------------
+
+
+def test_a_site_failing_mid_dp_sgd_costs_only_its_own_round(tmp_path, tiny_experiment_toml):
+    """A site whose DP-SGD training raises after Opacus wrapped the (shared) model must not leave Opacus's
+    hooks on it: the other sites train in that round and the next, and the failing site returns next round."""
+    from secure_fl.run.experiment import parse_experiment
+    from secure_fl.run.federation import Federation
+    from secure_fl.tasks.registry import build_task
+
+    text = tiny_experiment_toml(protocols='["dp-sgd-local"]', rounds=2)
+    exp = parse_experiment(__import__("tomllib").loads(text), "tiny.toml", tmp_path)
+    task = build_task(exp.task_name, exp.task_params)
+    fed = Federation(exp, task, exp.variants[0], 0, tmp_path / "run")
+    names = [s.name for s in task.sites]
+    victim = names[0]
+    state = {"fail": False}
+    real_loss, real_update = fed.loss_fn, fed._site_update
+
+    def loss(out, y):
+        if state["fail"]:
+            raise RuntimeError("injected failure during local training")
+        return real_loss(out, y)
+
+    def site_update(i, r):
+        state["fail"] = names[i] == victim and r == 0
+        return real_update(i, r)
+
+    fed.loss_fn = loss
+    fed._site_update = site_update
+    first, second = fed.round(0), fed.round(1)
+    assert victim in first["dropped"]  # the reason itself stays at the site:
+    assert "injected failure" in fed.site_records[victim][0]["dropped"]
+    assert not any("hooks twice" in str(rec["dropped"]) for recs in fed.site_records.values() for rec in recs)
+    assert sorted(first["participants"]) == sorted(names[1:]) and first["applied"]
+    assert sorted(second["participants"]) == sorted(names) and second["applied"] and not second["dropped"]
+    # nothing of Opacus is left on the shared model: no hooks, no activations of a forward pass without backward
+    assert not any({"autograd_grad_sample_hooks", "activations"} & set(m.__dict__) for m in fed.model.modules())
+    # the failed attempt released nothing: the victim's ledger holds round 1 only, and Opacus counted the same steps
+    victim_site = fed.privacy.site(victim)
+    assert [r.round for r in victim_site.ledger.records()] == [1]
+    hook = victim_site.training_hook()
+    assert sum(n for _, _, n in hook.opacus_accountant.history) == hook.total_steps == hook.round_steps

@@ -356,3 +356,23 @@ def test_a_library_warning_is_shown_once_even_when_filters_change_between_rounds
         warnings.warn("another warning", UserWarning)
     shown = [str(w.message) for w in log]
     assert shown == ["Full backward hook is firing when gradients are computed", "another warning"]
+
+
+def test_reports_read_run_folders_through_the_run_records_reader(tmp_path):
+    """One reader of run folders: the report's loader uses run/records.py, torn last line and all."""
+    from secure_fl.report import runs as report_runs
+    from secure_fl.run import records
+
+    assert report_runs.read_jsonl is records.read_jsonl and report_runs.find_runs is records.find_runs
+    exp = tmp_path / "exp"
+    run = exp / "20261123T000000Z-abcdef" / "plain-fedavg" / "seed0"
+    folder = records.RunFolder(run)
+    folder.append("rounds.jsonl", {"round": 0, "metrics": {"pooled/auc": 0.5}}, {"round": 1})
+    with open(run / "rounds.jsonl", "a") as fh:
+        fh.write('[1, 2]\n{"round": 2, "metr')  # a line that is no record, then a torn last line
+    (run / "summary.json").write_text("{torn")
+    records.point_latest(exp, "20261123T000000Z-abcdef")
+    assert records.find_runs(exp) == [run]
+    loaded = report_runs.load_run(records.find_runs(exp)[0])
+    assert [r["round"] for r in loaded.rounds] == [0, 1] == [r["round"] for r in records.read_rounds(run)]
+    assert loaded.summary == {} and loaded.variant == "plain-fedavg"

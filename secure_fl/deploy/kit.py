@@ -9,6 +9,7 @@ Layout (every file 0600, every folder 0700)::
     KIT/node/auth.key, auth.pub  SuperNode authentication key pair, EC P-256 OpenSSH (sites only)
     KIT/nodes/SITE.pub           every site's SuperNode public key (aggregator only, to register them)
     KIT/ckks/secret.ckks         CKKS secret context (sites) | KIT/ckks/public.ckks (aggregator)
+    KIT/ckks/releases.json       sums released under that key set, counted by the site (mutable, never reset)
     KIT/identity/ed25519.key     the site's SecAgg identity signing key (sites only)
     KIT/ledger/                  the site's privacy ledger (never reset by the tool)
     KIT/approved.json            hashes of the protocol specs the site approved (site only, mutable)
@@ -36,7 +37,7 @@ __all__ = ["KitError", "Kit", "load_kit", "write_private", "kit_fingerprint", "K
 
 KIT_FORMAT = "secure-fl-kit/1"
 #: parts of a kit that change after provisioning (not covered by the fingerprint)
-MUTABLE = ("ledger", "state", "approved.json")
+MUTABLE = ("ledger", "state", "approved.json", "ckks/releases.json")
 
 
 class KitError(SecureFLError, ValueError):

@@ -63,8 +63,11 @@ values released under the key set (``(dim + 1) x max_released_rounds``), for
 ``statistical_security`` (default 40) bits. The noise comes from the OS CSPRNG
 (:meth:`NoiseSource.secure`) unless a seeded source is injected (tests). Every site counts
 the released rounds it has seen (and at least the round number + 1) and refuses to release
-beyond ``max_released_rounds``; the count lives with this object, so a key set reused across
-runs (a deployment kit) must carry its count with the kit or be re-provisioned per run.
+beyond ``max_released_rounds``. The count is kept where the keys live
+(:class:`~secure_fl.protocol.ckks_releases.ReleaseCount`; ``setup(..., release_log=)``, for a
+deployed site ``KIT/ckks/releases.json``) and written before the release leaves, so a restarted
+process, a resumed run or the next run under the same kit continues it; keys generated in
+memory for one simulated run keep it in memory (they die with the process).
 The release keeps :attr:`CkksSum.release_precision_bits` bits relative to the public bound
 ``2**Lv``; a setting that keeps fewer than 14 is refused at setup.
 
@@ -85,6 +88,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -115,6 +119,7 @@ from .base import (
     ViewKind,
     handles,
 )
+from .ckks_releases import ReleaseCount
 
 __all__ = [
     "CkksSum",
@@ -564,7 +569,7 @@ class CkksSum(SecureSum):
         self._h = 0
         self._public_exponents = (0, 0)
         self._flood_std = 0.0  # scaled units
-        self._released: dict[str, int] = {}
+        self._releases: ReleaseCount | None = None
 
     # -- configuration -------------------------------------------------------------------
 
@@ -631,7 +636,8 @@ class CkksSum(SecureSum):
     # -- keys ------------------------------------------------------------------------------
 
     def setup(
-        self, site_ids: Sequence[str], dim: int, keys: CkksKeys | None = None, context: CkksContext | None = None
+        self, site_ids: Sequence[str], dim: int, keys: CkksKeys | None = None, context: CkksContext | None = None,
+        *, release_log: str | Path | None = None,
     ) -> None:
         """Fix the federation (roster, dimension) and the key material, once per run.
 
@@ -642,6 +648,10 @@ class CkksSum(SecureSum):
           secret context (:func:`~secure_fl.crypto.ckks.load_secret_context`) and this object
           then makes only site parties; the aggregator passes the public context and gets
           only aggregator parties.
+
+        ``release_log``: the file that counts, per key set and site, the sums released under these keys
+        (:class:`~secure_fl.protocol.ckks_releases.ReleaseCount`); give it whenever the keys outlive this
+        process (a kit's, a provisioned key set's). ``None``: counted in memory.
 
         Refuses a roster smaller than ``min_contributors`` and, with release to the
         aggregator, a setting whose flooding leaves fewer than :data:`MIN_RELEASE_BITS` bits.
@@ -698,6 +708,7 @@ class CkksSum(SecureSum):
             self._keys = key_set
         self._secret, self._public, self._fingerprint = secret, public, fingerprint
         self._site_ids, self._dim, self._h, self._flood_std = ids, dim, h, flood
+        self._releases = ReleaseCount(fingerprint, release_log)
         if self.bounds == "public":
             assert self.value_bound is not None and self.weight_bound is not None
             self._public_exponents = (_ceil_log2(len(ids) * self.value_bound), _ceil_log2(len(ids) * self.weight_bound))
@@ -746,9 +757,19 @@ class CkksSum(SecureSum):
             return None
         return self._preset.scale - math.log2(self._flood_std)
 
+    def _release_count(self) -> ReleaseCount:
+        self._need_setup()
+        if self._releases is None:
+            raise ProtocolError("CkksSum.setup() did not finish: no release count for this key set")
+        return self._releases
+
     def _count_release(self, site_id: str) -> int:
-        self._released[site_id] = self._released.get(site_id, 0) + 1
-        return self._released[site_id]
+        """One more released sum seen by ``site_id`` under this key set (on disk, with a release log)."""
+        return self._release_count().add(site_id)
+
+    def released_rounds(self, site_id: str) -> int:
+        """Sums released under this key set that ``site_id`` has counted (all runs, with a release log)."""
+        return self._release_count().seen(site_id)
 
     def _flood(self, total: np.ndarray, weight: float, lv: int, lw: int) -> tuple[np.ndarray, float]:
         """Noise flooding (LMSS22) before a decrypted sum leaves the key holders."""

@@ -30,7 +30,11 @@ __all__ = ["TrainingHook", "SitePrivacy", "PrivacyLayer", "NoPrivacy", "weight_f
 
 
 class TrainingHook(Protocol):
-    """Wraps local training (e.g. Opacus DP-SGD). See :mod:`secure_fl.training.local`."""
+    """Wraps local training (e.g. Opacus DP-SGD). See :mod:`secure_fl.training.local`.
+
+    A hook may also define ``abort_training(model, optimizer)``: local training calls it instead of
+    ``after_training`` when training raises, and it must leave the model as ``wrap`` found it.
+    """
 
     def wrap(self, model: Any, optimizer: Any, loader: Any) -> tuple[Any, Any, Any]: ...
 

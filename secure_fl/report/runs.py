@@ -1,15 +1,15 @@
-"""Tolerant readers of run folders, for reports.
+"""A run folder loaded for a report.
 
-A report reads what a run left behind and never fails on what it did not: a missing or torn
-file reads as empty (the report says "not recorded"), unknown keys are ignored. Two layouts are
-understood: ``runs/<experiment>/<variant>/seed<k>/`` and ``runs/<experiment>/<run-id>/<variant>/
-seed<k>/`` (with a ``latest`` pointer and a run-level ``resolved.json``).
+The files are read by :mod:`secure_fl.run.records` (the one reader of run folders: torn last
+lines skipped, ``latest`` pointers followed); this module gathers what a report needs into a
+:class:`RunData` and never fails on what a run did not leave: a missing or torn file reads as
+empty (the report says "not recorded"), unknown keys are ignored. Two layouts are understood:
+``runs/<experiment>/<variant>/seed<k>/`` and ``runs/<experiment>/<run-id>/<variant>/seed<k>/``
+(with a ``latest`` pointer and a run-level ``resolved.json``).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import sqlite3
 from collections import Counter
@@ -17,56 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..run.records import find_runs, read_json, read_jsonl, read_rounds, resolve_folder
+
 __all__ = ["RunData", "find_runs", "resolve_folder", "load_run", "read_json", "read_jsonl", "ledger_history", "site_sizes"]
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``, or ``{}`` when it is missing, torn or not an object."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """JSON lines of ``path`` (a torn last line is skipped), or ``[]``."""
-    out: list[dict[str, Any]] = []
-    try:
-        text = path.read_text()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            break
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
-
-
-def resolve_folder(path: Path) -> Path:
-    """``path``, or the run ``path/latest`` points to (a symlink, or a text file holding the run id)."""
-    return _resolve_latest(Path(path))
-
-
-def _resolve_latest(path: Path) -> Path:
-    link = path / "latest"
-    if link.is_symlink():
-        return path / os.readlink(link)
-    if link.is_file():
-        return path / link.read_text().strip()
-    return path
-
-
-def find_runs(path: Path) -> list[Path]:
-    """Run folders (holding ``rounds.jsonl``) at or below ``path`` (a run, a compare folder, an experiment)."""
-    path = _resolve_latest(Path(path))
-    if (path / "rounds.jsonl").exists():
-        return [path]
-    found = sorted({p.parent for depth in ("*", "*/*", "*/*/*") for p in path.glob(f"{depth}/rounds.jsonl")})
-    return [p for p in found if "latest" not in p.relative_to(path).parts]
 
 
 def ledger_history(db: Path) -> dict[str, Any]:
@@ -153,7 +106,7 @@ def load_run(path: Path) -> RunData:
     variant = str(resolved.get("variant") or summary.get("variant") or path.parent.name)
     seed = resolved.get("seed", summary.get("seed", path.name))
     run = RunData(path, f"{variant} seed {seed}", variant, seed, resolved, run_level, summary,
-                  read_jsonl(path / "rounds.jsonl"))
+                  read_rounds(path))
     for v in read_jsonl(path / "views.jsonl"):
         kind = str(v.get("kind", "?"))
         run.view_counts.setdefault(kind, Counter())[str(v.get("stage", "?"))] += 1

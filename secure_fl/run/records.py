@@ -42,8 +42,9 @@ from typing import Any
 from ..errors import SecureFLError
 
 __all__ = [
-    "RunFolder", "RunLock", "RunLocked", "read_rounds", "read_jsonl", "write_json", "strict_json", "new_run_id",
-    "point_latest", "resolve_latest", "pid_alive", "run_status", "utc_now", "site_stats", "refusal_kind", "REFUSALS",
+    "RunFolder", "RunLock", "RunLocked", "read_rounds", "read_jsonl", "read_json", "write_json", "strict_json",
+    "new_run_id", "point_latest", "resolve_latest", "resolve_folder", "find_runs", "pid_alive", "run_status", "utc_now",
+    "site_stats", "refusal_kind", "REFUSALS",
 ]
 
 
@@ -231,21 +232,51 @@ class RunFolder:
 
 
 def read_jsonl(file: Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file; a torn last line (crash mid-write) is skipped."""
+    """Records (JSON objects) of a JSON-lines file, ``[]`` if it is missing; reading stops at a torn line
+    (a crash mid-write), and a line that is not an object is skipped."""
     out: list[dict[str, Any]] = []
-    if not file.exists():
+    try:
+        text = Path(file).read_text()
+    except FileNotFoundError:
         return out
-    for line in file.read_text().splitlines():
+    for line in text.splitlines():
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
             break
+        if isinstance(rec, dict):
+            out.append(rec)
     return out
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``, or ``{}`` when it is missing, unreadable, torn or not an object
+    (for readers of finished or crashed runs, e.g. reports; the writer uses :func:`write_json`)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def read_rounds(path: Path) -> list[dict[str, Any]]:
     """Rounds of a run folder; a torn last line (crash mid-write) is skipped."""
     return read_jsonl(path / "rounds.jsonl")
+
+
+def resolve_folder(path: Path) -> Path:
+    """``path``, or the run ``path/latest`` points to when ``path`` is an experiment folder."""
+    return resolve_latest(Path(path)) or Path(path)
+
+
+def find_runs(path: Path) -> list[Path]:
+    """Run folders of one variant and seed (holding ``rounds.jsonl``) at or below ``path``: a run folder, a
+    compare folder (``<run-id>``) or an experiment folder (through ``latest``); ``latest`` is not followed below."""
+    path = resolve_folder(path)
+    if (path / "rounds.jsonl").exists():
+        return [path]
+    found = sorted({p.parent for depth in ("*", "*/*", "*/*/*") for p in path.glob(f"{depth}/rounds.jsonl")})
+    return [p for p in found if "latest" not in p.relative_to(path).parts]
 
 
 #: why a site's update did not count in a round, from the reason text in ``rounds.jsonl`` ``dropped``

@@ -28,7 +28,6 @@ the persistent ledger before the update leaves the site.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,7 +45,7 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.data._utils.collate import default_collate
 
 from ..errors import SecureFLError
-from ..privacy.accounting import calibrate_noise_multiplier, dp_sgd_event
+from ..privacy.accounting import calibrate_noise_multiplier, dp_sgd_event, opacus_rdp_epsilon
 from ..privacy.noise import NoiseSource
 
 __all__ = [
@@ -57,6 +56,9 @@ __all__ = [
     "DpSgdHook",
     "calibrate_dp_sgd",
 ]
+
+#: what Opacus's forward hook leaves on a layer until the matching backward pass takes it
+_OPACUS_LAYER_ATTRS = ("activations", "max_batch_len")
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -181,6 +183,8 @@ class DpSgdHook:
         self.total_steps = 0
         self.round_steps = 0
         self._gsm: GradSampleModule | None = None
+        #: (Opacus history, total steps) when the open round started; restored if its training fails
+        self._before: tuple[list[tuple[float, float, int]], int] | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -190,9 +194,19 @@ class DpSgdHook:
         check_dp_compatible(model)
         if not model.training:
             model.train()
+        self._close()  # a round of this site that was never closed must not leave its hooks on the model
         self.round_steps = 0
+        self._before = (list(self.opacus_accountant.history), self.total_steps)
         gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
         self._gsm = gsm
+        try:
+            return self._wrap_rest(gsm, optimizer, loader)
+        except BaseException:
+            self._close()
+            raise
+
+    def _wrap_rest(self, gsm: GradSampleModule, optimizer: torch.optim.Optimizer,
+                   loader: DataLoader) -> tuple[Any, Any, Any]:
         dataset = loader.dataset
         n = len(dataset)  # type: ignore[arg-type]
         first = dataset[0]
@@ -224,17 +238,37 @@ class DpSgdHook:
     def after_training(self, model: Any, optimizer: Any, steps: int) -> None:
         """Close the round: detach Opacus's hooks (the model is plain again). ``steps`` is the
         engine's count; the charge uses the count of noisy steps actually taken."""
+        self._close()
+        self._before = None
+
+    def abort_training(self, model: Any, optimizer: Any) -> None:
+        """Training raised mid-round: detach Opacus's hooks and forget the round's steps.
+
+        Nothing of the round leaves the site (the engine drops its update, the ledger is never charged),
+        so Opacus's accountant is set back to where the round found it and stays equal to the ledger."""
+        self._close()
+        if self._before is not None:
+            self.opacus_accountant.history, self.total_steps = self._before
+            self._before = None
+        self.round_steps = 0
+
+    def _close(self) -> None:
+        """Detach Opacus from the model. Opacus's own clean-up removes its hooks and per-parameter attributes but
+        not what a forward pass without its backward leaves on each layer (``activations``, ``max_batch_len``):
+        after a failure between the two, the next site's backward would read this site's activations."""
         if self._gsm is not None:
-            self._gsm._close()
-            self._gsm = None
+            gsm, self._gsm = self._gsm, None
+            module = gsm._module
+            gsm._close()
+            for layer in module.modules():
+                for name in _OPACUS_LAYER_ATTRS:
+                    if name in layer.__dict__:
+                        delattr(layer, name)
 
     def round_event(self) -> dp_event.DpEvent:
         return dp_sgd_event(self.noise_multiplier, self.sample_rate, self.round_steps)
 
     def opacus_epsilon(self, delta: float) -> float:
-        """ε by Opacus's own RDP accountant over every step this site took (0 before any)."""
-        if not self.opacus_accountant.history:
-            return 0.0
-        with warnings.catch_warnings():  # "optimal order is the largest alpha": Opacus's grid is coarser than ours
-            warnings.simplefilter("ignore", UserWarning)
-            return float(self.opacus_accountant.get_epsilon(delta))
+        """ε by Opacus's own RDP analysis over every step this site took (0 before any); the same value as
+        ``self.opacus_accountant.get_epsilon(delta)``, with one step's RDP curve memoised."""
+        return opacus_rdp_epsilon(self.opacus_accountant.history, delta)

@@ -58,6 +58,27 @@ def train_local(
     trained: nn.Module = model
     if hook is not None:
         trained, optimizer, loader = hook.wrap(model, optimizer, loader)
+    try:
+        steps, loss_sum, seen = _train_epochs(trained, optimizer, loader, cfg, loss_fn)
+    except BaseException:
+        # one site's failure costs only that site its round: the hook must leave the (shared) model as it found
+        # it, or the next site's wrap fails too (Opacus: "Trying to add hooks twice to the same model")
+        if hook is not None:
+            abort = getattr(hook, "abort_training", None)
+            if abort is not None:
+                abort(trained, optimizer)
+            else:
+                hook.after_training(trained, optimizer, 0)
+        raise
+    if hook is not None:
+        hook.after_training(trained, optimizer, steps)
+    delta = flatten(model) - start
+    return LocalResult(delta, int(len(y)), steps, {"train_loss": loss_sum / max(seen, 1)})
+
+
+def _train_epochs(trained: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, cfg: TrainingConfig,
+                  loss_fn: nn.Module) -> tuple[int, float, int]:
+    """The local epochs (or ``cfg.local_steps`` steps): (steps taken, summed loss, examples seen)."""
     trained.train()
     steps, loss_sum, seen = 0, 0.0, 0
     target_steps = cfg.local_steps if cfg.local_steps is not None else None
@@ -77,10 +98,5 @@ def train_local(
             loss_sum += float(loss.detach()) * len(yb)
             seen += len(yb)
             if target_steps is not None and steps >= target_steps:
-                break
-        if target_steps is not None and steps >= target_steps:
-            break
-    if hook is not None:
-        hook.after_training(trained, optimizer, steps)
-    delta = flatten(model) - start
-    return LocalResult(delta, int(len(y)), steps, {"train_loss": loss_sum / max(seen, 1)})
+                return steps, loss_sum, seen
+    return steps, loss_sum, seen

@@ -20,7 +20,10 @@ from ...protocol.base import SecureSum
 from ...protocol.ckks import CkksSum
 from ...protocol.secagg import SecAggSum
 
-__all__ = ["setup_protocol"]
+__all__ = ["RELEASE_LOG", "setup_protocol"]
+
+#: file beside a site's secret CKKS context that counts the sums released under that key set
+RELEASE_LOG = "releases.json"
 
 
 def setup_protocol(
@@ -46,8 +49,13 @@ def setup_protocol(
                 f"asks for {protocol.preset!r}; provision with ckks_preset = {protocol.preset!r} "
                 f"or use a spec with preset = {ctx.preset.name!r}"
             )
+        # a site counts the sums released under its key set beside the key (KIT/ckks/releases.json): the count
+        # must outlive this process and this run, or the flooding budget (max_released_rounds) restarts with them
+        log = {"release_log": Path(ckks_file).parent / RELEASE_LOG} if ckks_kind == "secret" else {}
+        if "release_log" not in params:
+            log = {}
         if "context" in params:
-            protocol.setup(site_ids, dim, context=ctx)  # type: ignore[call-arg]
+            protocol.setup(site_ids, dim, context=ctx, **log)  # type: ignore[call-arg]
             used["ckks_context"] = True
         else:
             header, body = _read_header(Path(ckks_file))
@@ -59,7 +67,7 @@ def setup_protocol(
             if keys.fingerprint != ctx.fingerprint:
                 raise ProtocolError(f"{ckks_file}: rebuilt key set has fingerprint {keys.fingerprint}, "
                                     f"the file says {ctx.fingerprint}")
-            protocol.setup(site_ids, dim, keys=keys)
+            protocol.setup(site_ids, dim, keys=keys, **log)
         return used
     if isinstance(protocol, SecAggSum):
         if "identities" in params and identities is not None:
