@@ -320,14 +320,15 @@ def test_compare_json_is_strict(tmp_path, experiment):
     assert data["runs"][0]["variant"] == "pooled" and data["table"]["header"][0] == "protocol"
 
 
-def test_cli_json_prints_strict_json(tmp_path, experiment, capsys):
-    assert main(["run", str(experiment), "--protocol", "pooled", "--rounds", "1", "--json", "--quiet",
+@pytest.mark.parametrize("command", ["run", "compare"])
+def test_cli_json_prints_strict_json(tmp_path, experiment, capsys, command):
+    assert main([command, str(experiment), "--protocol", "pooled", "--rounds", "1", "--json", "--quiet",
                  "--out", str(tmp_path / "runs")]) == 0
 
     def refuse(name):
         raise ValueError(f"non-strict JSON constant {name}")
 
-    data = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    data = json.loads(capsys.readouterr().out, parse_constant=refuse)  # stdout holds the JSON and nothing else
     assert data["runs"][0]["variant"] == "pooled" and data["rounds"] == 1
 
 
