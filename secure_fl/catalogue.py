@@ -73,5 +73,5 @@ def find_spec_file(kind: str, name: str) -> Path | None:
 
 
 def spec_names(kind: str) -> list[str]:
-    """Every spec name found in :func:`search_dirs`, sorted (a user's spec and a shipped one of the same name count once)."""
+    """Every spec name in :func:`search_dirs`, sorted (a user's spec and a shipped one of one name count once)."""
     return sorted({p.stem for folder in search_dirs(kind) for p in folder.glob("*.toml")})
