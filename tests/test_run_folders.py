@@ -332,6 +332,16 @@ def test_cli_json_prints_strict_json(tmp_path, experiment, capsys, command):
     assert data["runs"][0]["variant"] == "pooled" and data["rounds"] == 1
 
 
+def test_tables_fit_an_80_column_terminal(tmp_path, experiment, capsys, monkeypatch):
+    """rich sizes the tables to the terminal (COLUMNS here): cells fold, protocol names stay whole."""
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["run", str(experiment), "--protocol", "dp-seeded", "--rounds", "1", "--quiet",
+                 "--out", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "dp-seeded" in out and "per site" in out and "site3" in out
+
+
 def test_progress_goes_to_stderr_with_an_eta(tmp_path, experiment, capsys):
     run_experiment(load_experiment(experiment), tmp_path, ["pooled"], show_progress=True)
     captured = capsys.readouterr()
