@@ -55,6 +55,8 @@ def get(
 
     Floats must be finite: TOML allows ``nan`` and ``inf``, and both pass every range comparison
     (``nan < 0`` is false), so they are refused here, for every key, before any check runs.
+    A key named ``seed`` or ``*_seed`` is a random seed: an integer >= 0 (NumPy's ``SeedSequence``
+    refuses negatives with a bare ``ValueError``), checked here for every table that has one.
     """
     if key not in table:
         if default is REQUIRED:
@@ -71,6 +73,8 @@ def get(
         raise SpecError(f"{where}.{key}: expected {expected}, found {value!r} ({type(value).__name__})")
     if isinstance(value, float) and not math.isfinite(value):
         raise SpecError(f"{where}.{key}: expected a finite number, found {value!r}")
+    if (key == "seed" or key.endswith("_seed")) and isinstance(value, int) and value < 0:
+        raise SpecError(f"{where}.{key}: a random seed must be an integer >= 0, found {value!r}")
     if check is not None:
         problem = check(value)
         if problem:

@@ -286,7 +286,8 @@ def test_summary_is_written_at_start_and_each_round(tmp_path, experiment, monkey
 
 
 def test_per_site_table_says_who_took_part_and_why_not(tmp_path, capsys, monkeypatch):
-    """site1's budget is below one round's cost: refused every round, never charged; the table says so."""
+    """site1's budget is below one round's cost: refused every round, never charged; site3's lasts one
+    round of two. The table and compare.json say so."""
     monkeypatch.setenv("COLUMNS", "250")
     _seeded_dp_protocol(tmp_path)
     proto = tmp_path / "dp-seeded.toml"
@@ -306,6 +307,18 @@ def test_per_site_table_says_who_took_part_and_why_not(tmp_path, capsys, monkeyp
     assert sites["site2"]["took_part"] == 2 and sites["site2"]["epsilon"] > 0
     row = next(r for r in data["site_table"]["rows"] if r[1] == "site1")
     assert row[2] == "0/2" and row[-1] == "–"
+    # site3 with a budget between its spend after one round and after two: takes part once, then refused
+    spent = [r["privacy_spent"]["site3"]["epsilon"] for r in read_rounds(resolve_latest(tmp_path / "runs" / "e")
+                                                                          / "dp-seeded" / "seed0")]
+    proto.write_text(proto.read_text().replace("site1 = 1.0", f"site1 = 1.0, site3 = {sum(spent) / 2!r}"))
+    assert main(["run", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    site3 = next(line for line in out.splitlines() if "│ site3 " in line and "dp-seeded" in line)
+    assert [c.strip() for c in site3.split("│")[3:6]] == ["1/2", "1", "1"], out
+    assert float(site3.split("│")[-2]) == pytest.approx(spent[0], abs=5e-3)  # the ε it did spend
+    sites = json.loads((resolve_latest(tmp_path / "runs" / "e") / "compare.json").read_text())["sites"]["dp-seeded"]
+    assert sites["site3"]["took_part"] == 1 and sites["site3"]["refused"]["budget exhausted"] == 1
+    assert sites["site3"]["epsilon"] == pytest.approx(spent[0])
 
 
 def test_compare_json_is_strict(tmp_path, experiment):
@@ -320,15 +333,26 @@ def test_compare_json_is_strict(tmp_path, experiment):
     assert data["runs"][0]["variant"] == "pooled" and data["table"]["header"][0] == "protocol"
 
 
-def test_cli_json_prints_strict_json(tmp_path, experiment, capsys):
-    assert main(["run", str(experiment), "--protocol", "pooled", "--rounds", "1", "--json", "--quiet",
+@pytest.mark.parametrize("command", ["run", "compare"])
+def test_cli_json_prints_strict_json(tmp_path, experiment, capsys, command):
+    assert main([command, str(experiment), "--protocol", "pooled", "--rounds", "1", "--json", "--quiet",
                  "--out", str(tmp_path / "runs")]) == 0
 
     def refuse(name):
         raise ValueError(f"non-strict JSON constant {name}")
 
-    data = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    data = json.loads(capsys.readouterr().out, parse_constant=refuse)  # stdout holds the JSON and nothing else
     assert data["runs"][0]["variant"] == "pooled" and data["rounds"] == 1
+
+
+def test_tables_fit_an_80_column_terminal(tmp_path, experiment, capsys, monkeypatch):
+    """rich sizes the tables to the terminal (COLUMNS here): cells fold, protocol names stay whole."""
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["run", str(experiment), "--protocol", "dp-seeded", "--rounds", "1", "--quiet",
+                 "--out", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "dp-seeded" in out and "per site" in out and "site3" in out
 
 
 def test_progress_goes_to_stderr_with_an_eta(tmp_path, experiment, capsys):

@@ -213,3 +213,54 @@ def test_keys_provision_refuses_a_file_and_a_non_empty_folder(tmp_path, capsys):
     assert main(["keys", "provision", "--sites", "2", "--out", str(folder)]) == 2
     assert "the folder is not empty" in capsys.readouterr().err
     assert folder.stat().st_mode & 0o777 == 0o755 and sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+def _wrong_values(value: Any) -> list[Any]:
+    """Values no key of that kind accepts: for numbers NaN, infinity, a negative and a string;
+    for booleans a string; for strings a number and a word no enumeration lists."""
+    if isinstance(value, bool):
+        return ["yes", 1]
+    if isinstance(value, (int, float)):
+        return [NAN, INF, -1, "x"]
+    if isinstance(value, str):
+        return [123, "no-such-value"]
+    return []
+
+
+@pytest.mark.parametrize("protocol", sorted(p.stem for p in PROTOCOLS_DIR.glob("*.toml")))
+def test_every_key_of_every_catalogue_protocol_refuses_a_wrong_value(tmp_path, protocol):
+    """Each scalar key of each table, fed each wrong value, is a SpecError naming the key: at parse
+    time, or when the run builds its privacy layer and secure sum; never another exception."""
+    from secure_fl.protocol.spec import parse_protocol
+    from secure_fl.run.federation import Federation
+
+    base = _protocol(protocol)
+    tried = 0
+    for table in ("secure_sum", "aggregation", "privacy"):
+        for key, good in (base.get(table) or {}).items():
+            for wrong in _wrong_values(good):
+                data = _set(base, f"{table}.{key}", wrong)
+                tried += 1
+                with pytest.raises(SpecError, match=re.escape(key)) as err:
+                    parse_protocol(data, source="proto.toml")
+                    path = _write(tmp_path, BASE, data)
+                    chosen, task = prepare(load_experiment(path))
+                    Federation(load_experiment(path), task, chosen[0], 0, tmp_path / "run")
+                assert f"[{table}]" in str(err.value) or table in str(err.value), (key, wrong, str(err.value))
+    assert tried >= 8
+
+
+@pytest.mark.parametrize("task, keys", [
+    ("synthetic-tabular", {"seed": -1, "split_seed": -1, "n_features": 0, "hidden": NAN, "model": "tree"}),
+    ("synthetic-faces", {"seed": -1, "split_seed": -1, "alpha": NAN, "image_size": [1], "n_sites": 0}),
+    ("heart-disease", {"split_seed": -1, "hospitals": ["Mars"], "test_fraction": INF, "hidden": 0}),
+])
+def test_task_keys_refuse_wrong_values(tmp_path, task, keys):
+    """Seeds below zero were a bare ValueError from NumPy; every task key error names the key."""
+    from secure_fl.errors import SecureFLError
+
+    for key, wrong in keys.items():
+        exp = dict(BASE, task={"name": task, "n_sites": 3} if task == "synthetic-faces" else {"name": task})
+        path = _write(tmp_path, _set(exp, f"task.{key}", wrong), _protocol("plain-fedavg"))
+        with pytest.raises(SecureFLError, match=re.escape(f"[task].{key}")):
+            prepare(load_experiment(path))

@@ -107,7 +107,10 @@ def cmd_protocols(args: argparse.Namespace) -> int:
     from ..protocol.spec import list_protocols, load_protocol
     from ..run.experiment import REFERENCES
 
-    table = Table(title="protocol catalogue (protocols/*.toml)", title_justify="left")
+    from ..catalogue import search_dirs
+
+    folders = ", ".join(str(d) for d in search_dirs("protocols"))
+    table = Table(title=f"protocol catalogue (*.toml in {folders}; the first folder wins)", title_justify="left")
     for h in ("name", "secure sum", "aggregator sees", "privacy", "summary"):
         table.add_column(h, no_wrap=h == "name")
     for name in list_protocols():

@@ -3,7 +3,8 @@
 It follows the routing contract of :mod:`secure_fl.protocol.base`: stages in order; a message
 reaches its receiver's inbox for the receiver's next step; everything travels through the
 aggregator, so every message is recorded as an aggregator *view*. A site whose step fails is
-dropped for the round with its reason; the others carry on.
+dropped for the round with its reason; the others carry on. A site whose message the aggregator
+refused is recorded with the aggregator's reason (the cause), not with what the site met later.
 """
 
 from __future__ import annotations
@@ -129,10 +130,11 @@ def drive_round(
             out.stage_critical_seconds[stage.name] = out.stage_critical_seconds.get(stage.name, 0.0) + critical
     except RoundAborted as exc:
         out.aborted = str(exc)
-        out.dropped.update({s: r for s, r in aggregator.rejected.items() if s not in out.dropped})
+        out.dropped.update(aggregator.rejected)
         return out
-    for s, reason in aggregator.rejected.items():
-        out.dropped.setdefault(s, reason)
+    # the aggregator's reason for refusing a site's message is the cause; what the site met afterwards
+    # (e.g. "expected one 'sum' message ..., got 0") is only its symptom
+    out.dropped.update(aggregator.rejected)
     # key holders decrypt/unmask at their last step; take the released sum from them, else from the aggregator
     for s in site_ids:
         if s in alive:

@@ -1,5 +1,8 @@
 """Protocol specs: a protocol is a TOML file in ``protocols/`` that a reviewer can read.
 
+A name is looked up in the current folder's ``protocols/`` first, then in the catalogue shipped
+with the package (:mod:`secure_fl.catalogue`).
+
 Layout::
 
     name = "plain-fedavg"
@@ -24,6 +27,7 @@ from typing import Any
 
 import tomllib
 
+from ..catalogue import find_spec_file, search_dirs, shipped_dir, spec_names
 from ..errors import SpecError
 from ..speccheck import check_keys, get, get_table, in_range, one_of
 from .base import SecureSum, ViewKind
@@ -39,7 +43,8 @@ __all__ = [
     "list_protocols",
 ]
 
-PROTOCOLS_DIR = Path(__file__).resolve().parents[2] / "protocols"
+#: the catalogue shipped with this installation (package data, or the checkout's ``protocols/``)
+PROTOCOLS_DIR = shipped_dir("protocols")
 
 
 @dataclass(frozen=True)
@@ -166,12 +171,14 @@ def _check_claims(spec: ProtocolSpec, secure_sum: SecureSum) -> None:
 
 
 def load_protocol(name_or_path: str | Path) -> ProtocolSpec:
-    """Load ``protocols/NAME.toml`` by name, or a TOML file by path."""
+    """Load a protocol by name (``protocols/NAME.toml``, see :mod:`secure_fl.catalogue`), or a TOML file by path."""
     path = Path(name_or_path)
     if not path.suffix:
-        path = PROTOCOLS_DIR / f"{name_or_path}.toml"
-        if not path.exists():
-            raise SpecError(f"unknown protocol {str(name_or_path)!r}; the catalogue has {list_protocols()}")
+        found = find_spec_file("protocols", str(name_or_path))
+        if found is None:
+            raise SpecError(f"unknown protocol {str(name_or_path)!r}; the catalogue has {list_protocols()} "
+                            f"(searched {[str(d) for d in search_dirs('protocols')]})")
+        path = found
     if not path.exists():
         raise SpecError(f"protocol spec file not found: {path}")
     try:
@@ -182,7 +189,8 @@ def load_protocol(name_or_path: str | Path) -> ProtocolSpec:
 
 
 def list_protocols() -> list[str]:
-    return sorted(p.stem for p in PROTOCOLS_DIR.glob("*.toml"))
+    """Names of the protocols found: the current folder's ``protocols/`` and the shipped catalogue."""
+    return spec_names("protocols")
 
 
 def _short(path: Path) -> str:

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..catalogue import find_spec_file, search_dirs, shipped_dir, spec_names
 from ..errors import SpecError
-from ..protocol.spec import ProtocolSpec, parse_protocol, PROTOCOLS_DIR
+from ..protocol.spec import ProtocolSpec, parse_protocol
 from ..speccheck import check_keys, get, get_table, in_range
 from ..training.config import TrainingConfig
 
@@ -38,7 +39,8 @@ __all__ = [
 ]
 
 REFERENCES = ("pooled", "local-only")
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
+#: the example experiments shipped with this installation (package data, or the checkout's ``experiments/``)
+EXPERIMENTS_DIR = shipped_dir("experiments")
 
 
 @dataclass(frozen=True)
@@ -111,12 +113,12 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any, where: str) -> No
 
 
 def _resolve_protocol(name: str, where: str, base_dir: Path) -> tuple[dict[str, Any], str]:
-    path = Path(name)
-    if path.suffix == ".toml":
+    path: Path | None = Path(name)
+    if path is not None and path.suffix == ".toml":
         path = path if path.is_absolute() else (base_dir / path)
     else:
-        path = PROTOCOLS_DIR / f"{name}.toml"
-    if not path.exists():
+        path = find_spec_file("protocols", name)  # the user's protocols/ first, then the shipped catalogue
+    if path is None or not path.is_file():
         from ..protocol.spec import list_protocols
 
         raise SpecError(f"{where}: unknown protocol {name!r}; the catalogue has {list_protocols()} plus references {list(REFERENCES)}")
@@ -265,11 +267,11 @@ def check_against_task(exp: Experiment, task: Any, variants: Sequence[Variant] |
 
 def load_experiment(path_or_name: str | Path) -> Experiment:
     path = Path(path_or_name)
-    if not path.exists() and not path.suffix:
-        path = EXPERIMENTS_DIR / f"{path_or_name}.toml"
-    if not path.exists():
-        known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.toml"))
-        raise SpecError(f"experiment spec not found: {path_or_name} (experiments/ has {known})")
+    if not path.is_file() and not path.suffix:
+        path = find_spec_file("experiments", str(path_or_name)) or path
+    if not path.is_file():
+        known, where = spec_names("experiments"), [str(d) for d in search_dirs("experiments")]
+        raise SpecError(f"experiment spec not found: {path_or_name} (known experiments {known}, searched {where})")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
