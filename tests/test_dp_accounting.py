@@ -152,8 +152,8 @@ def test_memo_accountants_equal_dp_accounting(event):
     from dp_accounting.pld import pld_privacy_accountant
     from dp_accounting.rdp import rdp_privacy_accountant
 
-    for kind, plain in (("rdp", rdp_privacy_accountant.RdpAccountant()),
-                        ("pld", pld_privacy_accountant.PLDAccountant(value_discretization_interval=A.PLD_DISCRETIZATION))):
+    pld = pld_privacy_accountant.PLDAccountant(value_discretization_interval=A.PLD_DISCRETIZATION)
+    for kind, plain in (("rdp", rdp_privacy_accountant.RdpAccountant()), ("pld", pld)):
         plain.compose(event)
         for _ in range(2):  # the second count reads the memo
             assert A._epsilon(event, 1e-6, kind) == plain.get_epsilon(1e-6)  # noqa: SLF001

@@ -13,10 +13,10 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from secure_fl import catalogue
 from secure_fl.errors import SpecError

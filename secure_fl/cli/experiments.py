@@ -104,10 +104,9 @@ def cmd_protocols(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from ..catalogue import search_dirs
     from ..protocol.spec import list_protocols, load_protocol
     from ..run.experiment import REFERENCES
-
-    from ..catalogue import search_dirs
 
     folders = ", ".join(str(d) for d in search_dirs("protocols"))
     table = Table(title=f"protocol catalogue (*.toml in {folders}; the first folder wins)", title_justify="left")
