@@ -158,7 +158,7 @@ def _step_pld(sampling_probability: float, noise_multiplier: float,
     )
 
 
-class _MemoRdpAccountant(rdp_privacy_accountant.RdpAccountant):
+class _MemoRdpAccountant(rdp_privacy_accountant.RdpAccountant):  # type: ignore[misc]
     """``RdpAccountant`` (default orders, add/remove one) reading one step's RDP curve from the memo."""
 
     def _maybe_compose(self, event: dp_event.DpEvent, count: int, do_compose: bool) -> Any:
@@ -169,14 +169,14 @@ class _MemoRdpAccountant(rdp_privacy_accountant.RdpAccountant):
         return super()._maybe_compose(event, count, do_compose)
 
 
-class _MemoPldAccountant(pld_privacy_accountant.PLDAccountant):
+class _MemoPldAccountant(pld_privacy_accountant.PLDAccountant):  # type: ignore[misc]
     """``PLDAccountant`` (add/remove one) reading one step's PLD from the memo, then composing as upstream."""
 
     def _maybe_compose(self, event: dp_event.DpEvent, count: int, do_compose: bool) -> Any:
         step = _poisson_gaussian(event)
         if do_compose and step is not None and step[0] != 0 and step[1] != 0:
             base = _step_pld(step[0], step[1], self._value_discretization_interval)
-            self._pld = self._pld.compose(base.self_compose(count))
+            self._pld = self._pld.compose(base.self_compose(count))  # type: ignore[has-type]
             return None
         return super()._maybe_compose(event, count, do_compose)
 

@@ -51,11 +51,9 @@ def setup_protocol(
             )
         # a site counts the sums released under its key set beside the key (KIT/ckks/releases.json): the count
         # must outlive this process and this run, or the flooding budget (max_released_rounds) restarts with them
-        log = {"release_log": Path(ckks_file).parent / RELEASE_LOG} if ckks_kind == "secret" else {}
-        if "release_log" not in params:
-            log = {}
+        release_log = Path(ckks_file).parent / RELEASE_LOG if ckks_kind == "secret" else None
         if "context" in params:
-            protocol.setup(site_ids, dim, context=ctx, **log)  # type: ignore[call-arg]
+            protocol.setup(site_ids, dim, context=ctx, release_log=release_log)
             used["ckks_context"] = True
         else:
             header, body = _read_header(Path(ckks_file))
@@ -67,7 +65,7 @@ def setup_protocol(
             if keys.fingerprint != ctx.fingerprint:
                 raise ProtocolError(f"{ckks_file}: rebuilt key set has fingerprint {keys.fingerprint}, "
                                     f"the file says {ctx.fingerprint}")
-            protocol.setup(site_ids, dim, keys=keys, **log)
+            protocol.setup(site_ids, dim, keys=keys, release_log=release_log)
         return used
     if isinstance(protocol, SecAggSum):
         if "identities" in params and identities is not None:
