@@ -31,6 +31,7 @@ from ..errors import SpecError
 from ..protocol.spec import ProtocolSpec, parse_protocol, PROTOCOLS_DIR
 from ..speccheck import check_keys, get, get_table, in_range
 from ..training.config import TrainingConfig
+from ..tasks.paths import resolve_task_paths
 
 __all__ = [
     "REFERENCES", "FederationConfig", "Experiment", "Variant", "load_experiment", "parse_experiment", "EXPERIMENTS_DIR",
@@ -146,6 +147,8 @@ def parse_experiment(data: Mapping[str, Any], source: str = "<memory>", base_dir
         raise SpecError(f"{where}.seeds: list at least one seed")
     task = get_table(data, "task", where)
     task_name = get(task, "name", str, f"{where} [task]")
+    # data and code paths in [task] start at the experiment file's folder, like protocol files (tasks/paths.py)
+    task_name, task = resolve_task_paths(task_name, task, base_dir)
     sweep = get_table(data, "sweep", where, {})
     if len(sweep) > 1:
         raise SpecError(f"{where} [sweep]: sweep one key at a time, found {sorted(sweep)}")

@@ -4,8 +4,8 @@ Sites and splits: :mod:`secure_fl.tasks.sites`. Labels, column types, missing va
 standardisation: :mod:`secure_fl.tasks.tabular`. Every file is read and checked before any error
 is raised, so one run reports every bad file, not only the first.
 
-Relative paths are taken from the working folder the command runs in (as for any file argument
-of a shell command), not from the TOML's folder.
+Relative paths in an experiment TOML start at the TOML's folder, as protocol files do
+(:mod:`secure_fl.tasks.paths`); given to :func:`build_csv` directly they start at the working folder.
 """
 
 from __future__ import annotations
