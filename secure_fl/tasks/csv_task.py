@@ -23,7 +23,7 @@ from ..speccheck import get, one_of
 from .base import SiteData
 from .heart import HeartTask, tabular_params
 from .sites import SiteSource, fraction_split, parse_sites
-from .tabular import (LINE, MISSING, ColumnSpec, LabelSpec, Preprocessor, _sort_key, canon, line_of, parse_columns,
+from .tabular import (LINE, MISSING, STANDARDISE, ColumnSpec, LabelSpec, Preprocessor, _sort_key, canon, line_of, parse_columns,
                       parse_labels, read_table)
 
 __all__ = ["CSV_KEYS", "build_csv"]
@@ -209,7 +209,7 @@ def build_csv(params: Mapping[str, Any], where: str) -> HeartTask:
     sources = parse_sites(params, where, p["test_fraction"], name_from="stem")
     spec = parse_labels(params, where)
     default_missing = get(params, "missing", str, where, "refuse", one_of(*MISSING))
-    standardise = get(params, "standardise", str, where, "site", one_of("site", "none"))
+    standardise = get(params, "standardise", str, where, "site", one_of(*STANDARDISE))
     declared = parse_columns(params, where, default_missing)
     feats = get(params, "feature_columns", list, where, None)
     if declared is not None and feats is not None:
@@ -226,12 +226,21 @@ def build_csv(params: Mapping[str, Any], where: str) -> HeartTask:
     _collect(sites, lambda s: _split(s, pre, p["split_seed"]))
     pre.columns = _fill_levels(cols, sites, where)
 
+    def check_sizes(s: _Site) -> None:
+        if len(s.train) == 0 or len(s.test) == 0:
+            raise DataError(f"site {s.src.name!r} ({s.src.train}): {len(s.train)} training and {len(s.test)} test "
+                            f"rows after the split ({s.src.split}); each needs at least one")
+        pre.fit(s.src.name, s.train, s.src.train)
+
+    _collect(sites, check_sizes)
+    if pre.standardise == "federated":
+        if len(sites) < 2:
+            raise SpecError(f'{where}.standardise: "federated" pools the statistics of two or more sites; this task '
+                            f'has {len(sites)} (use "site" or "none")')
+        pre.pool(np.sum([pre.moments[s.src.name] for s in sites], axis=0))  # only the total is used
+
     def finish(s: _Site) -> SiteData:
         name, test_path = s.src.name, s.src.test or s.src.train
-        if len(s.train) == 0 or len(s.test) == 0:
-            raise DataError(f"site {name!r} ({s.src.train}): {len(s.train)} training and {len(s.test)} test rows "
-                            f"after the split ({s.src.split}); each needs at least one")
-        pre.fit(name, s.train, s.src.train)
         xtr = pre.transform(name, s.train, s.src.train)
         xte = pre.transform(name, s.test, test_path)
         ytr = np.array([index[v] for v in s.train["__class__"]], dtype=np.int64)
@@ -244,6 +253,9 @@ def build_csv(params: Mapping[str, Any], where: str) -> HeartTask:
     notes = [f"site {s.src.name}: {s.dropped} row(s) dropped for missing values" for s in sites if s.dropped]
     if positive is not None:
         notes.insert(0, f"positive class {positive!r} of column {spec.column!r}")
+    if pre.standardise == "federated":
+        notes.append(f"federated standardisation over {pre.pooled['n']} training rows (the sites' moment sums "  # type: ignore[index]
+                     "added in the clear before round 0)")
     info = {
         "features": pre.features,
         "labels": classes,

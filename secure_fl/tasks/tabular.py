@@ -37,12 +37,24 @@ the rows before splitting and reports the count per site in the task description
 fills numeric columns with the mean, ordinal and categorical columns with the most frequent value,
 of the site's *training* rows.
 
-Standardisation ``site`` (the default): each numeric and ordinal column is centred and scaled with
-the mean and standard deviation (ddof 0; 1 where it is 0) of the site's own training rows; one-hot
-columns stay 0/1. No statistic leaves the site during training. Federated standardisation (sites
-sum their counts, sums and sums of squares through the protocol's secure sum so every site scales
-with the pooled statistics, revealing only the pooled moments) is future work. The fitted
-statistics are kept per site in ``Preprocessor.stats`` and saved beside the model (``model.json``).
+Standardisation (``standardise``): numeric and ordinal columns are centred and scaled (ddof 0; sd
+1 where it is 0); one-hot columns stay 0/1.
+
+- ``"site"`` (the default): with the mean and sd of the site's own training rows. No statistic
+  leaves the site; each site keeps its own in ``sites/<site>/preprocessing.json`` of a run folder,
+  and ``secure-fl predict --site`` applies them.
+- ``"federated"``: with the mean and sd of all sites' training rows pooled. Each site computes
+  ``[n, Σx, Σx²]`` of its training features (:func:`moment_sums`); the pooled statistics follow
+  from the *sum* of these vectors alone (:meth:`Preprocessor.pool`; Chan, Golub and LeVeque, "Updating
+  formulae and a pairwise algorithm for computing sample variances", 1979, eq. 1.3 applied to the
+  totals). What this version guarantees: the sums are added once, before round 0, by the process
+  that builds the task (the simulation's coordinator); they do **not** go through the protocol's
+  secure sum, so whoever adds them sees each site's count, feature means and variances. An
+  experiment therefore refuses ``"federated"`` with any protocol whose aggregator sees less than
+  the plain updates, or that has a DP layer (the moments are not noised and not counted in ε);
+  with ``plain-fedavg``, ``pooled`` and ``local-only`` it runs. Only the pooled statistics are saved
+  (``model.json``, key ``preprocessing.pooled``). Imputation values stay per site.
+- ``"none"``: the features as encoded.
 """
 
 from __future__ import annotations
@@ -59,9 +71,10 @@ from ..errors import DataError, SpecError
 from ..speccheck import check_keys, get, one_of
 
 __all__ = ["LINE", "line_of", "canon", "ColumnSpec", "LabelSpec", "Preprocessor", "read_table", "parse_columns",
-           "parse_labels"]
+           "parse_labels", "moment_sums", "STANDARDISE"]
 
 MISSING = ("refuse", "drop", "impute")
+STANDARDISE = ("site", "federated", "none")
 TYPES = ("numeric", "categorical", "ordinal", "ignore")
 
 
@@ -243,13 +256,21 @@ def read_table(path: Path, delimiter: str = ",", decimal: str = ".") -> Any:
 
 @dataclass
 class Preprocessor:
-    """Column specs and per-site fitted statistics. ``transform`` turns a table into features."""
+    """Column specs and fitted statistics. ``transform`` turns a table into features.
+
+    ``stats``: per site, what that site alone may hold (imputation values; with ``standardise =
+    "site"`` its mean and sd). ``pooled``: with ``"federated"``, the mean and sd every site applies,
+    computed by :meth:`pool` from the sites' summed moments. ``moments``: each site's
+    ``[n, Σx, Σx²]`` between :meth:`fit` and :meth:`pool`; never saved.
+    """
 
     columns: list[ColumnSpec]
     standardise: str = "site"
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     delimiter: str = ","
     decimal: str = "."
+    pooled: dict[str, Any] | None = None
+    moments: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def features(self) -> list[str]:
@@ -328,15 +349,42 @@ class Preprocessor:
                 uniq, counts = np.unique(present, return_counts=True)
                 fills[c.name] = str(uniq[int(np.argmax(counts))])  # ties: the first in sorted order
         self.stats[site] = {"impute": fills}
+        if self.standardise == "none":
+            return
         x = self.transform(site, df, path, standardise=False)
+        if self.standardise == "federated":
+            self.moments[site] = moment_sums(x)
+            return
         scaled = self._scaled_mask()
         mu = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
         sd = x.std(axis=0) if len(x) else np.ones(x.shape[1])
         sd[sd == 0] = 1.0
         mu[~scaled], sd[~scaled] = 0.0, 1.0
-        if self.standardise == "none":
-            mu[:], sd[:] = 0.0, 1.0
         self.stats[site].update({"mean": mu.tolist(), "sd": sd.tolist()})
+
+    def pool(self, total: np.ndarray) -> None:
+        """Federated standardisation from ``total`` = the sum over sites of :func:`moment_sums` only.
+
+        Pooled mean ``Σx / n`` and sd ``sqrt(Σx² / n - mean²)`` (ddof 0; 1 where it is 0) over every
+        site's training rows; one-hot columns keep mean 0, sd 1. The per-site moments are dropped.
+        """
+        total = np.asarray(total, dtype=np.float64)
+        d = (len(total) - 1) // 2
+        if len(total) != 2 * d + 1 or total[0] <= 0:
+            raise DataError(f"federated standardisation: expected [n, sum x ({d}), sum x^2 ({d})] with n > 0, "
+                            f"found {len(total)} values, n = {total[0] if len(total) else None}")
+        n = float(total[0])
+        mu = total[1 : d + 1] / n
+        sd = np.sqrt(np.maximum(total[d + 1 :] / n - mu**2, 0.0))
+        sd[sd <= 1e-12 * np.maximum(1.0, np.abs(mu))] = 1.0
+        scaled = self._scaled_mask()
+        mu[~scaled], sd[~scaled] = 0.0, 1.0
+        self.pooled = {"n": int(round(n)), "mean": mu.tolist(), "sd": sd.tolist()}
+        self.moments.clear()
+
+    def needs_site(self) -> bool:
+        """Whether scoring needs one site's own statistics (imputation values or per-site scaling)."""
+        return self.standardise == "site" or any(c.missing == "impute" and c.kind != "ignore" for c in self.columns)
 
     def _scaled_mask(self) -> np.ndarray:
         mask = []
@@ -347,28 +395,67 @@ class Preprocessor:
                 mask.append(True)
         return np.array(mask, dtype=bool)
 
-    def transform(self, site: str, df: Any, path: Path, standardise: bool = True) -> np.ndarray:
-        """Features [n, d] of ``df`` with ``site``'s statistics (``fit`` first)."""
-        if site not in self.stats:
+    def transform(self, site: str | None, df: Any, path: Path, standardise: bool = True) -> np.ndarray:
+        """Features [n, d] of ``df`` with ``site``'s statistics (``fit`` first; ``pool`` too when federated).
+
+        ``site`` may be ``None`` when nothing per site applies (no imputation, standardisation
+        ``"federated"`` or ``"none"``). Every bad column of ``df`` is reported, not only the first.
+        """
+        if site is not None and site not in self.stats:
             raise DataError(f"no preprocessing statistics for site {site!r}; known sites are {sorted(self.stats)}")
         missing_cols = [c.name for c in self.columns if c.kind != "ignore" and c.name not in df.columns]
         if missing_cols:
             raise DataError(f"{path}: missing column(s) {missing_cols}; columns are {list(df.columns)}")
-        fills = self.stats[site]["impute"]
-        parts = [self._column(c, df, path, fills.get(c.name)) for c in self.columns if c.kind != "ignore"]
+        fills = self.stats[site]["impute"] if site is not None else {}
+        parts, errors = [], []
+        for c in self.columns:
+            if c.kind == "ignore":
+                continue
+            try:
+                parts.append(self._column(c, df, path, fills.get(c.name)))
+            except DataError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise DataError("\n".join(errors))
         x = np.concatenate(parts, axis=1) if parts else np.zeros((len(df), 0))
         if np.isnan(x).any():
             rows = np.flatnonzero(np.isnan(x).any(axis=1))
-            raise DataError(f"{path}: missing values at {_lines(rows, df)} and no imputation for them")
-        if standardise:
+            hint = "" if site is not None else " (give the site whose imputation values apply)"
+            raise DataError(f"{path}: missing values at {_lines(rows, df)} and no imputation for them{hint}")
+        if standardise and self.standardise == "site":
+            if site is None:
+                raise DataError(f"{path}: standardise = \"site\": say whose statistics apply (the site)")
             x = (x - np.array(self.stats[site]["mean"])) / np.array(self.stats[site]["sd"])
+        elif standardise and self.standardise == "federated":
+            if self.pooled is None:
+                raise DataError("standardise = \"federated\": the pooled statistics were not computed (pool first)")
+            x = (x - np.array(self.pooled["mean"])) / np.array(self.pooled["sd"])
         return x
 
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": "tabular", "columns": [c.to_json() for c in self.columns], "standardise": self.standardise,
-                "features": self.features, "sites": self.stats, "delimiter": self.delimiter, "decimal": self.decimal}
+    def to_json(self, with_sites: bool = True) -> dict[str, Any]:
+        """The preprocessing as plain data; ``with_sites=False`` leaves out every per-site statistic
+        (what ``model.json`` holds; each site's own go to its own file, see :mod:`secure_fl.tasks.export`)."""
+        out = {"kind": "tabular", "columns": [c.to_json() for c in self.columns], "standardise": self.standardise,
+               "features": self.features, "delimiter": self.delimiter, "decimal": self.decimal}
+        if self.pooled is not None:
+            out["pooled"] = self.pooled
+        if with_sites:
+            out["sites"] = self.stats
+        return out
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "Preprocessor":
-        return cls([ColumnSpec.from_json(c) for c in d["columns"]], d["standardise"], dict(d["sites"]),
-                   d.get("delimiter", ","), d.get("decimal", "."))
+    def from_json(cls, d: Mapping[str, Any], site_stats: Mapping[str, Mapping[str, Any]] | None = None
+                  ) -> "Preprocessor":
+        """From :meth:`to_json`; ``site_stats`` adds sites' own statistics (from their own files)."""
+        stats = {k: dict(v) for k, v in (d.get("sites") or {}).items()}
+        stats.update({k: dict(v) for k, v in (site_stats or {}).items()})
+        return cls([ColumnSpec.from_json(c) for c in d["columns"]], d["standardise"], stats,
+                   d.get("delimiter", ","), d.get("decimal", "."), d.get("pooled"))
+
+
+def moment_sums(x: np.ndarray) -> np.ndarray:
+    """``[n, Σx_j, Σx_j²]`` of a site's training features (float64): what a site contributes to
+    federated standardisation. Sums add across sites, so the pooled mean and variance follow from
+    their total alone (no site's own mean or variance is needed)."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.concatenate([[float(len(x))], x.sum(axis=0), (x**2).sum(axis=0)])
