@@ -83,7 +83,7 @@ def test_rgb_image_folder(tmp_path):
             Image.fromarray(img + rng.integers(0, 20, img.shape, dtype=np.uint8)).save(p)
     task = build_task("image-folder", {"sites": [{"name": "A", "data": str(tmp_path / "A")}], "image_size": [8, 8],
                                        "channels": 3})
-    x = task.sites[0].x_train
+    x = task.sites[0].x_train[:]  # kept on disk (load = "lazy"); [:] decodes every image
     assert x.shape[1:] == (3, 8, 8)
     red = task.sites[0].y_train == task.info["classes"].index("red")
     assert float(x[red][:, 0].mean()) > 0.7 and float(x[red][:, 2].mean()) < 0.1

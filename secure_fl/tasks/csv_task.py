@@ -41,9 +41,9 @@ class _Site:
 
 
 def _read(src: SiteSource, delimiter: str = ",", decimal: str = ".") -> _Site:
-    train = read_table(src.train, delimiter, decimal)
-    test = read_table(src.test, delimiter, decimal) if src.test is not None else None
-    return _Site(src, train, test)
+    paths = [src.train] + ([src.test] if src.test is not None else [])
+    frames = _collect(paths, lambda path: read_table(path, delimiter, decimal))  # both files' problems
+    return _Site(src, frames[0], frames[1] if src.test is not None else None)
 
 
 def _collect(items: list[Any], fn: Any) -> list[Any]:
@@ -59,12 +59,35 @@ def _collect(items: list[Any], fn: Any) -> list[Any]:
     return out
 
 
+def _per_site(sites: list[Any], fn: Any, errors: list[str]) -> list[Any]:
+    """The sites on which ``fn`` raised no DataError; each error is appended to ``errors``.
+
+    A bad file drops its site from the later checks (they would only repeat the problem) while the
+    other sites go on, so one run names every bad file, whichever check each one fails."""
+    kept = []
+    for site in sites:
+        try:
+            fn(site)
+        except DataError as exc:
+            lines = str(exc).split("\n")
+            nested = len(lines) > 1 and lines[0].endswith("problems:")  # one site's several problems, listed once
+            errors.extend(line.strip() for line in lines[1:]) if nested else errors.append(str(exc))
+            continue
+        kept.append(site)
+    return kept
+
+
+def _raise(errors: list[str]) -> None:
+    if errors:
+        raise DataError(errors[0] if len(errors) == 1 else f"{len(errors)} problems:\n  " + "\n  ".join(errors))
+
+
 def _frames(s: _Site) -> list[tuple[Any, Path]]:
     return [(s.train, s.src.train)] + ([(s.test, s.src.test)] if s.test is not None else [])
 
 
 def _columns(sites: list[_Site], declared: list[ColumnSpec] | None, feats: list[Any] | None, label: str,
-             default_missing: str, where: str) -> list[ColumnSpec]:
+             default_missing: str, where: str, errors: list[str]) -> tuple[list[ColumnSpec], list[_Site]]:
     special = {label, LINE} | {s.src.split_column for s in sites if s.src.split_column}
     first_df, first_path = sites[0].train, sites[0].src.train
     if declared is None:
@@ -112,11 +135,15 @@ def _columns(sites: list[_Site], declared: list[ColumnSpec] | None, feats: list[
                 raise DataError(f"{path}: non-numeric feature column(s) {bad}; declare them in [task.columns] "
                                 f"(categorical or ordinal) or encode them as numbers")
 
-    _collect([f for s in sites for f in _frames(s)], check)
-    return cols
+    def check_site(s: _Site) -> None:
+        _collect(_frames(s), check)
+
+    return cols, _per_site(sites, check_site, errors)
 
 
-def _classes(sites: list[_Site], spec: LabelSpec, where: str) -> list[str]:
+def _labels(sites: list[_Site], spec: LabelSpec, errors: list[str]) -> list[_Site]:
+    """Each file's labels as classes (column ``__class__``); the sites whose labels are all good."""
+
     def labels_of(item: tuple[Any, Path]) -> set[str]:
         df, path = item
         raw = [canon(v) for v in df[spec.column]]
@@ -136,7 +163,11 @@ def _classes(sites: list[_Site], spec: LabelSpec, where: str) -> list[str]:
         df["__class__"] = raw
         return set(raw)
 
-    found = set().union(*_collect([f for s in sites for f in _frames(s)], labels_of))
+    return _per_site(sites, lambda s: _collect(_frames(s), labels_of), errors)
+
+
+def _classes(sites: list[_Site], spec: LabelSpec, where: str) -> list[str]:
+    found = {v for s in sites for df, _ in _frames(s) for v in df["__class__"]}
     classes = sorted(found, key=_sort_key)
     if len(classes) < 2:
         raise DataError(f"{where}: label column {spec.column!r} has a single class {classes} across all sites; "
@@ -218,12 +249,22 @@ def build_csv(params: Mapping[str, Any], where: str) -> HeartTask:
     decimal = get(params, "decimal", str, where, ".", one_of(".", ","))
     if decimal == delimiter:
         raise SpecError(f"{where}: decimal and delimiter are both {decimal!r}")
-    sites = _collect(sources, lambda s: _read(s, delimiter, decimal))
-    cols = _columns(sites, declared, feats, spec.column, default_missing, where)
+    errors: list[str] = []
+    read: list[_Site] = []
+
+    def read_one(src: SiteSource) -> None:
+        read.append(_read(src, delimiter, decimal))
+
+    _per_site(sources, read_one, errors)
+    if not read:
+        _raise(errors)
+    cols, sites = _columns(read, declared, feats, spec.column, default_missing, where, errors)
+    sites = _labels(sites, spec, errors)
+    pre = Preprocessor(cols, standardise, delimiter=delimiter, decimal=decimal)
+    sites = _per_site(sites, lambda s: _split(s, pre, p["split_seed"]), errors)
+    _raise(errors)  # every bad file so far, at once
     classes = _classes(sites, spec, where)
     index = {c: i for i, c in enumerate(classes)}
-    pre = Preprocessor(cols, standardise, delimiter=delimiter, decimal=decimal)
-    _collect(sites, lambda s: _split(s, pre, p["split_seed"]))
     pre.columns = _fill_levels(cols, sites, where)
 
     def check_sizes(s: _Site) -> None:
