@@ -262,10 +262,13 @@ def build_csv(params: Mapping[str, Any], where: str) -> HeartTask:
     sites = _labels(sites, spec, errors)
     pre = Preprocessor(cols, standardise, delimiter=delimiter, decimal=decimal)
     sites = _per_site(sites, lambda s: _split(s, pre, p["split_seed"]), errors)
-    _raise(errors)  # every bad file so far, at once
-    classes = _classes(sites, spec, where)
+    try:  # checks over all sites: only meaningful, and only reported, when every file so far was good
+        classes = _classes(sites, spec, where)
+        pre.columns = _fill_levels(cols, sites, where)
+    except DataError as exc:
+        _raise(errors or [str(exc)])
+        raise
     index = {c: i for i, c in enumerate(classes)}
-    pre.columns = _fill_levels(cols, sites, where)
 
     def check_sizes(s: _Site) -> None:
         if len(s.train) == 0 or len(s.test) == 0:
@@ -273,23 +276,26 @@ def build_csv(params: Mapping[str, Any], where: str) -> HeartTask:
                             f"rows after the split ({s.src.split}); each needs at least one")
         pre.fit(s.src.name, s.train, s.src.train)
 
-    _collect(sites, check_sizes)
-    if pre.standardise == "federated":
+    sites = _per_site(sites, check_sizes, errors)
+    if pre.standardise == "federated" and not errors:
         if len(sites) < 2:
             raise SpecError(f'{where}.standardise: "federated" pools the statistics of two or more sites; this task '
                             f'has {len(sites)} (use "site" or "none")')
         pre.pool(np.sum([pre.moments[s.src.name] for s in sites], axis=0))  # only the total is used
+    data: list[SiteData] = []
 
-    def finish(s: _Site) -> SiteData:
+    def finish(s: _Site) -> None:
         name, test_path = s.src.name, s.src.test or s.src.train
-        xtr = pre.transform(name, s.train, s.src.train)
-        xte = pre.transform(name, s.test, test_path)
+        scale = not errors  # with errors elsewhere only the checks matter (federated statistics need every site)
+        xtr = pre.transform(name, s.train, s.src.train, standardise=scale)
+        xte = pre.transform(name, s.test, test_path, standardise=scale)
         ytr = np.array([index[v] for v in s.train["__class__"]], dtype=np.int64)
         yte = np.array([index[v] for v in s.test["__class__"]], dtype=np.int64)
         t = torch.tensor
-        return SiteData(name, t(xtr, dtype=torch.float32), t(ytr), t(xte, dtype=torch.float32), t(yte))
+        data.append(SiteData(name, t(xtr, dtype=torch.float32), t(ytr), t(xte, dtype=torch.float32), t(yte)))
 
-    data = _collect(sites, finish)
+    _per_site(sites, finish, errors)
+    _raise(errors)  # every bad file, whichever check it failed, in one error
     positive = classes[-1] if len(classes) == 2 else None
     notes = [f"site {s.src.name}: {s.dropped} row(s) dropped for missing values" for s in sites if s.dropped]
     if positive is not None:

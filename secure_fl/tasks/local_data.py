@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import DataError, SpecError
 from ..speccheck import check_keys, get, in_range, one_of
 from .base import SiteData, Task
-from .csv_task import _collect
+from .csv_task import _collect, _per_site, _raise
 from .heart import HeartTask
 from .sites import fraction_split, parse_sites
 from .images import IMAGE_SUFFIXES, ImageFiles, load_image
@@ -75,7 +75,7 @@ def _decode_all(files: list[Path], size: tuple[int, int], channels: int, keep: b
         if keep:
             xs.append(img)
     if errors:
-        head = f"{len(errors)} unreadable image(s):\n  " if len(errors) > 1 else ""
+        head = f"{len(errors)} problems:\n  " if len(errors) > 1 else ""
         raise DataError(head + "\n  ".join(errors))
     if not keep:
         return None
@@ -145,11 +145,20 @@ def build_image_folder(params: Mapping[str, Any], where: str) -> ImageFolderTask
             raise SpecError(f"{where}.sites: site {s.name!r}: split_column applies to tables; "
                             "give a test folder or test_fraction")
     shape = (size[0], size[1])
-    listed = _collect(sources, lambda s: (list_image_folder(s.train), list_image_folder(s.test) if s.test else None))
-    # every image is decoded once here, so every unreadable one is named before training starts; with
-    # load = "lazy" (the default) the pixels are then dropped and decoded again batch by batch
-    _collect([(s, part) for s, (tr, te) in zip(sources, listed) for part in ([tr] + ([te] if te else []))],
-             lambda sp: _checked(sp[1], shape, channels, load, decoded, sp[0].name))
+    errors: list[str] = []
+    listing: dict[str, Any] = {}
+
+    def list_site(s: Any) -> None:
+        listing[s.name] = _collect([s.train] + ([s.test] if s.test else []), list_image_folder)
+
+    # every image is decoded once here, so every unreadable one (and every empty class folder) is named
+    # before training starts; with load = "lazy" (the default) the pixels are then dropped and decoded
+    # again batch by batch
+    good = _per_site(sources, list_site, errors)
+    _per_site([part for s in good for part in listing[s.name]],
+              lambda part: _checked(part, shape, channels, load, decoded), errors)
+    _raise(errors)
+    listed = [(listing[s.name][0], listing[s.name][1] if s.test else None) for s in sources]
     classes = sorted({c for tr, te in listed for _, labels in ([tr] + ([te] if te else [])) for c in labels})
     index = {c: i for i, c in enumerate(classes)}
 
@@ -179,7 +188,7 @@ def build_image_folder(params: Mapping[str, Any], where: str) -> ImageFolderTask
 
 
 def _checked(listed: tuple[list[Path], list[str]], shape: tuple[int, int], channels: int, load: str,
-             decoded: dict[int, np.ndarray], site: str) -> None:
+             decoded: dict[int, np.ndarray]) -> None:
     x = _decode_all(listed[0], shape, channels, keep=load == "memory")
     if x is not None:
         decoded[id(listed[0])] = x
