@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 
 from secure_fl.errors import DataError, SpecError
@@ -196,8 +196,8 @@ def test_every_bad_csv_file_is_named_in_one_error(tmp_path):
         build_task("csv", {"sites": sites, "label_column": "y"})
     msg = str(err.value)
     assert msg.startswith("5 problems:")
-    for part in ("CSV file not found: " + str(tmp_path / "missing.csv"), "CSV file not found: " + str(tmp_path / "gone.csv"),
-                 "CSV file not found: " + str(tmp_path / "gone_test.csv"), f"{nolabel}: no label column 'y'",
+    for part in (f"CSV file not found: {tmp_path / 'missing.csv'}", f"CSV file not found: {tmp_path / 'gone.csv'}",
+                 f"CSV file not found: {tmp_path / 'gone_test.csv'}", f"{nolabel}: no label column 'y'",
                  f"{inf}: column 'age' has non-finite values at line(s) 2"):
         assert part in msg, part
 
@@ -261,7 +261,8 @@ def test_image_files_decode_on_access(tmp_path):
                                        "channels": 1})
     x = task.sites[0].x_train
     assert isinstance(x, ImageFiles) and x.shape == (len(x), 1, 8, 8) and x.size(0) == len(task.sites[0].y_train)
-    assert x[0].shape == (1, 8, 8) and x[0:2].shape == (2, 1, 8, 8) and x[np.array([True, False, True, False])].shape[0] == 2
+    assert x[0].shape == (1, 8, 8) and x[0:2].shape == (2, 1, 8, 8)
+    assert x[np.array([True, False, True, False])].shape[0] == 2
     h1, h2 = hashlib.sha256(), hashlib.sha256()
     x.update_digest(h1)
     full = x[:]

@@ -262,11 +262,12 @@ def check_against_task(exp: Experiment, task: Any, variants: Sequence[Variant] |
     federated = isinstance(pre, Mapping) and pre.get("standardise") == "federated"
     for v in variants if variants is not None else exp.variants:
         privacy = getattr(v.spec, "privacy", None) if v.spec is not None else None
-        if federated and v.spec is not None and (privacy is not None or v.spec.threat_model.aggregator_sees != "plain"):
+        sees = v.spec.threat_model.aggregator_sees if v.spec is not None else "plain"
+        if federated and v.spec is not None and (privacy is not None or sees != "plain"):
             # tasks/tabular.py: the sites' moment sums are added in the clear before round 0
             raise SpecError(f"{exp.source} [task].standardise = \"federated\": the sites' feature sums are added in "
                             f"the clear before round 0, which protocol {v.label!r} (aggregator sees "
-                            f"{v.spec.threat_model.aggregator_sees}{', DP layer' if privacy is not None else ''}) "
+                            f"{sees}{', DP layer' if privacy is not None else ''}) "
                             "does not allow; use standardise = \"site\" or \"none\" with it")
         unknown = sorted(set(getattr(privacy, "site_budgets", None) or {}) - set(names))
         if unknown:

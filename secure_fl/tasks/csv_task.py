@@ -23,8 +23,8 @@ from ..speccheck import get, one_of
 from .base import SiteData
 from .heart import HeartTask, tabular_params
 from .sites import SiteSource, fraction_split, parse_sites
-from .tabular import (LINE, MISSING, STANDARDISE, ColumnSpec, LabelSpec, Preprocessor, _sort_key, canon, line_of, parse_columns,
-                      parse_labels, read_table)
+from .tabular import (LINE, MISSING, STANDARDISE, ColumnSpec, LabelSpec, Preprocessor, _sort_key, canon, line_of,
+                      parse_columns, parse_labels, read_table)
 
 __all__ = ["CSV_KEYS", "build_csv"]
 
@@ -271,8 +271,9 @@ def build_csv(params: Mapping[str, Any], where: str) -> HeartTask:
     index = {c: i for i, c in enumerate(classes)}
 
     def check_sizes(s: _Site) -> None:
-        if len(s.train) == 0 or len(s.test) == 0:
-            raise DataError(f"site {s.src.name!r} ({s.src.train}): {len(s.train)} training and {len(s.test)} test "
+        test: Any = s.test  # set by the split
+        if len(s.train) == 0 or len(test) == 0:
+            raise DataError(f"site {s.src.name!r} ({s.src.train}): {len(s.train)} training and {len(test)} test "
                             f"rows after the split ({s.src.split}); each needs at least one")
         pre.fit(s.src.name, s.train, s.src.train)
 
@@ -285,12 +286,12 @@ def build_csv(params: Mapping[str, Any], where: str) -> HeartTask:
     data: list[SiteData] = []
 
     def finish(s: _Site) -> None:
-        name, test_path = s.src.name, s.src.test or s.src.train
+        name, test_path, test = s.src.name, s.src.test or s.src.train, s.test
         scale = not errors  # with errors elsewhere only the checks matter (federated statistics need every site)
         xtr = pre.transform(name, s.train, s.src.train, standardise=scale)
-        xte = pre.transform(name, s.test, test_path, standardise=scale)
+        xte = pre.transform(name, test, test_path, standardise=scale)
         ytr = np.array([index[v] for v in s.train["__class__"]], dtype=np.int64)
-        yte = np.array([index[v] for v in s.test["__class__"]], dtype=np.int64)
+        yte = np.array([index[v] for v in test["__class__"]], dtype=np.int64)
         t = torch.tensor
         data.append(SiteData(name, t(xtr, dtype=torch.float32), t(ytr), t(xte, dtype=torch.float32), t(yte)))
 
@@ -300,8 +301,8 @@ def build_csv(params: Mapping[str, Any], where: str) -> HeartTask:
     notes = [f"site {s.src.name}: {s.dropped} row(s) dropped for missing values" for s in sites if s.dropped]
     if positive is not None:
         notes.insert(0, f"positive class {positive!r} of column {spec.column!r}")
-    if pre.standardise == "federated":
-        notes.append(f"federated standardisation over {pre.pooled['n']} training rows (the sites' moment sums "  # type: ignore[index]
+    if pre.pooled is not None:
+        notes.append(f"federated standardisation over {pre.pooled['n']} training rows (the sites' moment sums "
                      "added in the clear before round 0)")
     info = {
         "features": pre.features,

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "load_image", "ImageFiles"]
+__all__ = ["IMAGE_SUFFIXES", "ImageFiles", "load_image"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".pgm", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 
@@ -87,7 +87,7 @@ class ImageFiles(Dataset):  # type: ignore[type-arg]
             return np.flatnonzero(arr).tolist() if arr.dtype == bool else arr.astype(np.int64).tolist()
         return None
 
-    def subset(self, index: Any) -> "ImageFiles":
+    def subset(self, index: Any) -> ImageFiles:
         """The images at ``index`` (an index or boolean array), still on disk."""
         rows = self._rows(index)
         if rows is None:
@@ -95,7 +95,7 @@ class ImageFiles(Dataset):  # type: ignore[type-arg]
         return ImageFiles([self.files[i] for i in rows], self.image_size, self.channels)
 
     @classmethod
-    def concat(cls, parts: Sequence["ImageFiles"]) -> "ImageFiles":
+    def concat(cls, parts: Sequence[ImageFiles]) -> ImageFiles:
         if not parts or any((p.image_size, p.channels) != (parts[0].image_size, parts[0].channels) for p in parts):
             raise ValueError("ImageFiles.concat: expected one or more parts with one image size and channel count")
         return cls([f for p in parts for f in p.files], parts[0].image_size, parts[0].channels)

@@ -379,7 +379,7 @@ class Preprocessor:
         sd[sd <= 1e-12 * np.maximum(1.0, np.abs(mu))] = 1.0
         scaled = self._scaled_mask()
         mu[~scaled], sd[~scaled] = 0.0, 1.0
-        self.pooled = {"n": int(round(n)), "mean": mu.tolist(), "sd": sd.tolist()}
+        self.pooled = {"n": round(n), "mean": mu.tolist(), "sd": sd.tolist()}
         self.moments.clear()
 
     def needs_site(self) -> bool:
@@ -435,7 +435,8 @@ class Preprocessor:
     def to_json(self, with_sites: bool = True) -> dict[str, Any]:
         """The preprocessing as plain data; ``with_sites=False`` leaves out every per-site statistic
         (what ``model.json`` holds; each site's own go to its own file, see :mod:`secure_fl.tasks.export`)."""
-        out = {"kind": "tabular", "columns": [c.to_json() for c in self.columns], "standardise": self.standardise,
+        out: dict[str, Any] = {"kind": "tabular", "columns": [c.to_json() for c in self.columns],
+               "standardise": self.standardise,
                "features": self.features, "delimiter": self.delimiter, "decimal": self.decimal}
         if self.pooled is not None:
             out["pooled"] = self.pooled
