@@ -114,6 +114,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("run_dir", help="a run folder, e.g. runs/<experiment>/<protocol>/seed0")
     p.add_argument("--data", required=True, help="CSV with the training columns (the label column is not needed), "
                    "or for an image task an image or a folder of images")
-    p.add_argument("--site", help="whose preprocessing statistics to apply (required when several sites trained)")
+    p.add_argument("--site", help="whose own preprocessing statistics to apply (RUN_DIR/sites/SITE/preprocessing.json; "
+                   "required when several sites saved theirs)")
     p.add_argument("--out", help="write the probabilities to this CSV instead of printing them")
     p.set_defaults(func=cmd_predict)
