@@ -128,12 +128,71 @@ def test_federated_standardisation_refused_where_it_would_reveal_more(tmp_path):
         build_task("csv", {"sites": sites[:1], "label_column": "y", "standardise": "federated"})
     with pytest.raises(SpecError, match=r"standardise: expected one of \['site', 'federated', 'none'\]"):
         build_task("csv", {"sites": sites, "label_column": "y", "standardise": "global"})
-    for protocol, sees in (("ckks-fedavg", "ciphertext"), ("secagg-plus-fedavg", "masked"),
-                           ("dp-sgd-local", "noised")):
+    for protocol, why in (("ckks-fedavg", r"sums the sites' feature moments securely, which needs a public range "
+                                          r"for every numeric column; give range = \[lowest, highest\] in "
+                                          r"\[task.columns\] for \['age', 'chol'\]"),
+                          ("dp-sgd-local", "has a DP layer and the pooled feature moments are released without noise")):
         text = _EXPERIMENT.format(name="fed", protocols=f'["{protocol}"]', standardise="federated",
                                   a=sites[0]["data"], b=sites[1]["data"])
-        with pytest.raises(SpecError, match=rf"protocol '{protocol}' \(aggregator sees {sees}"):
+        with pytest.raises(SpecError, match=rf"protocol '{protocol}' {why}"):
             run_experiment(parse_experiment(tomllib.loads(text), "fed.toml"), tmp_path / "runs", show_progress=False)
+
+
+_RANGES = """
+[task.columns]
+age = {type = "numeric", range = [0, 150]}
+chol = {type = "numeric", range = [-3000, 3000]}
+"""
+
+
+def test_federated_standardisation_through_the_protocols_secure_sum(tmp_path):
+    from secure_fl.protocol.spec import load_protocol
+    from secure_fl.run.standardise import standardise_through_protocol
+
+    sites = _two_sites(tmp_path) + [{"name": "hospC", "data": _table(tmp_path / "c.csv", 30, 2, 60.0, 3.0)}]
+    columns = {"age": {"type": "numeric", "range": [0, 150]}, "chol": {"type": "numeric", "range": [-3000, 3000]}}
+    task = build_task("csv", {"sites": sites, "label_column": "y", "standardise": "federated", "columns": columns})
+    raw = build_task("csv", {"sites": sites, "label_column": "y", "standardise": "none", "columns": columns})
+    exact = task.info["preprocessing"]["pooled"]  # from the summed moments, in the clear (the simulation's)
+    for name, kind in (("plain-fedavg", "plain"), ("ckks-fedavg", "ciphertext"), ("secagg-plus-fedavg", "masked")):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        out = standardise_through_protocol(task, load_protocol(name), run_dir)
+        record = json.loads((run_dir / "standardisation.json").read_text())
+        assert record["contributors"] == ["hospA", "hospB", "hospC"] and record["pooled"]["n"] == exact["n"]
+        seen = {k.split(":")[1] for k in record["views"]}
+        assert kind in seen and (kind == "plain" or "plain" not in seen), seen  # no site's moments in the clear
+        np.testing.assert_allclose(record["pooled"]["mean"], exact["mean"], rtol=1e-3)
+        np.testing.assert_allclose(record["pooled"]["sd"], exact["sd"], rtol=3e-2)  # 16-bit SecAgg quantization
+        mu, sd = np.array(record["pooled"]["mean"]), np.array(record["pooled"]["sd"])
+        for r, s in zip(raw.sites, out.sites):  # every site's features now use the released statistics
+            np.testing.assert_allclose(s.x_train.numpy(), (r.x_train.numpy() - mu) / sd, atol=1e-4)
+        assert out.info["preprocessing"]["pooled"] == record["pooled"] and task.sites[0] is not out.sites[0]
+        again = standardise_through_protocol(task, load_protocol(name), run_dir)  # a resumed run: read, not re-summed
+        assert again.info["preprocessing"]["pooled"] == record["pooled"]
+
+
+def test_a_run_saves_the_statistics_its_secure_sum_released(tmp_path):
+    sites = _two_sites(tmp_path)
+    text = _EXPERIMENT.format(name="fed-secure", protocols='["secagg-plus-fedavg"]', standardise="federated",
+                              a=sites[0]["data"], b=sites[1]["data"])
+    c = _table(tmp_path / "c.csv", 30, 2, shift=60.0, scale=3.0)
+    text = text.replace("[[task.sites]]", _RANGES + "[[task.sites]]", 1)  # SecAgg+ sums over 3 or more sites
+    text = text.replace("[training]", f'[[task.sites]]\nname = "hospC"\ndata = "{c}"\n[training]')
+    result = run_experiment(parse_experiment(tomllib.loads(text), "fed.toml"), tmp_path / "runs", show_progress=False)
+    run_dir = Path(result.runs[0].path)
+    record = json.loads((run_dir / "standardisation.json").read_text())
+    assert json.loads((run_dir / "model.json").read_text())["preprocessing"]["pooled"] == record["pooled"]
+
+
+def test_a_value_outside_its_public_range_is_refused(tmp_path):
+    sites = _two_sites(tmp_path)
+    columns = {"age": {"type": "numeric", "range": [0, 60]}, "chol": {"type": "numeric", "range": [-3000, 3000]}}
+    with pytest.raises(DataError, match=r"b.csv: column 'age' has values outside its range \[0, 60\] at line\(s\)"):
+        build_task("csv", {"sites": sites, "label_column": "y", "standardise": "federated", "columns": columns})
+    with pytest.raises(SpecError, match=r"range: expected \[lowest, highest\]"):
+        build_task("csv", {"sites": sites, "label_column": "y", "columns": {**columns, "age": {"type": "numeric",
+                                                                                              "range": [5, 1]}}})
 
 
 def test_federated_statistics_saved_with_the_model_and_applied_by_predict(tmp_path, capsys):

@@ -262,17 +262,27 @@ def check_against_task(exp: Experiment, task: Any, variants: Sequence[Variant] |
     federated = isinstance(pre, Mapping) and pre.get("standardise") == "federated"
     for v in variants if variants is not None else exp.variants:
         privacy = getattr(v.spec, "privacy", None) if v.spec is not None else None
-        sees = v.spec.threat_model.aggregator_sees if v.spec is not None else "plain"
-        if federated and v.spec is not None and (privacy is not None or sees != "plain"):
-            # tasks/tabular.py: the sites' moment sums are added in the clear before round 0
-            raise SpecError(f"{exp.source} [task].standardise = \"federated\": the sites' feature sums are added in "
-                            f"the clear before round 0, which protocol {v.label!r} (aggregator sees "
-                            f"{sees}{', DP layer' if privacy is not None else ''}) "
-                            "does not allow; use standardise = \"site\" or \"none\" with it")
+        if federated and v.spec is not None:  # run/standardise.py sums the moments through v's secure sum
+            _check_federated_standardisation(exp, task, v, privacy)
         unknown = sorted(set(getattr(privacy, "site_budgets", None) or {}) - set(names))
         if unknown:
             raise SpecError(f"protocol {v.label!r} [privacy].site_budgets: unknown site(s) {unknown}; "
                             f"task {exp.task_name!r} has sites {names}")
+
+
+def _check_federated_standardisation(exp: Experiment, task: Any, v: Variant, privacy: Any) -> None:
+    """``standardise = "federated"``: the pooled moments go through the protocol's own secure sum, unnoised."""
+    assert v.spec is not None
+    where = f'{exp.source} [task].standardise = "federated"'
+    if privacy is not None:
+        raise SpecError(f"{where}: protocol {v.label!r} has a DP layer and the pooled feature moments are released "
+                        "without noise (not counted in ε); use standardise = \"site\" or \"none\" with it")
+    if v.spec.threat_model.aggregator_sees != "plain" and getattr(task, "federated", None) is None:
+        cols = task.info["preprocessing"]
+        missing = [c["name"] for c in cols["columns"] if c["type"] == "numeric" and c.get("range") is None]
+        raise SpecError(f"{where}: protocol {v.label!r} sums the sites' feature moments securely, which needs a public "
+                        f"range for every numeric column; give range = [lowest, highest] in [task.columns] for "
+                        f"{missing}")
 
 
 def load_experiment(path_or_name: str | Path) -> Experiment:

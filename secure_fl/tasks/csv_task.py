@@ -302,8 +302,7 @@ def build_csv(params: Mapping[str, Any], where: str) -> HeartTask:
     if positive is not None:
         notes.insert(0, f"positive class {positive!r} of column {spec.column!r}")
     if pre.pooled is not None:
-        notes.append(f"federated standardisation over {pre.pooled['n']} training rows (the sites' moment sums "
-                     "added in the clear before round 0)")
+        notes.append(f"federated standardisation over {pre.pooled['n']} training rows")
     info = {
         "features": pre.features,
         "labels": classes,
@@ -314,4 +313,10 @@ def build_csv(params: Mapping[str, Any], where: str) -> HeartTask:
                                "split": s.src.split, "dropped_rows": s.dropped} for s in sites},
         "notes": notes,
     }
-    return HeartTask("csv", len(classes), data, info, model=p["model"], hidden=p["hidden"], model_args=p["model_args"])
+    federated = None
+    if pre.standardise == "federated" and len(pre.bounded) == len(data):
+        from .federated_stats import FederatedInputs
+
+        federated = FederatedInputs(dict(pre.bounded), pre)
+    return HeartTask("csv", len(classes), data, info, model=p["model"], hidden=p["hidden"], model_args=p["model_args"],
+                     federated=federated)

@@ -71,7 +71,7 @@ from ..errors import DataError, SpecError
 from ..speccheck import check_keys, get, one_of
 
 __all__ = ["LINE", "line_of", "canon", "ColumnSpec", "LabelSpec", "Preprocessor", "read_table", "parse_columns",
-           "parse_labels", "moment_sums", "STANDARDISE"]
+           "parse_labels", "moment_sums", "bounded_moments", "STANDARDISE"]
 
 MISSING = ("refuse", "drop", "impute")
 STANDARDISE = ("site", "federated", "none")
@@ -128,14 +128,17 @@ class ColumnSpec:
     levels: tuple[str, ...] = ()  # categorical: all levels; ordinal: the order
     reference: str | None = None
     missing: str = "refuse"
+    range: tuple[float, float] | None = None  # numeric: public bounds [lo, hi] (federated standardisation)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.kind, "levels": list(self.levels), "reference": self.reference,
-                "missing": self.missing}
+                "missing": self.missing, "range": list(self.range) if self.range is not None else None}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "ColumnSpec":
-        return cls(d["name"], d["type"], tuple(d["levels"]), d["reference"], d["missing"])
+        rng = d.get("range")
+        return cls(d["name"], d["type"], tuple(d["levels"]), d["reference"], d["missing"],
+                   (float(rng[0]), float(rng[1])) if rng is not None else None)
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,7 @@ def parse_columns(params: Mapping[str, Any], where: str, default_missing: str) -
             v = {"type": v}
         if not isinstance(v, dict):
             raise SpecError(f"{w}: expected a type name {list(TYPES)} or a table, found {v!r}")
-        check_keys(v, ["type", "levels", "reference", "order", "missing"], w)
+        check_keys(v, ["type", "levels", "reference", "order", "missing", "range"], w)
         kind = get(v, "type", str, w, None, one_of(*TYPES))
         missing = get(v, "missing", str, w, default_missing, one_of(*MISSING))
         levels: tuple[str, ...] = ()
@@ -202,10 +205,24 @@ def parse_columns(params: Mapping[str, Any], where: str, default_missing: str) -
             extra = sorted({"levels", "reference", "order"} & set(v))
             if extra:
                 raise SpecError(f"{w}: {extra} apply to categorical/ordinal columns, not {kind}")
-        cols.append(ColumnSpec(name, kind, levels, reference, missing))
+        bounds = None
+        if "range" in v:
+            bounds = _range(v["range"], f"{w}.range")
+            if kind != "numeric":
+                raise SpecError(f"{w}.range: applies to numeric columns, not {kind}")
+        cols.append(ColumnSpec(name, kind, levels, reference, missing, bounds))
     if not any(c.kind != "ignore" for c in cols):
         raise SpecError(f"{where}.columns: declare at least one feature column")
     return cols
+
+
+def _range(raw: Any, where: str) -> tuple[float, float]:
+    ok = isinstance(raw, list) and len(raw) == 2 and all(
+        isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in raw)
+    if not ok or raw[0] >= raw[1]:
+        raise SpecError(f"{where}: expected [lowest, highest] plausible value, two finite numbers lowest first, "
+                        f"found {raw!r}")
+    return float(raw[0]), float(raw[1])
 
 
 def _levels(raw: list[Any], where: str) -> list[str]:
@@ -271,6 +288,52 @@ class Preprocessor:
     decimal: str = "."
     pooled: dict[str, Any] | None = None
     moments: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    bounded: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict, repr=False)
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Public ``(lo, hi)`` per feature (numeric: ``range``; ordinal: 0 and its last position; one-hot:
+        0 and 1), or ``None`` when a numeric column has no ``range`` (see :meth:`unbounded`)."""
+        if self.unbounded():
+            return None
+        lo, hi = [], []
+        for c in self.columns:
+            if c.kind == "categorical":
+                lo += [0.0] * (len(c.levels) - 1)
+                hi += [1.0] * (len(c.levels) - 1)
+            elif c.kind == "ordinal":
+                lo.append(0.0)
+                hi.append(float(len(c.levels) - 1))
+            elif c.kind == "numeric":
+                assert c.range is not None  # unbounded() is empty
+                lo.append(c.range[0])
+                hi.append(c.range[1])
+        return np.array(lo), np.array(hi)
+
+    def unbounded(self) -> list[str]:
+        """Numeric columns without a public ``range``."""
+        return [c.name for c in self.columns if c.kind == "numeric" and c.range is None]
+
+    def _scaled_names(self) -> list[str]:
+        return [c.name for c in self.columns if c.kind in ("numeric", "ordinal")]
+
+    def pool_bounded(self, mean: np.ndarray, weight: float) -> dict[str, Any]:
+        """Pooled statistics from the released *mean* (weights: row counts) of :func:`bounded_moments`."""
+        bounds = self.bounds()
+        if bounds is None:
+            raise DataError(f"federated standardisation: numeric column(s) {self.unbounded()} have no range")
+        lo, hi = bounds
+        scaled = self._scaled_mask()
+        span = (hi - lo)[scaled]
+        d = int(scaled.sum())
+        mean = np.asarray(mean, dtype=np.float64)
+        if mean.shape != (2 * d,):
+            raise DataError(f"federated standardisation: expected {2 * d} released values, found {mean.shape}")
+        m1, m2 = np.clip(mean[:d], 0.0, 1.0), np.clip(mean[d:], 0.0, 1.0)
+        mu, sd = np.zeros(len(scaled)), np.ones(len(scaled))
+        mu[scaled] = lo[scaled] + span * m1
+        s = span * np.sqrt(np.maximum(m2 - m1**2, 0.0))
+        sd[scaled] = np.where(s <= 1e-12 * np.maximum(1.0, np.abs(mu[scaled])), 1.0, s)
+        return {"n": round(float(weight)), "mean": mu.tolist(), "sd": sd.tolist()}
 
     @property
     def features(self) -> list[str]:
@@ -354,6 +417,9 @@ class Preprocessor:
         x = self.transform(site, df, path, standardise=False)
         if self.standardise == "federated":
             self.moments[site] = moment_sums(x)
+            bounds = self.bounds()
+            if bounds is not None:
+                self.bounded[site] = bounded_moments(x, *bounds, self._scaled_mask(), df, path, self._scaled_names())
             return
         scaled = self._scaled_mask()
         mu = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
@@ -452,6 +518,27 @@ class Preprocessor:
         stats.update({k: dict(v) for k, v in (site_stats or {}).items()})
         return cls([ColumnSpec.from_json(c) for c in d["columns"]], d["standardise"], stats,
                    d.get("delimiter", ","), d.get("decimal", "."), d.get("pooled"))
+
+
+def bounded_moments(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, scaled: np.ndarray, df: Any, path: Path,
+                    names: list[str]) -> tuple[np.ndarray, float]:
+    """One site's input to federated standardisation through a secure sum: ``(n · v, n)`` where
+    ``v = [mean(x'), mean(x'²)]`` over the scaled columns and ``x' = (x - lo) / (hi - lo)`` in [0, 1]
+    with public bounds, so every unweighted coordinate lies in [0, 1] (the range a quantizing secure
+    sum such as SecAgg takes). A value outside its column's range is refused with file, column and lines."""
+    x = np.asarray(x, dtype=np.float64)[:, scaled]
+    lo, hi = lo[scaled], hi[scaled]
+    problems = []
+    for j, name in enumerate(names):
+        out = np.flatnonzero((x[:, j] < lo[j]) | (x[:, j] > hi[j]))
+        if len(out):
+            problems.append(f"{path}: column {name!r} has values outside its range [{lo[j]:g}, {hi[j]:g}] at "
+                            f"{_lines(out, df)}")
+    if problems:
+        raise DataError("\n".join(problems))
+    z = (x - lo) / (hi - lo)
+    n = float(len(z))
+    return n * np.concatenate([z.mean(axis=0), (z**2).mean(axis=0)]), n
 
 
 def moment_sums(x: np.ndarray) -> np.ndarray:
