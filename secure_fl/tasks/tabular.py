@@ -6,7 +6,7 @@ Configured in the ``[task]`` table of a ``csv`` experiment::
     label_map = {"0" = 0, "1" = 1, "2" = 1, "3" = 1, "4" = 1}   # optional: raw value -> class
     positive = 1                # optional: the positive class; asks for a binary task
     missing = "refuse"          # or "drop" (rows, counted per site) or "impute" (site statistics)
-    standardise = "site"        # or "none"
+    standardise = "site"        # or "federated" (pooled over all sites) or "none"
     delimiter = ";"             # optional, default ","; decimal = "," for "1,5" (European exports)
     decimal = ","
 
@@ -15,7 +15,7 @@ Configured in the ``[task]`` table of a ``csv`` experiment::
     cp = {type = "categorical", levels = ["typical", "atypical", "non-anginal", "asymptomatic"], reference = "typical"}
     restecg = {type = "ordinal", order = ["normal", "st-t", "lvh"]}
     notes = "ignore"
-    chol = {type = "numeric", missing = "impute"}
+    chol = {type = "numeric", missing = "impute", range = [50, 700]}   # range: public bounds (federated)
 
 Labels. Values are compared as numbers when they are numbers (``0``, ``0.0`` and ``"0"`` are one
 class) and as stripped text otherwise. A missing label is refused with its file and line.
@@ -43,17 +43,22 @@ Standardisation (``standardise``): numeric and ordinal columns are centred and s
 - ``"site"`` (the default): with the mean and sd of the site's own training rows. No statistic
   leaves the site; each site keeps its own in ``sites/<site>/preprocessing.json`` of a run folder,
   and ``secure-fl predict --site`` applies them.
-- ``"federated"``: with the mean and sd of all sites' training rows pooled. Each site computes
-  ``[n, Σx, Σx²]`` of its training features (:func:`moment_sums`); the pooled statistics follow
-  from the *sum* of these vectors alone (:meth:`Preprocessor.pool`; Chan, Golub and LeVeque, "Updating
-  formulae and a pairwise algorithm for computing sample variances", 1979, eq. 1.3 applied to the
-  totals). What this version guarantees: the sums are added once, before round 0, by the process
-  that builds the task (the simulation's coordinator); they do **not** go through the protocol's
-  secure sum, so whoever adds them sees each site's count, feature means and variances. An
-  experiment therefore refuses ``"federated"`` with any protocol whose aggregator sees less than
-  the plain updates, or that has a DP layer (the moments are not noised and not counted in ε);
-  with ``plain-fedavg``, ``pooled`` and ``local-only`` it runs. Only the pooled statistics are saved
-  (``model.json``, key ``preprocessing.pooled``). Imputation values stay per site.
+- ``"federated"``: with the mean and sd of all sites' training rows pooled, computed from sums
+  only, never from one site's own statistics. With a public ``range = [lo, hi]`` for every numeric
+  column (``age = {type = "numeric", range = [0, 120]}``; a value outside it is refused with file,
+  column and line), each site's bounded moments go through the run's own secure sum before round 0
+  (:mod:`secure_fl.tasks.federated_stats`, driven by ``secure_fl/run/standardise.py``): the
+  aggregator sees them as it sees the updates (ciphertext under CKKS, masked under SecAgg/SecAgg+,
+  plain under plain-fedavg), and the pooled moments are released like any sum of the protocol.
+  (The simulation, holding every site's rows in one process, first builds the task with the plainly
+  pooled statistics; the secure sum's replace them before round 0, and only those train and are saved.)
+  Without ranges the sites' ``[n, Σx, Σx²]`` (:func:`moment_sums`) are added in the clear when the
+  task is built (:meth:`Preprocessor.pool`; Chan, Golub and LeVeque, "Updating formulae and a
+  pairwise algorithm for computing sample variances", 1979, applied to the totals), so whoever adds
+  them sees each site's count, means and variances: then only ``plain-fedavg``, ``pooled`` and
+  ``local-only`` run, and a protocol that hides single updates is refused. A protocol with a DP layer
+  is always refused (the moments are not noised, and not counted in ε). Only the pooled statistics
+  are saved (``model.json``, key ``preprocessing.pooled``); imputation values stay per site.
 - ``"none"``: the features as encoded.
 """
 
