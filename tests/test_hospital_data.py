@@ -185,6 +185,16 @@ def test_a_run_saves_the_statistics_its_secure_sum_released(tmp_path):
     assert json.loads((run_dir / "model.json").read_text())["preprocessing"]["pooled"] == record["pooled"]
 
 
+def test_federated_example_prepares_from_another_folder(tmp_path, monkeypatch):
+    from secure_fl.run.compare import prepare
+
+    monkeypatch.chdir(tmp_path)
+    exp = load_experiment(Path(__file__).resolve().parents[1] / "examples" / "hospital_csv" / "federated.toml")
+    chosen, task = prepare(exp)  # every protocol accepted: ranges given, no DP layer
+    assert [v.label for v in chosen] == ["plain-fedavg", "ckks-fedavg", "secagg-plus-fedavg"]
+    assert task.federated is not None and task.federated.dim == 2 * 3  # age, chol, restecg: mean and mean square
+
+
 def test_a_value_outside_its_public_range_is_refused(tmp_path):
     sites = _two_sites(tmp_path)
     columns = {"age": {"type": "numeric", "range": [0, 60]}, "chol": {"type": "numeric", "range": [-3000, 3000]}}
