@@ -286,7 +286,8 @@ def build_csv(params: Mapping[str, Any], where: str) -> HeartTask:
     data: list[SiteData] = []
 
     def finish(s: _Site) -> None:
-        name, test_path, test = s.src.name, s.src.test or s.src.train, s.test
+        name, test_path = s.src.name, s.src.test or s.src.train
+        test: Any = s.test  # set by the split
         scale = not errors  # with errors elsewhere only the checks matter (federated statistics need every site)
         xtr = pre.transform(name, s.train, s.src.train, standardise=scale)
         xte = pre.transform(name, test, test_path, standardise=scale)
