@@ -21,31 +21,36 @@ def _example_task(name: str) -> dict:
     return tomllib.loads((ROOT / "examples" / name).read_text())["task"]
 
 
-def test_hospital_csv_example_builds(monkeypatch):
-    monkeypatch.chdir(ROOT)  # the example's paths start at the repository root
-    params = _example_task("hospital_csv/experiment.toml")
-    task = build_task(params.pop("name"), params)
+def _example(name: str):
+    """The example's task, its paths resolved as `secure-fl compare` resolves them (from the TOML's folder)."""
+    from secure_fl.run.experiment import load_experiment
+
+    exp = load_experiment(ROOT / "examples" / name)
+    return build_task(exp.task_name, exp.task_params)
+
+
+def test_hospital_csv_example_builds(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the example's paths start at its own folder, not the working folder
+    task = _example("hospital_csv/experiment.toml")
     sizes = [(s.name, s.n_train, s.n_test) for s in task.sites]
     assert sizes == [("hospA", 120, 40), ("hospB", 75, 25), ("hospC", 60, 20)]
     features = ["age", "sex=M", "cp=atypical", "cp=non-anginal", "cp=asymptomatic", "chol", "restecg"]
     assert task.info["features"] == features
 
 
-def test_own_model_in_the_csv_task(monkeypatch):
-    monkeypatch.chdir(ROOT)
-    params = _example_task("own_code/own-model.toml")
-    task = build_task(params.pop("name"), params)
+def test_own_model_in_the_csv_task(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    task = _example("own_code/own-model.toml")
     model = task.make_model(0)
     assert isinstance(model, nn.Sequential) and model[0].out_features == 8
     target, kwargs = task.model_spec()
-    assert target == "examples/own_code/risk.py:make_model"
+    assert target == f"{RISK}:make_model"  # resolved from the TOML's folder: model.json works from anywhere
     assert kwargs == {"n_features": 7, "num_classes": 2, "hidden": 8}
 
 
-def test_own_task_builder(monkeypatch):
-    monkeypatch.chdir(ROOT)
-    params = _example_task("own_code/own-task.toml")
-    task = build_task(params.pop("name"), params)
+def test_own_task_builder(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    task = _example("own_code/own-task.toml")
     assert task.name == "age-risk" and [s.name for s in task.sites] == ["hospA", "hospC"]
     assert task.sites[0].x_train.shape[1] == 2
 
@@ -78,7 +83,7 @@ def test_rgb_image_folder(tmp_path):
             Image.fromarray(img + rng.integers(0, 20, img.shape, dtype=np.uint8)).save(p)
     task = build_task("image-folder", {"sites": [{"name": "A", "data": str(tmp_path / "A")}], "image_size": [8, 8],
                                        "channels": 3})
-    x = task.sites[0].x_train
+    x = task.sites[0].x_train[:]  # kept on disk (load = "lazy"); [:] decodes every image
     assert x.shape[1:] == (3, 8, 8)
     red = task.sites[0].y_train == task.info["classes"].index("red")
     assert float(x[red][:, 0].mean()) > 0.7 and float(x[red][:, 2].mean()) < 0.1
@@ -100,7 +105,7 @@ def test_image_folder_example_builds(tmp_path):
     for site in params["sites"]:
         for key in ("train", "test", "data"):
             if key in site:
-                site[key] = site[key].replace("examples/image_folder/data", str(tmp_path))
+                site[key] = site[key].replace("data", str(tmp_path), 1)
     task = build_task(params.pop("name"), params)
     assert [(s.name, s.n_train, s.n_test) for s in task.sites] == [("hospA", 6, 4), ("hospB", 6, 2)]
     assert task.sites[0].x_train.shape[1:] == (3, 32, 32) and task.info["classes"] == ["lesion-blue", "lesion-red"]

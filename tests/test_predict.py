@@ -83,7 +83,13 @@ def test_model_pt_is_a_state_dict_with_model_json(csv_run):
                                     "kwargs": {"n_features": 3, "num_classes": 2}}
     assert card["classes"] == ["0", "1"] and card["positive"] == "1"
     assert card["features"] == ["age", "sex=M", "chol"]
-    assert set(card["preprocessing"]["sites"]) == {"hospA", "hospB"}
+    # model.json holds no site's own statistics; each site's are in its own folder of the run
+    assert "sites" not in card["preprocessing"] and "pooled" not in card["preprocessing"]
+    text = (run_dir / "model.json").read_text()
+    for name in ("hospA", "hospB"):
+        own = json.loads((run_dir / "sites" / name / "preprocessing.json").read_text())
+        assert own["site"] == name and own["mean"] == result.task.info["preprocessing"]["sites"][name]["mean"]
+        assert not any(json.dumps(v) in text for v in own["mean"] + own["sd"] if v not in (0.0, 1.0))
     model, _ = load_model(run_dir)
     np.testing.assert_array_equal(model.linear.weight.detach().numpy(), state["linear.weight"].numpy())
     per_site = json.loads((Path(result.runs[1].path) / "model.json").read_text())

@@ -54,10 +54,16 @@ def _site(name: str, path: Path, seed: int) -> SiteData:
 
 
 def build(params: Mapping[str, Any], where: str) -> AgeRiskTask:
-    """``params`` is the rest of [task]: here ``files = {site = "path.csv", ...}`` and ``seed``."""
-    files = params.get("files")
-    if not isinstance(files, dict) or not files:
-        raise DataError(f"{where}.files: expected a table site name -> CSV path, found {files!r}")
+    """``params`` is the rest of [task]: here ``[[task.sites]]`` (``name`` and ``data``) and ``seed``.
+
+    Relative ``data`` paths were already resolved against the experiment file's folder.
+    """
+    sites = params.get("sites")
+    if not isinstance(sites, list) or not sites:
+        raise DataError(f"{where}.sites: list at least one [[task.sites]] with name and data")
+    for i, s in enumerate(sites):
+        if not isinstance(s, dict) or not isinstance(s.get("name"), str) or not isinstance(s.get("data"), str):
+            raise DataError(f"{where}.sites[{i}]: expected name = \"...\" and data = \"path.csv\", found {s!r}")
     seed = int(params.get("seed", 0))
-    sites = [_site(name, Path(p), seed) for name, p in files.items()]
-    return AgeRiskTask("age-risk", 2, sites, {"labels": ["0", "1"], "positive": "1", "features": ["age/10", "male"]})
+    data = [_site(s["name"], Path(s["data"]), seed) for s in sites]
+    return AgeRiskTask("age-risk", 2, data, {"labels": ["0", "1"], "positive": "1", "features": ["age/10", "male"]})

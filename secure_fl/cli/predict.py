@@ -4,9 +4,11 @@ For an image task ``--data`` is an image or a folder searched recursively; each 
 and converted (grey or RGB) as in training, and rows are named by file.
 
 
-Reads ``RUN_DIR/model.json`` and ``RUN_DIR/model.pt`` (:mod:`secure_fl.tasks.export`), applies the
-saved preprocessing with the statistics of one site (``--site``; needed when several sites trained
-the model, since each site standardises with its own statistics) and writes one row per patient:
+Reads ``RUN_DIR/model.json`` and ``RUN_DIR/model.pt`` (:mod:`secure_fl.tasks.export`) and applies the
+saved preprocessing: the pooled statistics of ``model.json`` (``standardise = "federated"``), and
+where the site's own apply (``standardise = "site"``, imputation values) those of ``--site`` from
+``RUN_DIR/sites/<site>/preprocessing.json`` (needed when several sites saved theirs). It writes
+one row per patient:
 the file line, ``p(<class>)`` for every class and the predicted class. The label column, when the
 file has one, is not read.
 """
@@ -27,7 +29,7 @@ def predict_file(run_dir: Path, data: Path, site: str | None = None) -> tuple[li
     import torch
 
     from ..errors import DataError
-    from ..tasks.export import load_model
+    from ..tasks.export import load_model, load_site_stats
     from ..tasks.tabular import LINE, Preprocessor, read_table
 
     model, card = load_model(run_dir, site)
@@ -38,12 +40,16 @@ def predict_file(run_dir: Path, data: Path, site: str | None = None) -> tuple[li
         raise DataError(f"{run_dir}/model.json: task {card['task']!r} saved no preprocessing; predict scores tables "
                         "of the csv task, the heart-disease task with split = \"flamby\", and image folders")
     pre = Preprocessor.from_json(pre_json)
-    if site is None:
-        trained = [s for s in card["sites"] if s in pre.stats]
-        if len(trained) != 1:
-            raise DataError(f"{run_dir}: the model was trained by sites {card['sites']}, each with its own feature "
-                            f"statistics; say whose to apply with --site (one of {sorted(pre.stats)})")
-        site = trained[0]
+    if site is not None and site not in pre.stats:
+        pre = Preprocessor.from_json(pre_json, {site: load_site_stats(run_dir, site)})
+    elif site is None and pre.needs_site():
+        have = sorted(p.parent.name for p in (run_dir / "sites").glob("*/preprocessing.json")) or sorted(pre.stats)
+        if len(have) != 1:
+            raise DataError(f"{run_dir}: the model was trained by sites {card['sites']}, each with its own "
+                            f"preprocessing statistics ({_why(pre)}); say whose to apply with --site (one of {have})")
+        site = have[0]
+        if site not in pre.stats:
+            pre = Preprocessor.from_json(pre_json, {site: load_site_stats(run_dir, site)})
     df = read_table(data, pre.delimiter, pre.decimal)
     x = pre.transform(site, df, data)
     with torch.no_grad():
@@ -53,6 +59,12 @@ def predict_file(run_dir: Path, data: Path, site: str | None = None) -> tuple[li
     rows = [[int(line)] + [round(float(p), 6) for p in pr] + [classes[int(pr.argmax())]]
             for line, pr in zip(df[LINE], probs)]
     return header, rows
+
+
+def _why(pre: Any) -> str:
+    if pre.standardise == "site":
+        return "standardise = \"site\""
+    return "imputation values of " + ", ".join(c.name for c in pre.columns if c.missing == "impute")
 
 
 def _predict_images(model: Any, card: dict[str, Any], data: Path) -> tuple[list[str], list[list[Any]]]:
@@ -102,6 +114,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("run_dir", help="a run folder, e.g. runs/<experiment>/<protocol>/seed0")
     p.add_argument("--data", required=True, help="CSV with the training columns (the label column is not needed), "
                    "or for an image task an image or a folder of images")
-    p.add_argument("--site", help="whose preprocessing statistics to apply (required when several sites trained)")
+    p.add_argument("--site", help="whose own preprocessing statistics to apply (RUN_DIR/sites/SITE/preprocessing.json; "
+                   "required when several sites saved theirs)")
     p.add_argument("--out", help="write the probabilities to this CSV instead of printing them")
     p.set_defaults(func=cmd_predict)

@@ -32,6 +32,7 @@ from ..errors import SpecError
 from ..protocol.spec import ProtocolSpec, parse_protocol
 from ..speccheck import check_keys, get, get_table, in_range
 from ..training.config import TrainingConfig
+from ..tasks.paths import resolve_task_paths
 
 __all__ = [
     "REFERENCES", "FederationConfig", "Experiment", "Variant", "load_experiment", "parse_experiment", "EXPERIMENTS_DIR",
@@ -148,6 +149,8 @@ def parse_experiment(data: Mapping[str, Any], source: str = "<memory>", base_dir
         raise SpecError(f"{where}.seeds: list at least one seed")
     task = get_table(data, "task", where)
     task_name = get(task, "name", str, f"{where} [task]")
+    # data and code paths in [task] start at the experiment file's folder, like protocol files (tasks/paths.py)
+    task_name, task = resolve_task_paths(task_name, task, base_dir)
     sweep = get_table(data, "sweep", where, {})
     if len(sweep) > 1:
         raise SpecError(f"{where} [sweep]: sweep one key at a time, found {sorted(sweep)}")
@@ -257,12 +260,31 @@ def check_against_task(exp: Experiment, task: Any, variants: Sequence[Variant] |
     if fed.min_sites > picked:
         raise SpecError(f"{where}.min_sites: {fed.min_sites} exceeds the {picked} site(s) picked per round "
                         f"(fraction {fed.fraction:g} of {len(names)}); every round would abort")
+    pre = getattr(task, "info", {}).get("preprocessing")
+    federated = isinstance(pre, Mapping) and pre.get("standardise") == "federated"
     for v in variants if variants is not None else exp.variants:
         privacy = getattr(v.spec, "privacy", None) if v.spec is not None else None
+        if federated and v.spec is not None:  # run/standardise.py sums the moments through v's secure sum
+            _check_federated_standardisation(exp, task, v, privacy)
         unknown = sorted(set(getattr(privacy, "site_budgets", None) or {}) - set(names))
         if unknown:
             raise SpecError(f"protocol {v.label!r} [privacy].site_budgets: unknown site(s) {unknown}; "
                             f"task {exp.task_name!r} has sites {names}")
+
+
+def _check_federated_standardisation(exp: Experiment, task: Any, v: Variant, privacy: Any) -> None:
+    """``standardise = "federated"``: the pooled moments go through the protocol's own secure sum, unnoised."""
+    assert v.spec is not None
+    where = f'{exp.source} [task].standardise = "federated"'
+    if privacy is not None:
+        raise SpecError(f"{where}: protocol {v.label!r} has a DP layer and the pooled feature moments are released "
+                        "without noise (not counted in ε); use standardise = \"site\" or \"none\" with it")
+    if v.spec.threat_model.aggregator_sees != "plain" and getattr(task, "federated", None) is None:
+        cols = task.info["preprocessing"]
+        missing = [c["name"] for c in cols["columns"] if c["type"] == "numeric" and c.get("range") is None]
+        raise SpecError(f"{where}: protocol {v.label!r} sums the sites' feature moments securely, which needs a public "
+                        f"range for every numeric column; give range = [lowest, highest] in [task.columns] for "
+                        f"{missing}")
 
 
 def load_experiment(path_or_name: str | Path) -> Experiment:

@@ -33,6 +33,7 @@ from ..training.flat import flatten, load_flat
 from ..training.local import train_local
 from .experiment import Experiment, Variant
 from .checkpoint import federation_state, load_checkpoint, restore_federation, save_checkpoint
+from .standardise import standardise_through_protocol
 from .records import RunFolder, read_jsonl, read_rounds, run_status, site_stats, utc_now
 from .units import server_update, site_update
 
@@ -339,6 +340,8 @@ def _finish_round(folder: RunFolder, summary: RunSummary, r: int, record: dict[s
 
 def _run_protocol(exp: Experiment, task: Task, variant: Variant, seed: int, folder: RunFolder, summary: RunSummary,
                   progress: ProgressFn | None, ckpt: dict[str, Any] | None = None) -> None:
+    if variant.spec is not None:  # standardise = "federated": the pre-round sum through this protocol
+        task = standardise_through_protocol(task, variant.spec, folder.path)
     fed = Federation(exp, task, variant, seed, folder.path)
     first = 0
     if summary.resumed:

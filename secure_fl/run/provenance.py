@@ -60,6 +60,9 @@ def environment() -> dict[str, Any]:
 
 
 def _tensor_digest(h: "hashlib._Hash", t: torch.Tensor) -> None:
+    if hasattr(t, "update_digest"):  # images kept on disk (tasks/images.py): the same bytes, one image at a time
+        t.update_digest(h)
+        return
     t = t.detach().cpu().contiguous()
     h.update(f"{t.dtype}{tuple(t.shape)}".encode())
     h.update(t.numpy().tobytes())

@@ -12,7 +12,7 @@ from torch import nn
 
 from .metrics import accuracy, roc_auc, topk_accuracy
 
-__all__ = ["SiteData", "Task"]
+__all__ = ["SiteData", "Task", "cat_inputs"]
 
 
 @dataclass
@@ -20,7 +20,7 @@ class SiteData:
     """One site's local data. It never leaves the site in a federated protocol."""
 
     name: str
-    x_train: torch.Tensor
+    x_train: torch.Tensor  # or, for images kept on disk, an ImageFiles dataset standing in for it
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
@@ -111,7 +111,7 @@ class Task(ABC):
                 for k, v in self.metrics(model, site.x_test, site.y_test).items():
                     if k != "n":
                         out[f"{site.name}/{k}"] = v
-        x = torch.cat([s.x_test for s in self.sites])
+        x = cat_inputs([s.x_test for s in self.sites])
         y = torch.cat([s.y_test for s in self.sites])
         for k, v in self.metrics(model, x, y).items():
             if k != "n":
@@ -126,9 +126,9 @@ class Task(ABC):
         """All sites' training data in one place: the centralised reference point."""
         return SiteData(
             "pooled",
-            torch.cat([s.x_train for s in self.sites]),
+            cat_inputs([s.x_train for s in self.sites]),
             torch.cat([s.y_train for s in self.sites]),
-            torch.cat([s.x_test for s in self.sites]),
+            cat_inputs([s.x_test for s in self.sites]),
             torch.cat([s.y_test for s in self.sites]),
         )
 
@@ -136,6 +136,18 @@ class Task(ABC):
         parts = ", ".join(f"{s.name}: {s.n_train}/{s.n_test}" for s in self.sites)
         notes = "".join(f"; {n}" for n in self.info.get("notes", []))  # type: ignore[union-attr]
         return f"{self.name} ({self.num_classes} classes; train/test per site: {parts}{notes})"
+
+
+def cat_inputs(xs: list[Any]) -> Any:
+    """``torch.cat`` of sites' inputs; images kept on disk (:class:`~secure_fl.tasks.images.ImageFiles`)
+    are joined as a list of files, still undecoded."""
+    if all(isinstance(x, torch.Tensor) for x in xs):
+        return torch.cat(xs)
+    from .images import ImageFiles
+
+    if all(isinstance(x, ImageFiles) for x in xs):
+        return ImageFiles.concat(xs)
+    return torch.cat([x.materialise() if isinstance(x, ImageFiles) else x for x in xs])
 
 
 def _with_site_means(out: dict[str, float], sites: list[str]) -> dict[str, float]:

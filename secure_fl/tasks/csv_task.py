@@ -4,8 +4,8 @@ Sites and splits: :mod:`secure_fl.tasks.sites`. Labels, column types, missing va
 standardisation: :mod:`secure_fl.tasks.tabular`. Every file is read and checked before any error
 is raised, so one run reports every bad file, not only the first.
 
-Relative paths are taken from the working folder the command runs in (as for any file argument
-of a shell command), not from the TOML's folder.
+Relative paths in an experiment TOML start at the TOML's folder, as protocol files do
+(:mod:`secure_fl.tasks.paths`); given to :func:`build_csv` directly they start at the working folder.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from ..speccheck import get, one_of
 from .base import SiteData
 from .heart import HeartTask, tabular_params
 from .sites import SiteSource, fraction_split, parse_sites
-from .tabular import (LINE, MISSING, ColumnSpec, LabelSpec, Preprocessor, _sort_key, canon, line_of, parse_columns,
-                      parse_labels, read_table)
+from .tabular import (LINE, MISSING, STANDARDISE, ColumnSpec, LabelSpec, Preprocessor, _sort_key, canon, line_of,
+                      parse_columns, parse_labels, read_table)
 
 __all__ = ["CSV_KEYS", "build_csv"]
 
@@ -41,9 +41,9 @@ class _Site:
 
 
 def _read(src: SiteSource, delimiter: str = ",", decimal: str = ".") -> _Site:
-    train = read_table(src.train, delimiter, decimal)
-    test = read_table(src.test, delimiter, decimal) if src.test is not None else None
-    return _Site(src, train, test)
+    paths = [src.train] + ([src.test] if src.test is not None else [])
+    frames = _collect(paths, lambda path: read_table(path, delimiter, decimal))  # both files' problems
+    return _Site(src, frames[0], frames[1] if src.test is not None else None)
 
 
 def _collect(items: list[Any], fn: Any) -> list[Any]:
@@ -59,12 +59,35 @@ def _collect(items: list[Any], fn: Any) -> list[Any]:
     return out
 
 
+def _per_site(sites: list[Any], fn: Any, errors: list[str]) -> list[Any]:
+    """The sites on which ``fn`` raised no DataError; each error is appended to ``errors``.
+
+    A bad file drops its site from the later checks (they would only repeat the problem) while the
+    other sites go on, so one run names every bad file, whichever check each one fails."""
+    kept = []
+    for site in sites:
+        try:
+            fn(site)
+        except DataError as exc:
+            lines = str(exc).split("\n")
+            nested = len(lines) > 1 and lines[0].endswith("problems:")  # one site's several problems, listed once
+            errors.extend(line.strip() for line in lines[1:]) if nested else errors.append(str(exc))
+            continue
+        kept.append(site)
+    return kept
+
+
+def _raise(errors: list[str]) -> None:
+    if errors:
+        raise DataError(errors[0] if len(errors) == 1 else f"{len(errors)} problems:\n  " + "\n  ".join(errors))
+
+
 def _frames(s: _Site) -> list[tuple[Any, Path]]:
     return [(s.train, s.src.train)] + ([(s.test, s.src.test or s.src.train)] if s.test is not None else [])
 
 
 def _columns(sites: list[_Site], declared: list[ColumnSpec] | None, feats: list[Any] | None, label: str,
-             default_missing: str, where: str) -> list[ColumnSpec]:
+             default_missing: str, where: str, errors: list[str]) -> tuple[list[ColumnSpec], list[_Site]]:
     special = {label, LINE} | {s.src.split_column for s in sites if s.src.split_column}
     first_df, first_path = sites[0].train, sites[0].src.train
     if declared is None:
@@ -112,11 +135,15 @@ def _columns(sites: list[_Site], declared: list[ColumnSpec] | None, feats: list[
                 raise DataError(f"{path}: non-numeric feature column(s) {bad}; declare them in [task.columns] "
                                 f"(categorical or ordinal) or encode them as numbers")
 
-    _collect([f for s in sites for f in _frames(s)], check)
-    return cols
+    def check_site(s: _Site) -> None:
+        _collect(_frames(s), check)
+
+    return cols, _per_site(sites, check_site, errors)
 
 
-def _classes(sites: list[_Site], spec: LabelSpec, where: str) -> list[str]:
+def _labels(sites: list[_Site], spec: LabelSpec, errors: list[str]) -> list[_Site]:
+    """Each file's labels as classes (column ``__class__``); the sites whose labels are all good."""
+
     def labels_of(item: tuple[Any, Path]) -> set[str]:
         df, path = item
         labels = [canon(v) for v in df[spec.column]]
@@ -137,7 +164,11 @@ def _classes(sites: list[_Site], spec: LabelSpec, where: str) -> list[str]:
         df["__class__"] = raw
         return set(raw)
 
-    found = set().union(*_collect([f for s in sites for f in _frames(s)], labels_of))
+    return _per_site(sites, lambda s: _collect(_frames(s), labels_of), errors)
+
+
+def _classes(sites: list[_Site], spec: LabelSpec, where: str) -> list[str]:
+    found = {v for s in sites for df, _ in _frames(s) for v in df["__class__"]}
     classes = sorted(found, key=_sort_key)
     if len(classes) < 2:
         raise DataError(f"{where}: label column {spec.column!r} has a single class {classes} across all sites; "
@@ -210,7 +241,7 @@ def build_csv(params: Mapping[str, Any], where: str) -> HeartTask:
     sources = parse_sites(params, where, p["test_fraction"], name_from="stem")
     spec = parse_labels(params, where)
     default_missing = get(params, "missing", str, where, "refuse", one_of(*MISSING))
-    standardise = get(params, "standardise", str, where, "site", one_of("site", "none"))
+    standardise = get(params, "standardise", str, where, "site", one_of(*STANDARDISE))
     declared = parse_columns(params, where, default_missing)
     feats = get(params, "feature_columns", list, where, None)
     if declared is not None and feats is not None:
@@ -219,34 +250,61 @@ def build_csv(params: Mapping[str, Any], where: str) -> HeartTask:
     decimal = get(params, "decimal", str, where, ".", one_of(".", ","))
     if decimal == delimiter:
         raise SpecError(f"{where}: decimal and delimiter are both {decimal!r}")
-    sites = _collect(sources, lambda s: _read(s, delimiter, decimal))
-    cols = _columns(sites, declared, feats, spec.column, default_missing, where)
-    classes = _classes(sites, spec, where)
-    index = {c: i for i, c in enumerate(classes)}
+    errors: list[str] = []
+    read: list[_Site] = []
+
+    def read_one(src: SiteSource) -> None:
+        read.append(_read(src, delimiter, decimal))
+
+    _per_site(sources, read_one, errors)
+    if not read:
+        _raise(errors)
+    cols, sites = _columns(read, declared, feats, spec.column, default_missing, where, errors)
+    sites = _labels(sites, spec, errors)
     pre = Preprocessor(cols, standardise, delimiter=delimiter, decimal=decimal)
-    _collect(sites, lambda s: _split(s, pre, p["split_seed"]))
-    pre.columns = _fill_levels(cols, sites, where)
+    sites = _per_site(sites, lambda s: _split(s, pre, p["split_seed"]), errors)
+    try:  # checks over all sites: only meaningful, and only reported, when every file so far was good
+        classes = _classes(sites, spec, where)
+        pre.columns = _fill_levels(cols, sites, where)
+    except DataError as exc:
+        _raise(errors or [str(exc)])
+        raise
+    index = {c: i for i, c in enumerate(classes)}
 
-    def finish(s: _Site) -> SiteData:
+    def check_sizes(s: _Site) -> None:
+        test: Any = s.test  # set by the split
+        if len(s.train) == 0 or len(test) == 0:
+            raise DataError(f"site {s.src.name!r} ({s.src.train}): {len(s.train)} training and {len(test)} test "
+                            f"rows after the split ({s.src.split}); each needs at least one")
+        pre.fit(s.src.name, s.train, s.src.train)
+
+    sites = _per_site(sites, check_sizes, errors)
+    if pre.standardise == "federated" and not errors:
+        if len(sites) < 2:
+            raise SpecError(f'{where}.standardise: "federated" pools the statistics of two or more sites; this task '
+                            f'has {len(sites)} (use "site" or "none")')
+        pre.pool(np.sum([pre.moments[s.src.name] for s in sites], axis=0))  # only the total is used
+    data: list[SiteData] = []
+
+    def finish(s: _Site) -> None:
         name, test_path = s.src.name, s.src.test or s.src.train
-        if s.test is None:  # _split gave every site a test set
-            raise DataError(f"site {name!r} ({s.src.train}): no test rows")
-        if len(s.train) == 0 or len(s.test) == 0:
-            raise DataError(f"site {name!r} ({s.src.train}): {len(s.train)} training and {len(s.test)} test rows "
-                            f"after the split ({s.src.split}); each needs at least one")
-        pre.fit(name, s.train, s.src.train)
-        xtr = pre.transform(name, s.train, s.src.train)
-        xte = pre.transform(name, s.test, test_path)
+        test: Any = s.test  # set by the split
+        scale = not errors  # with errors elsewhere only the checks matter (federated statistics need every site)
+        xtr = pre.transform(name, s.train, s.src.train, standardise=scale)
+        xte = pre.transform(name, test, test_path, standardise=scale)
         ytr = np.array([index[v] for v in s.train["__class__"]], dtype=np.int64)
-        yte = np.array([index[v] for v in s.test["__class__"]], dtype=np.int64)
+        yte = np.array([index[v] for v in test["__class__"]], dtype=np.int64)
         t = torch.tensor
-        return SiteData(name, t(xtr, dtype=torch.float32), t(ytr), t(xte, dtype=torch.float32), t(yte))
+        data.append(SiteData(name, t(xtr, dtype=torch.float32), t(ytr), t(xte, dtype=torch.float32), t(yte)))
 
-    data = _collect(sites, finish)
+    _per_site(sites, finish, errors)
+    _raise(errors)  # every bad file, whichever check it failed, in one error
     positive = classes[-1] if len(classes) == 2 else None
     notes = [f"site {s.src.name}: {s.dropped} row(s) dropped for missing values" for s in sites if s.dropped]
     if positive is not None:
         notes.insert(0, f"positive class {positive!r} of column {spec.column!r}")
+    if pre.pooled is not None:
+        notes.append(f"federated standardisation over {pre.pooled['n']} training rows")
     info = {
         "features": pre.features,
         "labels": classes,
@@ -257,4 +315,10 @@ def build_csv(params: Mapping[str, Any], where: str) -> HeartTask:
                                "split": s.src.split, "dropped_rows": s.dropped} for s in sites},
         "notes": notes,
     }
-    return HeartTask("csv", len(classes), data, info, model=p["model"], hidden=p["hidden"], model_args=p["model_args"])
+    federated = None
+    if pre.standardise == "federated" and len(pre.bounded) == len(data):
+        from .federated_stats import FederatedInputs
+
+        federated = FederatedInputs(dict(pre.bounded), pre)
+    return HeartTask("csv", len(classes), data, info, model=p["model"], hidden=p["hidden"], model_args=p["model_args"],
+                     federated=federated)

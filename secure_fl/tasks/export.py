@@ -5,14 +5,16 @@
 - ``architecture``: ``{"class": "package.module:Class", "kwargs": {...}}``; ``Class(**kwargs)``
   is the module whose ``state_dict`` is in ``model.pt``;
 - ``task``, ``classes`` (class names in output order), ``positive`` (binary tasks), ``features``;
-- ``preprocessing``: the task's column specs and each site's fitted statistics (imputation values,
-  means and standard deviations; see :mod:`secure_fl.tasks.tabular`), or ``null``;
+- ``preprocessing``: the task's column specs and the statistics every site shares (with
+  ``standardise = "federated"`` the pooled mean and sd), or ``null``; never a single site's own;
 - ``sites``: the sites that trained it; ``per_site``: true when ``model.pt`` holds one
   ``state_dict`` per site (the ``local-only`` reference), keyed by site name.
 
-The statistics are per site: each site scores its own patients with its own statistics. A run
-folder therefore holds every site's feature means and standard deviations; in a deployment each
-site keeps the file with its own statistics only.
+A site's own statistics (imputation values; with ``standardise = "site"`` its feature means and
+standard deviations; see :mod:`secure_fl.tasks.tabular`) are written to
+``sites/<site>/preprocessing.json`` (format ``secure-fl-site-preprocessing/1``), the simulated
+site's own folder of the run, beside its privacy ledger: ``model.json`` can be handed to every
+site without telling one site another's statistics.
 """
 
 from __future__ import annotations
@@ -29,9 +31,19 @@ from ..errors import DataError
 from .base import Task
 from .plugins import load_callable
 
-__all__ = ["FORMAT", "model_card", "save_model", "load_model"]
+__all__ = ["FORMAT", "SITE_FORMAT", "model_card", "save_model", "load_model", "load_site_stats", "site_stats_path"]
 
 FORMAT = "secure-fl-model/1"
+SITE_FORMAT = "secure-fl-site-preprocessing/1"
+
+
+def site_stats_path(run_dir: Path, site: str) -> Path:
+    return run_dir / "sites" / site / "preprocessing.json"
+
+
+def _shared(pre: Any) -> Any:
+    """The preprocessing without any per-site statistic."""
+    return {k: v for k, v in pre.items() if k != "sites"} if isinstance(pre, Mapping) else pre
 
 
 def model_card(task: Task, model: nn.Module, per_site: bool = False) -> dict[str, Any]:
@@ -46,7 +58,7 @@ def model_card(task: Task, model: nn.Module, per_site: bool = False) -> dict[str
         "classes": [str(c) for c in classes],  # type: ignore[union-attr]
         "positive": info.get("positive"),
         "features": info.get("features"),
-        "preprocessing": info.get("preprocessing"),
+        "preprocessing": _shared(info.get("preprocessing")),
         "sites": [s.name for s in task.sites],
         "per_site": per_site,
     }
@@ -61,6 +73,23 @@ def save_model(task: Task, models: nn.Module | Mapping[str, nn.Module], run_dir:
         torch.save({name: m.state_dict() for name, m in models.items()}, run_dir / "model.pt")
         card = model_card(task, next(iter(models.values())), per_site=True)
     (run_dir / "model.json").write_text(json.dumps(card, indent=2) + "\n")
+    pre = task.info.get("preprocessing")
+    for site, stats in (pre.get("sites") or {}).items() if isinstance(pre, Mapping) else ():
+        path = site_stats_path(run_dir, site)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"format": SITE_FORMAT, "site": site, **stats}, indent=2) + "\n")
+
+
+def load_site_stats(run_dir: Path, site: str) -> dict[str, Any]:
+    """One site's own preprocessing statistics from ``sites/<site>/preprocessing.json``."""
+    path = site_stats_path(run_dir, site)
+    if not path.exists():
+        have = sorted(p.parent.name for p in (run_dir / "sites").glob("*/preprocessing.json"))
+        raise DataError(f"{path}: no preprocessing statistics of site {site!r} here (sites with their own: {have})")
+    data = json.loads(path.read_text())
+    if data.get("format") != SITE_FORMAT:
+        raise DataError(f"{path}: format {data.get('format')!r}, expected {SITE_FORMAT!r}")
+    return {k: v for k, v in data.items() if k not in ("format", "site")}
 
 
 def load_model(run_dir: Path, site: str | None = None) -> tuple[nn.Module, dict[str, Any]]:

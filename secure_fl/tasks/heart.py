@@ -105,6 +105,8 @@ class HeartTask(Task):
     model: str = "logreg"
     hidden: int = 32
     model_args: dict[str, Any] = field(default_factory=dict)
+    #: standardise = "federated" with public ranges: each site's input to the secure sum (tasks/federated_stats.py)
+    federated: Any = None
 
     def make_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)

@@ -1,7 +1,8 @@
 """Tasks and models from the user's own code, named ``"module:function"`` in the experiment TOML.
 
 ``module`` is an importable module (``my_hospital.tasks``) or a Python file
-(``examples/own_code/risk.py``, relative to the working folder). Interfaces:
+(``risk.py``; in an experiment TOML relative to the TOML's folder, see :mod:`secure_fl.tasks.paths`).
+Interfaces:
 
 - a **task**: ``[task] name = "module:build"`` with
   ``build(params: Mapping[str, Any], where: str) -> secure_fl.tasks.base.Task``; ``params`` is the
@@ -41,8 +42,8 @@ def load_callable(target: str, where: str) -> Any:
     if module_name.endswith(".py"):
         path = Path(module_name).expanduser()
         if not path.exists():
-            raise SpecError(f"{where}: {target!r}: file {path} not found (relative paths start at the working folder "
-                            f"{Path.cwd()})")
+            raise SpecError(f"{where}: {target!r}: file {path} not found (in an experiment TOML a relative path "
+                            f"starts at the TOML's folder; here, outside one, at the working folder {Path.cwd()})")
         key = f"secure_fl_user_{abs(hash(str(path.resolve())))}"
         spec = importlib.util.spec_from_file_location(key, path)
         if spec is None or spec.loader is None:
