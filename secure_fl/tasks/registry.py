@@ -26,6 +26,7 @@ TASKS: dict[str, str] = {
     "csv": "secure_fl.tasks.local_data:build_csv",
     "synthetic-tabular": "secure_fl.tasks.synthetic:build_synthetic_tabular",
     "synthetic-faces": "secure_fl.tasks.synthetic:build_synthetic_faces",
+    "synthetic-genes": "secure_fl.tasks.genes:build_synthetic_genes",
 }
 
 
