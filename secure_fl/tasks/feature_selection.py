@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["FeatureSelection", "FeatureSelectionNet", "feature_ranking", "top_k", "jaccard"]
+__all__ = ["FeatureSelection", "FeatureSelectionNet", "feature_ranking", "jaccard", "top_k"]
 
 
 class FeatureSelection(nn.Module):

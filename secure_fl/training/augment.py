@@ -35,7 +35,7 @@ from torch import nn
 
 from ..speccheck import check_keys, get, in_range
 
-__all__ = ["AugmentConfig", "augment_images", "expand_batch", "average_grad_samples"]
+__all__ = ["AugmentConfig", "augment_images", "average_grad_samples", "expand_batch"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class AugmentConfig:
             raise ValueError(f"augment multiplicity must be >= 1, found {self.multiplicity}")
 
     @classmethod
-    def from_table(cls, t: Mapping[str, Any], where: str) -> "AugmentConfig":
+    def from_table(cls, t: Mapping[str, Any], where: str) -> AugmentConfig:
         check_keys(t, ["flip", "shift", "brightness", "multiplicity"], where)
         return cls(
             flip=get(t, "flip", bool, where, True),
