@@ -33,7 +33,7 @@ def scores_of(run_dir: Path) -> list[np.ndarray]:
     return [s[KEY].abs().numpy() for s in states]
 
 
-def stability(compare_dir: Path, ks: tuple[int, ...]) -> dict[str, Any]:
+def stability(compare_dir: Path, ks: tuple[int, ...], tol: float) -> dict[str, Any]:
     data = json.loads((compare_dir / "compare.json").read_text())
     runs = data["runs"]
     pooled = {r["seed"]: scores_of(Path(r["path"]))[0] for r in runs if r["variant"] == "pooled"}
@@ -53,20 +53,22 @@ def stability(compare_dir: Path, ks: tuple[int, ...]) -> dict[str, Any]:
             row.setdefault("epsilon", []).append(float(max(eps)))
         models = scores_of(Path(r["path"]))
         for k in ks:
-            row.setdefault(f"jaccard@{k}", []).append(float(np.mean([jaccard(top_k(s, k), top_k(ref, k))
+            row.setdefault(f"jaccard@{k}", []).append(float(np.mean([jaccard(top_k(s, k, tol), top_k(ref, k, tol))
                                                                      for s in models])))
-        row.setdefault("nonzero", []).append(float(np.mean([(s > 0).sum() for s in models])))
+        row.setdefault("nonzero", []).append(float(np.mean([(s > tol).sum() for s in models])))
     top = {seed: [genes[i] for i in feature_ranking(s)[:10]] for seed, s in pooled.items()}
     seeds = sorted(pooled)
-    between = {f"jaccard@{k}": jaccard(top_k(pooled[seeds[0]], k), top_k(pooled[seeds[-1]], k)) for k in ks}
-    return {"compare": str(compare_dir), "ks": list(ks), "rows": rows, "pooled_top10": top,
+    between = {f"jaccard@{k}": jaccard(top_k(pooled[seeds[0]], k, tol), top_k(pooled[seeds[-1]], k, tol))
+               for k in ks}
+    return {"compare": str(compare_dir), "ks": list(ks), "tol": tol, "rows": rows, "pooled_top10": top,
             "pooled_seed_to_seed": between if len(seeds) > 1 else None}
 
 
 def table(result: dict[str, Any]) -> str:
     ks = result["ks"]
     cols = ["auc", "accuracy", "epsilon", *[f"jaccard@{k}" for k in ks], "nonzero"]
-    lines = ["| protocol | " + " | ".join(c if c != "nonzero" else "genes kept (w ≠ 0)" for c in cols) + " |",
+    names = [c if c != "nonzero" else f"genes kept (weight > {result['tol']:g})" for c in cols]
+    lines = ["| protocol | " + " | ".join(names) + " |",
              "|---" * (len(cols) + 1) + "|"]
     for variant, row in result["rows"].items():
         cells = []
@@ -90,9 +92,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("compare_dir", type=Path, help="a compare folder, e.g. runs/golub-genes/latest")
     ap.add_argument("--k", type=int, nargs="+", default=[10, 50], help="sizes of the top-k gene sets (default 10 50)")
+    ap.add_argument("--tol", type=float, default=1e-4,
+                    help="|w| at or below this counts as zero (CKKS's approximate sum leaves ~1e-6; default 1e-4)")
     ap.add_argument("--out", type=Path, help="write <out>.md and <out>.json")
     args = ap.parse_args()
-    result = stability(args.compare_dir, tuple(args.k))
+    result = stability(args.compare_dir, tuple(args.k), args.tol)
     text = table(result)
     print(text)
     print("pooled top-10 genes per seed:", json.dumps(result["pooled_top10"]))

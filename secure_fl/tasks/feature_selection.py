@@ -82,17 +82,18 @@ def feature_ranking(scores: np.ndarray) -> np.ndarray:
     return np.lexsort((np.arange(len(scores)), -scores))
 
 
-def top_k(scores: np.ndarray, k: int) -> set[int]:
-    """The ``k`` highest-scoring features among those with a non-zero score.
+def top_k(scores: np.ndarray, k: int, tol: float = 0.0) -> set[int]:
+    """The ``k`` highest-scoring features among those with a score above ``tol`` (default: non-zero).
 
     Features the L1 penalty set to zero are not selected: with fewer than ``k`` survivors the set
     is smaller (ranking zeros by index would put the same arbitrary features in every set and
-    inflate the overlap of two sets).
+    inflate the overlap of two sets). ``tol`` > 0 treats as zero what an approximate secure sum
+    (CKKS adds an error of about 1e-6) leaves of a weight the penalty zeroed at every site.
     """
     if not 1 <= k <= len(scores):
         raise ValueError(f"k must be in [1, {len(scores)}], found {k}")
     scores = np.asarray(scores)
-    return {int(i) for i in feature_ranking(scores)[:k] if scores[i] > 0}
+    return {int(i) for i in feature_ranking(scores)[:k] if scores[i] > tol}
 
 
 def jaccard(a: Sequence[int] | set[int], b: Sequence[int] | set[int]) -> float:
