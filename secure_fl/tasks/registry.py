@@ -18,12 +18,15 @@ __all__ = ["TASKS", "build_task"]
 
 TASKS: dict[str, str] = {
     "heart-disease": "secure_fl.tasks.heart:build_heart",
+    "heart-failure": "secure_fl.tasks.heart_failure:build_heart_failure",
+    "golub-genes": "secure_fl.tasks.genes:build_golub_genes",
     "faces": "secure_fl.tasks.faces:build_faces",
     "faces-pretrained": "secure_fl.tasks.pretrained:build_faces_pretrained",
     "image-folder": "secure_fl.tasks.local_data:build_image_folder",
     "csv": "secure_fl.tasks.local_data:build_csv",
     "synthetic-tabular": "secure_fl.tasks.synthetic:build_synthetic_tabular",
     "synthetic-faces": "secure_fl.tasks.synthetic:build_synthetic_faces",
+    "synthetic-genes": "secure_fl.tasks.genes:build_synthetic_genes",
 }
 
 

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..speccheck import check_keys, get, in_range, one_of
+from ..speccheck import check_keys, get, get_table, in_range, one_of
+from .augment import AugmentConfig
 
 __all__ = ["TrainingConfig", "RunPlan"]
 
@@ -16,7 +17,8 @@ class TrainingConfig:
     """How a site trains the global model on its data each round.
 
     ``local_steps`` (if set) overrides ``local_epochs``: the site takes exactly that many
-    minibatch steps, cycling through its data.
+    minibatch steps, cycling through its data. ``augment`` (image tasks): augmentations drawn
+    each step, with ``multiplicity`` copies per example (see :mod:`secure_fl.training.augment`).
     """
 
     local_epochs: int = 1
@@ -26,12 +28,13 @@ class TrainingConfig:
     optimizer: str = "sgd"
     momentum: float = 0.0
     weight_decay: float = 0.0
+    augment: AugmentConfig | None = None
 
     @classmethod
     def from_table(cls, t: Mapping[str, Any], where: str) -> "TrainingConfig":
-        check_keys(
-            t, ["local_epochs", "local_steps", "batch_size", "lr", "optimizer", "momentum", "weight_decay"], where
-        )
+        check_keys(t, ["local_epochs", "local_steps", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
+                       "augment"], where)
+        augment = get_table(t, "augment", where, None)
         return cls(
             local_epochs=get(t, "local_epochs", int, where, 1, in_range(1)),
             local_steps=get(t, "local_steps", int, where, None, in_range(1)),
@@ -40,6 +43,7 @@ class TrainingConfig:
             optimizer=get(t, "optimizer", str, where, "sgd", one_of("sgd", "adam")),
             momentum=get(t, "momentum", float, where, 0.0, in_range(0, 1, hi_open=True)),
             weight_decay=get(t, "weight_decay", float, where, 0.0, in_range(0)),
+            augment=None if augment is None else AugmentConfig.from_table(augment, f"{where}.augment"),
         )
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from .augment import average_grad_samples, expand_batch
 from .config import TrainingConfig
 from .flat import flatten
 
@@ -48,7 +49,12 @@ def train_local(
 
     ``hook`` (e.g. Opacus DP-SGD, see :mod:`secure_fl.protocol.pipeline`) may wrap the model,
     optimiser and loader; deltas are read from the original module's parameters, which the
-    wrappers share.
+    wrappers share. A model with a ``proximal_step(lr)`` method (e.g. the L1 penalty of
+    :class:`secure_fl.tasks.feature_selection.FeatureSelectionNet`) has it applied after every
+    optimiser step: it depends on the weights alone, so under DP-SGD it is post-processing.
+    ``cfg.augment`` augments every batch (``multiplicity`` K copies per example, drawn from a
+    generator seeded by ``seed``); under DP-SGD the K copies' per-sample gradients are averaged
+    before clipping, so one example still contributes at most C (:mod:`secure_fl.training.augment`).
     """
     start = flatten(model)
     torch.manual_seed(seed)
@@ -80,6 +86,9 @@ def _train_epochs(trained: nn.Module, optimizer: torch.optim.Optimizer, loader: 
                   loss_fn: nn.Module) -> tuple[int, float, int]:
     """The local epochs (or ``cfg.local_steps`` steps): (steps taken, summed loss, examples seen)."""
     trained.train()
+    proximal = getattr(model, "proximal_step", None)
+    augment = cfg.augment
+    aug_gen = torch.Generator().manual_seed(seed ^ 0xA06) if augment is not None else None
     steps, loss_sum, seen = 0, 0.0, 0
     target_steps = cfg.local_steps if cfg.local_steps is not None else None
     epochs = cfg.local_epochs if target_steps is None else 10**9
@@ -90,13 +99,20 @@ def _train_epochs(trained: nn.Module, optimizer: torch.optim.Optimizer, loader: 
                 # noise-only step; skipping it releases less, never more, and the accountant charges
                 # the planned steps anyway (probability per step (1-q)^n, ~5e-10 for the smallest site here).
                 continue
+            n_batch = len(yb)
+            if augment is not None and aug_gen is not None:
+                xb, yb = expand_batch(xb, yb, augment, aug_gen)
             optimizer.zero_grad()
             loss = loss_fn(trained(xb), yb)
             loss.backward()
+            if augment is not None and hook is not None:
+                average_grad_samples(model.parameters(), augment.multiplicity)  # per example, before clipping
             optimizer.step()
+            if proximal is not None:
+                proximal(cfg.lr)
             steps += 1
-            loss_sum += float(loss.detach()) * len(yb)
-            seen += len(yb)
+            loss_sum += float(loss.detach()) * n_batch
+            seen += n_batch
             if target_steps is not None and steps >= target_steps:
                 return steps, loss_sum, seen
     return steps, loss_sum, seen
