@@ -86,9 +86,9 @@ def test_step(benchmark, model_name, mode):
 
 
 def _forget_step_curves() -> None:
-    A._step_rdp.cache_clear()  # noqa: SLF001
-    A._step_pld.cache_clear()  # noqa: SLF001
-    A._opacus_step_rdp.cache_clear()  # noqa: SLF001
+    A._step_rdp.cache_clear()
+    A._step_pld.cache_clear()
+    A._opacus_step_rdp.cache_clear()
 
 
 @pytest.mark.parametrize("memo", ["cold", "warm"])
@@ -98,9 +98,9 @@ def test_epsilon_of_30_rounds(benchmark, accountant, memo):
     (one step's RDP curve / PLD computed); ``warm``: every later round (the curve read from the memo)."""
     event = A.compose([A.dp_sgd_event(1.0, 16 / 228, 15)] * 30)  # Cleveland: 228 patients, 1 epoch per round
     benchmark.extra_info.update({"accountant": accountant, "memo": memo,
-                                 "epsilon": A._epsilon(event, 1e-5, accountant)})  # noqa: SLF001
+                                 "epsilon": A._epsilon(event, 1e-5, accountant)})
     setup = _forget_step_curves if memo == "cold" else None
-    benchmark.pedantic(A._epsilon, args=(event, 1e-5, accountant), setup=setup, rounds=5)  # noqa: SLF001
+    benchmark.pedantic(A._epsilon, args=(event, 1e-5, accountant), setup=setup, rounds=5)
 
 
 @pytest.mark.parametrize("memo", ["cold", "warm"])

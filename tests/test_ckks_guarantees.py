@@ -261,7 +261,7 @@ def test_a_deployed_site_counts_releases_beside_its_kit_key(tmp_path: Path) -> N
     secret = tmp_path / "keys" / manifest["sites"][ids[0]]
     proto = CkksSum(preset="wide", release="aggregator", max_released_rounds=2)
     setup_protocol(proto, ids, 20, ckks_file=secret, ckks_kind="secret")
-    proto._count_release(ids[0])  # noqa: SLF001 (what a decrypting site does before a release leaves)
+    proto._count_release(ids[0])  # what a decrypting site does before a release leaves
     again = CkksSum(preset="wide", release="aggregator", max_released_rounds=2)
     setup_protocol(again, ids, 20, ckks_file=secret, ckks_kind="secret")
     assert again.released_rounds(ids[0]) == 1 and (secret.parent / RELEASE_LOG).is_file()

@@ -137,8 +137,8 @@ def test_quickstart_epsilons_unchanged_by_the_memo(mechanism, history):
     round_event = A.dp_sgd_event(sigma, q, steps) if steps > 1 else A.poisson_gaussian_event(sigma, q)
     for rounds, eps_rdp, eps_pld, eps_opacus in history:
         event = A.compose([round_event] * rounds)
-        assert A._epsilon(event, 1e-5, "rdp") == eps_rdp  # noqa: SLF001 (not the per-event memo)
-        assert A._epsilon(event, 1e-5, "pld") == eps_pld  # noqa: SLF001
+        assert A._epsilon(event, 1e-5, "rdp") == eps_rdp  # (not the per-event memo)
+        assert A._epsilon(event, 1e-5, "pld") == eps_pld
         if eps_opacus is not None:
             assert A.opacus_rdp_epsilon([(sigma, q, steps * rounds)], 1e-5) == eps_opacus
 
@@ -156,7 +156,7 @@ def test_memo_accountants_equal_dp_accounting(event):
     for kind, plain in (("rdp", rdp_privacy_accountant.RdpAccountant()), ("pld", pld)):
         plain.compose(event)
         for _ in range(2):  # the second count reads the memo
-            assert A._epsilon(event, 1e-6, kind) == plain.get_epsilon(1e-6)  # noqa: SLF001
+            assert A._epsilon(event, 1e-6, kind) == plain.get_epsilon(1e-6)
 
 
 def test_opacus_rdp_epsilon_equals_opacus_accountant():

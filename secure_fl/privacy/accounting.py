@@ -141,7 +141,7 @@ def _poisson_gaussian(event: dp_event.DpEvent) -> tuple[float, float] | None:
 def _step_rdp(sampling_probability: float, noise_multiplier: float) -> np.ndarray:
     """RDP at dp_accounting's default orders of one Poisson-subsampled Gaussian step (Mironov, Talwar,
     Zhang 2019, Sec. 3.3), by dp_accounting's own function; read-only because it is shared."""
-    rdp = np.asarray(rdp_privacy_accountant._compute_rdp_poisson_subsampled_gaussian(  # noqa: SLF001
+    rdp = np.asarray(rdp_privacy_accountant._compute_rdp_poisson_subsampled_gaussian(
         q=sampling_probability, noise_multiplier=noise_multiplier, orders=np.array(_RDP_ORDERS)))
     rdp.setflags(write=False)
     return rdp
@@ -176,7 +176,8 @@ class _MemoPldAccountant(pld_privacy_accountant.PLDAccountant):  # type: ignore[
         step = _poisson_gaussian(event)
         if do_compose and step is not None and step[0] != 0 and step[1] != 0:
             base = _step_pld(step[0], step[1], self._value_discretization_interval)
-            self._pld = self._pld.compose(base.self_compose(count))  # type: ignore[has-type]
+            composed: Any = self._pld
+            self._pld = composed.compose(base.self_compose(count))
             return None
         return super()._maybe_compose(event, count, do_compose)
 

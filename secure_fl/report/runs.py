@@ -19,7 +19,8 @@ from typing import Any
 
 from ..run.records import find_runs, read_json, read_jsonl, read_rounds, resolve_folder
 
-__all__ = ["RunData", "find_runs", "resolve_folder", "load_run", "read_json", "read_jsonl", "ledger_history", "site_sizes"]
+__all__ = ["RunData", "find_runs", "resolve_folder", "load_run", "read_json", "read_jsonl", "ledger_history",
+           "site_sizes"]
 
 
 def ledger_history(db: Path) -> dict[str, Any]:
