@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import tomllib
-
 import numpy as np
 import pytest
+import tomllib
 import torch
 
 from secure_fl.errors import DataError, SpecError

@@ -65,7 +65,7 @@ def train_local(
     if hook is not None:
         trained, optimizer, loader = hook.wrap(model, optimizer, loader)
     try:
-        steps, loss_sum, seen = _train_epochs(trained, optimizer, loader, cfg, loss_fn)
+        steps, loss_sum, seen = _train_epochs(model, trained, optimizer, loader, cfg, loss_fn, seed, hook)
     except BaseException:
         # one site's failure costs only that site its round: the hook must leave the (shared) model as it found
         # it, or the next site's wrap fails too (Opacus: "Trying to add hooks twice to the same model")
@@ -82,9 +82,13 @@ def train_local(
     return LocalResult(delta, int(len(y)), steps, {"train_loss": loss_sum / max(seen, 1)})
 
 
-def _train_epochs(trained: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, cfg: TrainingConfig,
-                  loss_fn: nn.Module) -> tuple[int, float, int]:
-    """The local epochs (or ``cfg.local_steps`` steps): (steps taken, summed loss, examples seen)."""
+def _train_epochs(model: nn.Module, trained: nn.Module, optimizer: torch.optim.Optimizer, loader: Any,
+                  cfg: TrainingConfig, loss_fn: nn.Module, seed: int, hook: Any | None) -> tuple[int, float, int]:
+    """The local epochs (or ``cfg.local_steps`` steps): (steps taken, summed loss, examples seen).
+
+    ``model`` is the caller's module (its ``proximal_step`` and parameters, which a hook's wrapper
+    ``trained`` shares); ``seed`` draws the augmentations.
+    """
     trained.train()
     proximal = getattr(model, "proximal_step", None)
     augment = cfg.augment
