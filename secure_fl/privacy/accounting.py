@@ -176,7 +176,7 @@ class _MemoPldAccountant(pld_privacy_accountant.PLDAccountant):  # type: ignore[
         step = _poisson_gaussian(event)
         if do_compose and step is not None and step[0] != 0 and step[1] != 0:
             base = _step_pld(step[0], step[1], self._value_discretization_interval)
-            composed: Any = self._pld
+            composed: Any = self._pld  # type: ignore[has-type]
             self._pld = composed.compose(base.self_compose(count))
             return None
         return super()._maybe_compose(event, count, do_compose)
