@@ -204,3 +204,55 @@ def test_secagg_round_survives_a_site_that_stops_answering_mid_round(tmp_path, t
     ups = [fed._site_update(i, 0) for i in (0, 1, 3)]
     mean = sum(v for v, _, _ in ups) / sum(w for _, w, _ in ups)
     assert np.allclose(run.weights, w0 + mean, atol=1e-3)
+
+
+# --- DP protocols deployed: the same privacy layer, ledgers and budgets in the sites' kits -------------------
+
+DP_SITES = {"site1": "site1", "site2": "site2", "site3": "site3"}  # kit names = task site names: same noise streams
+
+
+def _dp_kits(tmp_path: Path, budgets: dict[str, float], name: str = "dp-fed") -> Path:
+    lines = [f'name = "{name}"', 'address = "127.0.0.1:19998"']
+    for s, data in DP_SITES.items():
+        lines += [f"[sites.{s}]", f'data = "{data}"', "allow_seeded_noise = true",
+                  f"budget_epsilon = {budgets.get(s, 100.0)}", "budget_delta = 1e-5"]
+    (tmp_path / f"{name}.toml").write_text("\n".join(lines) + "\n")
+    out = tmp_path / f"kits-{name}"
+    provision(tmp_path / f"{name}.toml", out)
+    return out
+
+
+def _dp_exp(tiny_experiment_toml, protocol: str, rounds: int = 2):
+    task = 'name = "synthetic-tabular"\nn_sites = 3\nn_per_site = 60'
+    # seeded noise (secure_noise = false) so that the local engine draws the same noise
+    text = tiny_experiment_toml(protocols=f'["{protocol}"]', task=task, rounds=rounds,
+                                extra='[sweep]\n"privacy.secure_noise" = [false]')
+    return parse_experiment(tomllib.loads(text), "tiny.toml")
+
+
+def _deployed(kits: Path, exp, sites=DP_SITES, **kw):
+    spec = exp.variants[0].spec
+    _approve(kits, spec, sites)
+    transport = kw.pop("transport", None) or InProcessTransport({s: kits / "sites" / s for s in sites})
+    return DeployedRun(load_kit(kits / "aggregator"), exp, spec, 0, transport, log=lambda s: None, **kw)
+
+
+@pytest.mark.parametrize("protocol, tol", [("dp-sgd-local", 1e-6), ("dp-distributed-ckks", 1e-5)])
+def test_dp_run_deployed_gives_the_local_engines_model_and_charges_the_kit_ledgers(tmp_path, tiny_experiment_toml,
+                                                                                  protocol, tol):
+    kits = _dp_kits(tmp_path, {})
+    exp = _dp_exp(tiny_experiment_toml, protocol)
+    run = _deployed(kits, exp)
+    records = run.run()
+    assert [r["applied"] for r in records] == [True, True], records
+    local = Federation(exp, build_task(exp.task_name, exp.task_params), exp.variants[0], 0, tmp_path / "local")
+    local_records = [local.round(r) for r in range(2)]
+    assert np.allclose(run.weights, local.weights, atol=tol, rtol=0)
+    from secure_fl.privacy.ledger import PrivacyLedger
+
+    for s in DP_SITES:
+        ledger = PrivacyLedger(kits / "sites" / s / "ledger" / "ledger.sqlite", s)
+        rows = ledger.records()
+        assert [r.round for r in rows] == [0, 1] and all(r.note.startswith(f"deployed run {run.run_token}") for r in rows)
+        # the same ε as the local engine's ledger for that site
+        assert records[-1]["privacy_spent"][s]["epsilon"] == pytest.approx(local_records[-1]["privacy_spent"][s]["epsilon"])

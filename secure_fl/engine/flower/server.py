@@ -88,6 +88,7 @@ class _Round:
     applied: bool = False
     aborted: str | None = None
     t_end: float | None = None
+    spent: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class DeployedRun:
@@ -119,7 +120,9 @@ class DeployedRun:
         self.weights: np.ndarray | None = None
         agg = spec.aggregation
         self.server = make_server(agg.server, agg.server_lr, agg.beta1, agg.beta2, agg.tau)
-        self.privacy = NoPrivacy(spec.aggregation.weighting)
+        self.privacy: Any = NoPrivacy(spec.aggregation.weighting)
+        #: training-set size per joined site (public: the privacy layer calibrates from them)
+        self.site_sizes: dict[str, int] = {}
         self.records: list[dict[str, Any]] = []
         self.all_views: list[View] = []
         self.trips_total = 0
@@ -193,6 +196,7 @@ class DeployedRun:
             else:
                 dims[s] = int(res["dim"])
                 self.data_names[s] = str(res.get("data", s))
+                self.site_sizes[s] = int(res.get("n_train", 0))
                 initial[s] = np.asarray(res["initial_weights"], dtype=np.float32)
                 continue
             self.log(f"refusing site {s!r}: {self.refused[s]}")
@@ -212,6 +216,16 @@ class DeployedRun:
             raise ProtocolError(f"sites built different initial models from seed {self.seed}: {digests}")
         if self.protocol.releases_to_aggregator:
             self.weights = initial[self.sites[0]]
+        if self.spec.privacy is not None:  # the same layer the sites build (their ledgers stay with them)
+            from .privacy import deployed_privacy_layer
+
+            sizes = {s: self.site_sizes[s] for s in self.sites}
+            self.site_sizes = sizes
+            self.privacy = deployed_privacy_layer(self.spec, self.exp, self.seed, sizes,
+                                                  self.kit.state_dir / "runs" / self.run_token)
+            bounds = getattr(self.privacy, "public_bounds", lambda: None)()
+            if bounds is not None and hasattr(self.protocol, "use_public_bounds"):
+                self.protocol.use_public_bounds(*bounds)
         setup_protocol(self.protocol, self.sites, self.dim, ckks_file=self.kit.file("ckks/public.ckks"),
                        ckks_kind="public", identities=self.kit.identity_public_keys(), signing_keys={})
         return self.sites
@@ -295,7 +309,7 @@ class DeployedRun:
                         ops[s] = list(carry.get(s, [])) if first else []
                         if first:
                             ops[s].append({"op": "begin", "round": r, "roster": self.sites, "dim": self.dim,
-                                           "weights": None if fuse else self.weights})
+                                           "sizes": self.site_sizes, "weights": None if fuse else self.weights})
                         ops[s].append(step_op(s))
                     if first and prev is not None:
                         for s in set(carry) - set(ops):  # a site that left still owes nothing more
@@ -320,9 +334,15 @@ class DeployedRun:
                             elif res["op"] == "step" and prev is not None and res["round"] == prev.r:
                                 self._take_step(prev, s, res)
                             elif res["op"] == "begin":
-                                rd.train[s] = res.get("train", {})
                                 if "eval" in res:
                                     evals[r - 1][s] = res["eval"]
+                                if "refused" in res:  # the site refused this round before sending anything
+                                    self._drop(rd, s, f"refused round {r}: {res['refused']}")
+                                    continue
+                                if res.get("train"):
+                                    rd.train[s] = res["train"]
+                                if res.get("spent"):
+                                    rd.spent[s] = res["spent"]
                     if first:
                         carry = {}
                         if prev is not None:
@@ -420,7 +440,7 @@ class DeployedRun:
             "bytes_up_per_site": float(np.mean([rd.bytes_up.get(s, 0) for s in participants] or [0])),
             "bytes_down_per_site": float(np.mean([rd.bytes_down.get(s, 0) + broadcast for s in participants] or [0])),
             "seconds": (rd.t_end or time.perf_counter()) - rd.t0, "stage_seconds": rd.stage_seconds, "trips": rd.trips,
-            "engine": "flower", "privacy_spent": {},
+            "engine": "flower", "privacy_spent": dict(rd.spent),
         }
         self.records.append(record)
         self.all_views.extend(rd.views)

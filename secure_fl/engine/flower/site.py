@@ -49,10 +49,11 @@ import numpy as np
 
 from ...crypto.ckks import CkksContext
 from ...deploy.kit import Kit, KitError, load_kit, write_private
-from ...errors import ProtocolError, SecureFLError, SpecError
+from ...errors import ProtocolError, SecureFLError, SiteRejected
 from ...protocol.base import AGGREGATOR, SecureSum, SiteParty
 from ...protocol.spec import ProtocolSpec, parse_protocol
 from .codec import message_from_dict, message_to_dict
+from .privacy import LEDGER_FILE, RunLedger, check_site_may_run, deployed_privacy_layer
 from .setup import setup_protocol
 
 __all__ = ["SiteRuntime", "SpecNotApproved", "handle_request"]
@@ -71,6 +72,13 @@ class _State:
     parties: dict[int, SiteParty] = field(default_factory=dict)
     roster: list[str] = field(default_factory=list)
     dim: int = 0
+    #: every site's training-set size (public; the privacy layer calibrates from them)
+    sizes: dict[str, int] = field(default_factory=dict)
+    #: this round's update as it enters the secure sum (values, weight, training metrics): a replayed
+    #: round re-sends it instead of training (and charging) again
+    updates: dict[int, tuple[np.ndarray, float, dict[str, float]]] = field(default_factory=dict)
+    #: state of the seeded noise generator (``secure_noise = false`` only), continued across rounds
+    noise_state: dict[str, Any] | None = None
 
 
 class _Pickler(pickle.Pickler):
@@ -116,6 +124,7 @@ class SiteRuntime:
         self._task: Any = None
         self._index = -1
         self._ckks: CkksContext | None = None
+        self._layer: Any = None
 
     # --- run folder at the site ---------------------------------------------------------
     def _run_dir(self) -> Path:
@@ -145,11 +154,7 @@ class SiteRuntime:
         approved = self.kit.approvals()
         if spec.spec_hash not in approved:
             raise SpecNotApproved(approve_message(spec, self.kit))
-        if spec.privacy is not None:
-            raise SpecError(
-                f"protocol {spec.name!r} has a [privacy] layer; the Flower engine runs non-DP protocols only so far "
-                "(plain-fedavg, ckks-fedavg, secagg-fedavg, secagg-plus-fedavg)"
-            )
+        self._budget = check_site_may_run(self.kit, spec, not spec.build_secure_sum().releases_to_aggregator)
         self._spec = spec
         exp = parse_experiment(cfg["experiment"], "<aggregator experiment>")
         self._exp = exp
@@ -168,10 +173,29 @@ class SiteRuntime:
                            f"{exp.task_name!r} (it has {names})")
         self._task = task
 
-    def _protocol_for(self, roster: list[str], dim: int) -> SecureSum:
+    def _privacy(self, sizes: dict[str, int]) -> Any:
+        """This run's privacy layer (built once per process; the ledger is the kit's, keyed by run and round)."""
+        if self._layer is None:
+            assert self._spec is not None and self._run is not None
+            run = self._run
+
+            def ledger_for(site: str) -> RunLedger:
+                if site != self.kit.name:
+                    raise ProtocolError(f"site {self.kit.name!r} keeps no ledger for site {site!r}")
+                return RunLedger(self.kit.ledger_dir / LEDGER_FILE, self.kit.name, self._budget, run)
+
+            self._layer = deployed_privacy_layer(self._spec, self._exp, int(self._cfg["seed"]), sizes,
+                                                 self._run_dir(), ledger_for)
+        return self._layer
+
+    def _protocol_for(self, roster: list[str], dim: int, sizes: dict[str, int]) -> SecureSum:
         if self._protocol is None:
             assert self._spec is not None
             proto = self._spec.build_secure_sum()
+            if self._spec.privacy is not None:
+                bounds = getattr(self._privacy(sizes), "public_bounds", lambda: None)()
+                if bounds is not None and hasattr(proto, "use_public_bounds"):
+                    proto.use_public_bounds(*bounds)  # as run/federation.py: no per-site magnitude travels
             setup_protocol(
                 proto, roster, dim,
                 ckks_file=self.kit.file("ckks/secret.ckks"), ckks_kind="secret",
@@ -188,14 +212,14 @@ class SiteRuntime:
             return _State()
         with path.open("rb") as fh:
             head = pickle.load(fh)  # roster and dim first: the protocol is set up before the parties load
-            proto = self._protocol_for(head["roster"], head["dim"]) if head["roster"] else None
+            proto = self._protocol_for(head["roster"], head["dim"], head.get("sizes", {})) if head["roster"] else None
             refs = {"protocol": proto, "ckks": self._ckks}
             state: _State = _Unpickler(fh, refs).load()
         return state
 
     def _save_state(self, state: _State) -> None:
         buf = io.BytesIO()
-        pickle.dump({"roster": state.roster, "dim": state.dim}, buf)
+        pickle.dump({"roster": state.roster, "dim": state.dim, "sizes": state.sizes}, buf)
         _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(state)
         tmp = self._run_dir() / "site.pkl.tmp"
         tmp.unlink(missing_ok=True)
@@ -212,6 +236,7 @@ class SiteRuntime:
             self._load_run_config()
         state: _State | None = None
         results: list[dict[str, Any]] = []
+        refused: set[int] = set()
         for op in ops:
             kind = op.get("op")
             if kind == "hello":
@@ -220,9 +245,15 @@ class SiteRuntime:
             if state is None:
                 state = self._load_state()
             if kind == "begin":
-                results.append(self._begin(state, op))
+                try:
+                    results.append(self._begin(state, op))
+                except SiteRejected as exc:  # e.g. its budget: nothing of this round leaves the site
+                    refused.add(int(op["round"]))
+                    print(f"secure-fl site: round {op['round']} refused: {exc.reason}", file=sys.stderr, flush=True)
+                    results.append({"op": "begin", "round": int(op["round"]), "refused": exc.reason})
             elif kind == "step":
-                results.append(self._step(state, op))
+                if int(op["round"]) not in refused:
+                    results.append(self._step(state, op))
             elif kind == "evaluate":
                 results.append(self._evaluate(state, op))
             elif kind == "final":
@@ -269,7 +300,6 @@ class SiteRuntime:
 
     def _begin(self, state: _State, op: dict[str, Any]) -> dict[str, Any]:
         from ...aggregation.server import make_server
-        from ...protocol.pipeline import NoPrivacy
         from ...run.federation import derive_seed
         from ...run.units import site_update
 
@@ -284,8 +314,16 @@ class SiteRuntime:
         if state.roster and state.roster != roster:
             raise ProtocolError(f"round {r}: roster changed from {state.roster} to {roster} within one run")
         dim = int(op["dim"])
-        state.roster, state.dim = roster, dim
-        proto = self._protocol_for(roster, dim)
+        sizes = {str(k): int(v) for k, v in dict(op.get("sizes") or {}).items()}
+        site = self._task.sites[self._index]
+        if self._spec is not None and self._spec.privacy is not None:
+            if set(sizes) != set(roster) or sizes.get(self.kit.name) != site.n_train:
+                raise ProtocolError(f"round {r}: the aggregator's site sizes {sizes} do not match the roster {roster} "
+                                    f"and this site's {site.n_train} training examples")
+            if state.sizes and state.sizes != sizes:
+                raise ProtocolError(f"round {r}: site sizes changed from {state.sizes} to {sizes} within one run")
+        state.roster, state.dim, state.sizes = roster, dim, sizes
+        proto = self._protocol_for(roster, dim, sizes)
         if op.get("weights") is not None:
             w = np.asarray(op["weights"], dtype=np.float64)
             if w.size != dim:
@@ -301,17 +339,28 @@ class SiteRuntime:
         model = self._model(state)
         for old in [k for k in state.parties if k < r]:
             del state.parties[old]
-        privacy = NoPrivacy(self._spec.aggregation.weighting).site(self.kit.name)
-        site = self._task.sites[self._index]
-        seed = derive_seed(int(self._cfg["seed"]), r, self._index)
-        values, weight, metrics = site_update(model, state.weights, site, privacy, self._exp.training,
-                                              self._task.loss_fn(), seed, r)
+        privacy = self._privacy(sizes).site(self.kit.name)
+        rng = getattr(getattr(privacy, "source", None), "rng", None)  # a seeded noise stream continues across rounds
+        if rng is not None and state.noise_state is not None:
+            rng.bit_generator.state = state.noise_state
+        if r in state.updates:  # a replayed round: the same update again, already charged
+            values, weight, metrics = state.updates[r]
+        else:
+            seed = derive_seed(int(self._cfg["seed"]), r, self._index)
+            values, weight, metrics = site_update(model, state.weights, site, privacy, self._exp.training,
+                                                  self._task.loss_fn(), seed, r)  # SiteRejected before training
+            state.updates = {r: (values, weight, metrics)}
+            if rng is not None:
+                state.noise_state = rng.bit_generator.state
         state.parties[r] = proto.site(self.kit.name, r, values, weight)
-        out["train"] = metrics
+        # as the local engine's record: training metrics leave the site only when the spec hides nothing
+        out["train"] = metrics if self._spec.threat_model.aggregator_sees == "plain" else {}
+        spent = privacy.spent()
+        if spent:
+            out["spent"] = spent  # public: ε, δ, σ of the site's ledger (after this round's charge)
         return out
 
     def _step(self, state: _State, op: dict[str, Any]) -> dict[str, Any]:
-        from ...protocol.pipeline import NoPrivacy
         from ...run.units import server_update
 
         r, stage = int(op["round"]), str(op["stage"])
@@ -332,7 +381,7 @@ class SiteRuntime:
         if result is not None and not proto.releases_to_aggregator:
             # this site holds the key that opens the sum: it takes the server step on its own copy
             assert state.weights is not None
-            layer = NoPrivacy(self._spec.aggregation.weighting)
+            layer = self._privacy(state.sizes)  # e.g. distributed DP: -Σ / (q · N) and the minimum check
             state.weights = server_update(layer, state.server, state.weights, result, r, list(result.contributors))
             out["released"] = {"contributors": list(result.contributors), "model_sha256": _digest(state.weights)}
             del state.parties[r]
