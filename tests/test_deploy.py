@@ -222,11 +222,18 @@ def _dp_kits(tmp_path: Path, budgets: dict[str, float], name: str = "dp-fed") ->
     return out
 
 
-def _dp_exp(tiny_experiment_toml, protocol: str, rounds: int = 2):
+def _dp_exp(tiny_experiment_toml, tmp_path: Path, protocol: str, rounds: int = 2, sigma: float = 1.0):
+    """The catalogue's DP spec with seeded noise (so the local engine draws the same) and a fixed σ
+    (no calibration: it takes seconds, and is the same code in both engines)."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "protocols" / f"{protocol}.toml").read_text()
+    text = re.sub(r"(?m)^target_epsilon = .*$", f"noise_multiplier = {sigma}", text)
+    text = re.sub(r"(?m)^secure_noise = true", "secure_noise = false", text)
+    spec_file = tmp_path / f"{protocol}-seeded.toml"
+    spec_file.write_text(text)
     task = 'name = "synthetic-tabular"\nn_sites = 3\nn_per_site = 60'
-    # seeded noise (secure_noise = false) so that the local engine draws the same noise
-    text = tiny_experiment_toml(protocols=f'["{protocol}"]', task=task, rounds=rounds,
-                                extra='[sweep]\n"privacy.secure_noise" = [false]')
+    text = tiny_experiment_toml(protocols=f'["{spec_file}"]', task=task, rounds=rounds)
     return parse_experiment(tomllib.loads(text), "tiny.toml")
 
 
@@ -241,7 +248,7 @@ def _deployed(kits: Path, exp, sites=DP_SITES, **kw):
 def test_dp_run_deployed_gives_the_local_engines_model_and_charges_the_kit_ledgers(tmp_path, tiny_experiment_toml,
                                                                                   protocol, tol):
     kits = _dp_kits(tmp_path, {})
-    exp = _dp_exp(tiny_experiment_toml, protocol)
+    exp = _dp_exp(tiny_experiment_toml, tmp_path, protocol)
     run = _deployed(kits, exp)
     records = run.run()
     assert [r["applied"] for r in records] == [True, True], records
@@ -256,3 +263,44 @@ def test_dp_run_deployed_gives_the_local_engines_model_and_charges_the_kit_ledge
         assert [r.round for r in rows] == [0, 1] and all(r.note.startswith(f"deployed run {run.run_token}") for r in rows)
         # the same ε as the local engine's ledger for that site
         assert records[-1]["privacy_spent"][s]["epsilon"] == pytest.approx(local_records[-1]["privacy_spent"][s]["epsilon"])
+
+
+def test_a_site_refuses_the_round_that_would_exceed_its_own_budget_and_sends_nothing_for_it(tmp_path,
+                                                                                          tiny_experiment_toml):
+    from secure_fl.privacy.accounting import compose, dp_sgd_event, epsilon
+    from secure_fl.privacy.ledger import PrivacyLedger
+
+    # a round of dp-sgd-local here: σ = 1, Poisson rate 16/48, 3 steps; site2's own budget allows one round, not two
+    one = dp_sgd_event(1.0, 16 / 48, 3)
+    eps1, eps2 = epsilon(one, 1e-5, "pld"), epsilon(compose([one, one]), 1e-5, "pld")
+    kits = _dp_kits(tmp_path, {"site2": (eps1 + eps2) / 2})
+    exp = _dp_exp(tiny_experiment_toml, tmp_path, "dp-sgd-local")
+
+    class Recording(InProcessTransport):
+        replies: list[dict[str, bytes]] = []
+
+        def exchange(self, requests, timeout):
+            out = super().exchange(requests, timeout)
+            self.replies.append(dict(out))
+            return out
+
+    transport = Recording({s: kits / "sites" / s for s in DP_SITES})
+    views = []
+    run = _deployed(kits, exp, transport=transport, tap=views.append)
+    r0, r1 = run.run()
+    assert r0["applied"] and r0["participants"] == ["site1", "site2", "site3"]
+    assert r1["applied"] and r1["participants"] == ["site1", "site3"], r1
+    assert "privacy budget exhausted" in r1["dropped"]["site2"]
+    # what site2 sent in round 1's trip (begin + the plain stage), read from the bytes: the others' replies carry
+    # their noised update (a protocol message), site2's only its refusal
+    trip = transport.replies[2]  # hello, round 0, round 1
+    assert b'"out"' in trip["site1"] and b'"out"' in trip["site3"]
+    assert b'"out"' not in trip["site2"] and b"payload" not in trip["site2"]
+    reply = decode(trip["site2"])
+    assert set(reply) == {"site", "results", "seconds"}
+    assert reply["results"] == [{"op": "begin", "round": 1, "refused": reply["results"][0]["refused"]}]
+    assert not [v for v in views if v.sender == "site2" and v.round == 1]
+    # its ledger (in its kit) holds round 0 only; the others paid for both rounds
+    rows = {s: [r.round for r in PrivacyLedger(kits / "sites" / s / "ledger" / "ledger.sqlite", s).records()]
+            for s in DP_SITES}
+    assert rows == {"site1": [0, 1], "site2": [0], "site3": [0, 1]}

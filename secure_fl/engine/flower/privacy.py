@@ -115,12 +115,13 @@ def _no_ledger(site: str) -> PrivacyLedger:
 
 
 def deployed_privacy_layer(spec: ProtocolSpec, exp: Any, seed: int, site_sizes: Mapping[str, int], run_dir: Path,
-                           ledger_for: Any = None) -> Any:
+                           ledger_for: Any = None, noise_multipliers: Mapping[str, float] | None = None) -> Any:
     """The run's privacy layer as the local engine builds it (``run/federation.py``), sites named by the roster.
 
     ``ledger_for(site)`` opens a site's ledger (at a site: its kit ledger); the aggregator passes none
     and its layer refuses to open one. The experiment's and spec's budgets are dropped: a site's budget
-    comes from its kit (:func:`kit_budget`).
+    comes from its kit (:func:`kit_budget`). ``noise_multipliers``: σ per site from an earlier calibration
+    of the same plan and sizes (the site keeps them in its run state; calibrating takes seconds).
     """
     if spec.privacy is None:
         return NoPrivacy(spec.aggregation.weighting)
@@ -132,5 +133,5 @@ def deployed_privacy_layer(spec: ProtocolSpec, exp: Any, seed: int, site_sizes: 
         cfg, weighting=spec.aggregation.weighting, plan=RunPlan(exp.rounds, exp.federation.fraction, exp.training),
         site_sizes={str(s): int(n) for s, n in site_sizes.items()}, run_dir=run_dir,
         noise_rng=np.random.default_rng(derive_seed(seed, 0xD9)), protocol_name=spec.name, spec_hash=spec.spec_hash,
-        ledger_for=ledger_for or _no_ledger,
+        ledger_for=ledger_for or _no_ledger, noise_multipliers=noise_multipliers,
     )

@@ -125,6 +125,7 @@ class SiteRuntime:
         self._index = -1
         self._ckks: CkksContext | None = None
         self._layer: Any = None
+        self._sigmas: dict[str, float] | None = None
 
     # --- run folder at the site ---------------------------------------------------------
     def _run_dir(self) -> Path:
@@ -185,7 +186,9 @@ class SiteRuntime:
                 return RunLedger(self.kit.ledger_dir / LEDGER_FILE, self.kit.name, self._budget, run)
 
             self._layer = deployed_privacy_layer(self._spec, self._exp, int(self._cfg["seed"]), sizes,
-                                                 self._run_dir(), ledger_for)
+                                                 self._run_dir(), ledger_for, self._sigmas)
+            if self._spec.privacy is not None:
+                self._sigmas = {s: self._layer.noise_multiplier_for(s) for s in sizes}
         return self._layer
 
     def _protocol_for(self, roster: list[str], dim: int, sizes: dict[str, int]) -> SecureSum:
@@ -212,6 +215,7 @@ class SiteRuntime:
             return _State()
         with path.open("rb") as fh:
             head = pickle.load(fh)  # roster and dim first: the protocol is set up before the parties load
+            self._sigmas = head.get("sigmas")
             proto = self._protocol_for(head["roster"], head["dim"], head.get("sizes", {})) if head["roster"] else None
             refs = {"protocol": proto, "ckks": self._ckks}
             state: _State = _Unpickler(fh, refs).load()
@@ -219,7 +223,7 @@ class SiteRuntime:
 
     def _save_state(self, state: _State) -> None:
         buf = io.BytesIO()
-        pickle.dump({"roster": state.roster, "dim": state.dim, "sizes": state.sizes}, buf)
+        pickle.dump({"roster": state.roster, "dim": state.dim, "sizes": state.sizes, "sigmas": self._sigmas}, buf)
         _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(state)
         tmp = self._run_dir() / "site.pkl.tmp"
         tmp.unlink(missing_ok=True)

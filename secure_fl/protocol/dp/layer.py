@@ -127,7 +127,8 @@ class DpPrivacyLayer:
 
     def __init__(self, config: PrivacyConfig, *, weighting: str, plan: Any, site_sizes: Mapping[str, int],
                  run_dir: pathlib.Path, noise_rng: np.random.Generator, protocol_name: str, spec_hash: str,
-                 ledger_for: Callable[[str], PrivacyLedger] | None = None) -> None:
+                 ledger_for: Callable[[str], PrivacyLedger] | None = None,
+                 noise_multipliers: Mapping[str, float] | None = None) -> None:
         self.config, self.weighting, self.plan = config, weighting, plan
         #: the ledger of a site (default: ``run_dir/sites/SITE/ledger.sqlite`` with the spec's budget)
         self.ledger_for = ledger_for
@@ -141,7 +142,10 @@ class DpPrivacyLayer:
         self.mechanism: DpMechanism = config.spec(self)
         self._validate_plan()
         self._sigma: dict[str, float] = {}
-        self._calibrate()
+        if noise_multipliers is not None and set(noise_multipliers) == set(self.site_sizes):
+            self._sigma = {s: float(v) for s, v in noise_multipliers.items()}  # calibrated earlier for this plan
+        else:
+            self._calibrate()
         self.mechanism.after_calibration()
 
     # -- planning --------------------------------------------------------------------------
@@ -223,14 +227,18 @@ def build_privacy_layer(
     protocol_name: str,
     spec_hash: str,
     ledger_for: Callable[[str], PrivacyLedger] | None = None,
+    noise_multipliers: Mapping[str, float] | None = None,
 ) -> DpPrivacyLayer:
     """The engine's entry point: a privacy layer for one run (``plan`` is a ``training.config.RunPlan``).
 
     ``ledger_for(site)`` gives a site's ledger when the engine places it (a deployed site keeps its ledger
     and budget in its own kit, never in a run folder); by default each site's ledger is
     ``run_dir/sites/SITE/ledger.sqlite`` with the spec's ``epsilon_budget`` / ``site_budgets``.
+    ``noise_multipliers`` (per site) skips the calibration when the same plan was calibrated before (a deployed
+    site rebuilds the layer for every message and calibrates once per run).
     """
     if not isinstance(config, PrivacyConfig):
         raise TypeError(f"expected a PrivacyConfig from parse_privacy, found {type(config).__name__}")
     return DpPrivacyLayer(config, weighting=weighting, plan=plan, site_sizes=site_sizes, run_dir=run_dir,
-                          noise_rng=noise_rng, protocol_name=protocol_name, spec_hash=spec_hash, ledger_for=ledger_for)
+                          noise_rng=noise_rng, protocol_name=protocol_name, spec_hash=spec_hash, ledger_for=ledger_for,
+                          noise_multipliers=noise_multipliers)
