@@ -32,6 +32,7 @@ hash, file or federation at fault; the ClientApp turns it into a refusal reply.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -77,6 +78,8 @@ class _State:
     #: this round's update as it enters the secure sum (values, weight, training metrics): a replayed
     #: round re-sends it instead of training (and charging) again
     updates: dict[int, tuple[np.ndarray, float, dict[str, float]]] = field(default_factory=dict)
+    #: the model and server optimiser each of the last rounds started from (a replayed round starts there again)
+    starts: dict[int, tuple[np.ndarray, Any]] = field(default_factory=dict)
     #: state of the seeded noise generator (``secure_noise = false`` only), continued across rounds
     noise_state: dict[str, Any] | None = None
 
@@ -295,12 +298,21 @@ class SiteRuntime:
         load_flat(model, state.weights)
         return model
 
-    def _metrics(self, state: _State) -> dict[str, float]:
+    def _metrics(self, state: _State) -> dict[str, Any]:
         site = self._task.sites[self._index]
         if not site.n_test:
             return {}
+        import torch
+
+        from .server import score_histograms
+
         model = self._model(state)
-        return {k: float(v) for k, v in self._task.metrics(model, site.x_test, site.y_test).items()}
+        logits = self._task.predict(model, site.x_test)
+        out: dict[str, Any] = {k: float(v) for k, v in self._task.metrics_from_logits(logits, site.y_test).items()}
+        if self._task.num_classes == 2:  # for the pooled AUC over all sites' test patients
+            scores = torch.softmax(logits.double(), 1)[:, 1].numpy()
+            out["score_hist"] = score_histograms(scores, site.y_test.numpy())
+        return out
 
     def _begin(self, state: _State, op: dict[str, Any]) -> dict[str, Any]:
         from ...aggregation.server import make_server
@@ -337,6 +349,16 @@ class SiteRuntime:
         if state.server is None:
             agg = self._spec.aggregation
             state.server = make_server(agg.server, agg.server_lr, agg.beta1, agg.beta2, agg.tau)
+        if state.weights is None:
+            self._model(state)
+        assert state.weights is not None
+        # an aggregator that restarts replays the rounds after its last finished one (at most the last two here):
+        # such a round starts again from the model it first started from and re-sends the update it first sent
+        if op.get("weights") is None and r in state.starts:
+            w0, server0 = state.starts[r]
+            state.weights, state.server = w0.copy(), copy.deepcopy(server0)
+        state.starts = {k: v for k, v in state.starts.items() if r - 1 <= k < r}
+        state.starts[r] = (state.weights.copy(), copy.deepcopy(state.server))
         out: dict[str, Any] = {"op": "begin", "round": r}
         if r > 0 and op.get("evaluate", True):
             out["eval"] = self._metrics(state)
@@ -353,7 +375,8 @@ class SiteRuntime:
             seed = derive_seed(int(self._cfg["seed"]), r, self._index)
             values, weight, metrics = site_update(model, state.weights, site, privacy, self._exp.training,
                                                   self._task.loss_fn(), seed, r)  # SiteRejected before training
-            state.updates = {r: (values, weight, metrics)}
+            state.updates = {k: v for k, v in state.updates.items() if r - 1 <= k < r}
+            state.updates[r] = (values, weight, metrics)
             if rng is not None:
                 state.noise_state = rng.bit_generator.state
         state.parties[r] = proto.site(self.kit.name, r, values, weight)
@@ -405,6 +428,10 @@ class SiteRuntime:
         np.save(self._run_dir() / "model.npy", state.weights)
         if op.get("send_model"):
             out["weights"] = state.weights.astype(np.float64)
+        if op.get("card"):  # how to rebuild the model (model.json of the run folder; tasks/export.py)
+            from ...tasks.export import model_card
+
+            out["card"] = model_card(self._task, self._model(state))
         if op.get("cleanup"):
             state.parties.clear()
         return out
