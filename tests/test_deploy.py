@@ -304,3 +304,86 @@ def test_a_site_refuses_the_round_that_would_exceed_its_own_budget_and_sends_not
     rows = {s: [r.round for r in PrivacyLedger(kits / "sites" / s / "ledger" / "ledger.sqlite", s).records()]
             for s in DP_SITES}
     assert rows == {"site1": [0, 1], "site2": [0], "site3": [0, 1]}
+
+
+# --- the deployed run folder: the local engine's format; report and predict read it ---------------------------
+
+
+def test_deployed_run_folder_has_the_local_engines_format_and_report_and_predict_read_it(tmp_path, capsys):
+    import csv
+
+    from secure_fl.cli import main
+    from secure_fl.engine.flower.server import write_run_folder
+    from secure_fl.run.compare import run_experiment
+    from secure_fl.tasks.export import load_model
+    from test_predict import _site_files
+
+    a_tr, a_te = _site_files(tmp_path, "a", 0)
+    b_tr, b_te = _site_files(tmp_path, "b", 1)
+    c_tr, c_te = _site_files(tmp_path, "c", 2)
+    sites = "".join(f'[[task.sites]]\nname = "{n}"\ntrain = "{tr}"\ntest = "{te}"\n'
+                    for n, tr, te in (("hospA", a_tr, a_te), ("hospB", b_tr, b_te), ("hospC", c_tr, c_te)))
+    text = f"""
+name = "hosp"
+protocols = ["ckks-fedavg"]
+rounds = 2
+[task]
+name = "csv"
+label_column = "num"
+label_map = {{"0" = 0, "1" = 1, "2" = 1, "3" = 1, "4" = 1}}
+positive = 1
+[task.columns]
+age = "numeric"
+sex = {{type = "categorical", levels = ["F", "M"], reference = "F"}}
+chol = "numeric"
+{sites}
+[training]
+local_epochs = 2
+batch_size = 8
+lr = 0.1
+"""
+    exp = parse_experiment(tomllib.loads(text), "hosp.toml")
+    local = run_experiment(exp, tmp_path / "runs", show_progress=False).runs[0]
+    local_dir = Path(local.path)
+    hosp = {"hospa": "hospA", "hospb": "hospB", "hospc": "hospC"}
+    kits = tmp_path / "kits"
+    provision(_federation_toml(tmp_path, "hosp-fed", hosp), kits)
+    spec = exp.variants[0].spec
+    _approve(kits, spec, hosp)
+    out = tmp_path / "deployed"
+    run = DeployedRun(load_kit(kits / "aggregator"), exp, spec, 0,
+                      InProcessTransport({s: kits / "sites" / s for s in hosp}), log=lambda s: None, out=out)
+    run.run()
+    write_run_folder(run, out, spec.name)
+    # the same files and, per file, the same keys as the local engine's run folder
+    for name in ("model.pt", "model.json", "summary.json", "rounds.jsonl", "views.jsonl", "resolved.json"):
+        assert (out / name).exists(), name
+    assert not (out / "checkpoint.pt").exists()
+    local_summary, summary = json.loads((local_dir / "summary.json").read_text()), json.loads((out / "summary.json").read_text())
+    assert set(local_summary) <= set(summary) and summary["status"] == "finished"
+    assert set(summary["sites"]["hospa"]) == set(local_summary["sites"]["hospA"])
+    local_rounds = [json.loads(l) for l in (local_dir / "rounds.jsonl").read_text().splitlines()]
+    rounds = [json.loads(l) for l in (out / "rounds.jsonl").read_text().splitlines()]
+    assert len(rounds) == 2 and set(local_rounds[-1]) <= set(rounds[-1])
+    # the same model and the same metrics: per site exact, pooled AUC from the sites' score histograms
+    model, card = load_model(out)
+    local_model, local_card = load_model(local_dir)
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), local_model.state_dict().items()):
+        assert k == k2 and torch_allclose(v, v2)
+    assert card["architecture"] == local_card["architecture"] and card["preprocessing"] == local_card["preprocessing"]
+    m, lm = rounds[-1]["metrics"], local_rounds[-1]["metrics"]
+    assert set(lm) <= set(m)
+    for k in lm:
+        assert m[k] == pytest.approx(lm[k], abs=1e-6 if k != "pooled/auc" else 5e-3), k
+    # secure-fl report and secure-fl predict work on the deployed run folder
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.html").exists()
+    capsys.readouterr()
+    assert main(["predict", str(out), "--data", a_te, "--site", "hospA"]) == 0
+    rows = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert main(["predict", str(local_dir), "--data", a_te, "--site", "hospA"]) == 0
+    assert rows == list(csv.reader(capsys.readouterr().out.splitlines()))
+
+
+def torch_allclose(a, b, atol: float = 1e-5) -> bool:
+    return bool(np.allclose(a.numpy(), b.numpy(), atol=atol, rtol=0))

@@ -257,6 +257,8 @@ class DeployedRun:
             return
         from ...run.checkpoint import save_checkpoint
 
+        self.out.mkdir(parents=True, exist_ok=True)
+
         save_checkpoint(self.out, {
             "engine": "flower", "run_token": self.run_token, "round": last_round, "seed": self.seed,
             "spec_hash": self.spec.spec_hash, "sites": list(self.sites), "site_sizes": dict(self.site_sizes),
