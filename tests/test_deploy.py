@@ -387,3 +387,56 @@ lr = 0.1
 
 def torch_allclose(a, b, atol: float = 1e-5) -> bool:
     return bool(np.allclose(a.numpy(), b.numpy(), atol=atol, rtol=0))
+
+
+# --- an aggregator restart resumes from the last finished round, charging no ledger twice ----------------------
+
+
+class _Killed(BaseException):
+    """The aggregator process dies (not an error the engine may catch)."""
+
+
+@pytest.mark.parametrize("protocol", ["dp-distributed-ckks", "dp-sgd-local"])
+def test_a_killed_aggregator_resumes_after_its_last_finished_round_without_charging_twice(tmp_path,
+                                                                                     tiny_experiment_toml, protocol):
+    from secure_fl.privacy.ledger import PrivacyLedger
+    from secure_fl.run.checkpoint import load_checkpoint
+
+    kits = _dp_kits(tmp_path, {})
+    exp = _dp_exp(tiny_experiment_toml, tmp_path, protocol, rounds=3)
+    out = tmp_path / "run"
+
+    class Dying(InProcessTransport):
+        def exchange(self, requests, timeout):
+            got = super().exchange(requests, timeout)  # the sites do this trip's work ...
+            ops = [op for req in requests.values() for op in decode(req)["ops"]]
+            if any(op["op"] == "begin" and op["round"] == 2 for op in ops):
+                raise _Killed()  # ... and the aggregator dies before it reads their replies
+            return got
+
+    first = _deployed(kits, exp, transport=Dying({s: kits / "sites" / s for s in DP_SITES}), out=out)
+    with pytest.raises(_Killed):
+        first.run()
+    finished = load_checkpoint(out)["round"]
+    assert finished == 0 and [json.loads(l)["round"] for l in (out / "rounds.jsonl").read_text().splitlines()] == [0]
+    # every site had begun round 2 (trained, charged, sent): the resumed run replays rounds 1 and 2
+    charged = {s: [r.round for r in PrivacyLedger(kits / "sites" / s / "ledger" / "ledger.sqlite", s).records()]
+               for s in DP_SITES}
+    assert charged == {s: [0, 1, 2] for s in DP_SITES}
+    spec = exp.variants[0].spec
+    resumed = DeployedRun.resume(load_kit(kits / "aggregator"), exp, spec, 0,
+                                 InProcessTransport({s: kits / "sites" / s for s in DP_SITES}), out, log=lambda s: None)
+    assert resumed.run_token == first.run_token and resumed.first_round == 1
+    records = resumed.run()
+    assert [r["round"] for r in records] == [0, 1, 2] and all(r["applied"] for r in records)
+    assert [json.loads(l)["round"] for l in (out / "rounds.jsonl").read_text().splitlines()] == [0, 1, 2]
+    # no ledger charged twice: one charge in force per round, none superseded, and the ε of an uninterrupted run
+    for s in DP_SITES:
+        ledger = PrivacyLedger(kits / "sites" / s / "ledger" / "ledger.sqlite", s)
+        assert [r.round for r in ledger.records(include_superseded=True)] == [0, 1, 2]
+    local = Federation(exp, build_task(exp.task_name, exp.task_params), exp.variants[0], 0, tmp_path / "local")
+    local_records = [local.round(r) for r in range(3)]
+    assert records[-1]["privacy_spent"]["site1"]["epsilon"] == pytest.approx(
+        local_records[-1]["privacy_spent"]["site1"]["epsilon"])
+    # the replayed rounds re-sent the same (seeded-noise) updates: the model of an uninterrupted local run
+    assert np.allclose(resumed.weights, local.weights, atol=1e-5, rtol=0)
