@@ -10,7 +10,7 @@ release — is :func:`~secure_fl.protocol.dp.build_privacy_layer`, exactly as
 :class:`~secure_fl.run.federation.Federation` builds it (same plan, same noise seed), so a
 deployed DP run and a local one compute the same thing.
 
-Charges are keyed by (run, round): :class:`RunLedger` writes ``deployed run RUN round R`` in the
+Charges are keyed by (run, round): :class:`~.ledger.RunLedger` writes ``deployed run RUN round R`` in the
 charge's note and never charges the same (run, round) twice, so a replayed round (an aggregator
 restarted mid-round, or a round resumed after a crash) costs nothing more. That is sound because
 the site re-sends the *same* update for a replayed round (it keeps the round's update in its run
@@ -26,52 +26,27 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from dp_accounting import dp_event
 
 from ...deploy.kit import Kit, KitError
 from ...errors import ProtocolError, SpecError
-from ...privacy.ledger import Budget, ChargeRecord, PrivacyLedger
 from ...protocol.pipeline import NoPrivacy
 from ...protocol.spec import ProtocolSpec
-from ...training.config import RunPlan
 
-__all__ = ["RunLedger", "kit_budget", "check_site_may_run", "deployed_privacy_layer", "LEDGER_FILE"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ...privacy.ledger import Budget, PrivacyLedger
+
+__all__ = ["kit_budget", "check_site_may_run", "deployed_privacy_layer", "LEDGER_FILE"]
 
 LEDGER_FILE = "ledger.sqlite"
 
 
-class RunLedger(PrivacyLedger):
-    """A site's kit ledger in which each (run, round) is charged at most once."""
-
-    def __init__(self, path: str | Path, dataset: str, budget: Budget | None, run: str) -> None:
-        super().__init__(path, dataset, budget)
-        self.run = run
-
-    def key(self, round: int) -> str:
-        return f"deployed run {self.run} round {round}"
-
-    def charged(self, round: int) -> ChargeRecord | None:
-        """The charge in force for ``round`` of this run, if any."""
-        key = self.key(round)
-        return next((r for r in self.records() if r.round == round and r.note == key), None)
-
-    def check(self, event: dp_event.DpEvent, round: int, *, replacing_round: int | None = None) -> dict[str, float]:
-        if replacing_round is None and self.charged(round) is not None:
-            return {}  # already paid for: the replayed round re-sends the same update
-        return super().check(event, round, replacing_round=replacing_round)
-
-    def charge(self, round: int, event: dp_event.DpEvent, delta: float, *, protocol: str, spec_hash: str,
-               mechanism: str, note: str = "") -> ChargeRecord:
-        done = self.charged(round)
-        if done is not None:
-            return done
-        return super().charge(round, event, delta, protocol=protocol, spec_hash=spec_hash, mechanism=mechanism,
-                              note=self.key(round))
-
-
-def kit_budget(kit: Kit) -> Budget:
+def kit_budget(kit: Kit) -> "Budget":
     """The site's own budget from its kit; a site without one runs no DP protocol."""
+    from ...privacy.ledger import Budget
+
     raw = kit.site_config.get("budget")
     if not isinstance(raw, dict):
         raise KitError(
@@ -85,7 +60,7 @@ def kit_budget(kit: Kit) -> Budget:
         raise KitError(f"{kit.path}/kit.json: site.budget is unusable ({exc})") from exc
 
 
-def check_site_may_run(kit: Kit, spec: ProtocolSpec, releases_to_sites: bool) -> Budget | None:
+def check_site_may_run(kit: Kit, spec: ProtocolSpec, releases_to_sites: bool) -> "Budget | None":
     """Refuse, at the site, a DP spec its kit does not allow; return its budget (``None`` without DP)."""
     cfg = spec.privacy
     if cfg is None:
@@ -110,7 +85,7 @@ def check_site_may_run(kit: Kit, spec: ProtocolSpec, releases_to_sites: bool) ->
     return budget
 
 
-def _no_ledger(site: str) -> PrivacyLedger:
+def _no_ledger(site: str) -> "PrivacyLedger":
     raise ProtocolError(f"the aggregator keeps no privacy ledger (asked for site {site!r}'s): each site keeps its own")
 
 
@@ -127,6 +102,7 @@ def deployed_privacy_layer(spec: ProtocolSpec, exp: Any, seed: int, site_sizes: 
         return NoPrivacy(spec.aggregation.weighting)
     from ...protocol.dp import build_privacy_layer
     from ...run.federation import derive_seed
+    from ...training.config import RunPlan
 
     cfg = dataclasses.replace(spec.privacy, epsilon_budget=None, site_budgets={})
     return build_privacy_layer(

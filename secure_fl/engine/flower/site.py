@@ -54,7 +54,7 @@ from ...errors import ProtocolError, SecureFLError, SiteRejected
 from ...protocol.base import AGGREGATOR, SecureSum, SiteParty
 from ...protocol.spec import ProtocolSpec, parse_protocol
 from .codec import message_from_dict, message_to_dict
-from .privacy import LEDGER_FILE, RunLedger, check_site_may_run, deployed_privacy_layer
+from .privacy import LEDGER_FILE, check_site_may_run, deployed_privacy_layer
 from .setup import setup_protocol
 
 __all__ = ["SiteRuntime", "SpecNotApproved", "handle_request"]
@@ -182,6 +182,8 @@ class SiteRuntime:
         if self._layer is None:
             assert self._spec is not None and self._run is not None
             run = self._run
+
+            from .ledger import RunLedger
 
             def ledger_for(site: str) -> RunLedger:
                 if site != self.kit.name:
