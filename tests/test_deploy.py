@@ -440,3 +440,41 @@ def test_a_killed_aggregator_resumes_after_its_last_finished_round_without_charg
         local_records[-1]["privacy_spent"]["site1"]["epsilon"])
     # the replayed rounds re-sent the same (seeded-noise) updates: the model of an uninterrupted local run
     assert np.allclose(resumed.weights, local.weights, atol=1e-5, rtol=0)
+
+
+def test_a_site_runs_a_dp_spec_only_within_its_own_kit_budget_and_with_secret_noise(kits, tmp_path,
+                                                                                  tiny_experiment_toml):
+    """The budget and δ cap come from the site's kit, never from the experiment or the aggregator."""
+    agg = load_kit(kits / "aggregator")
+
+    def hello(kit_dir, exp):
+        spec = exp.variants[0].spec
+        load_kit(kit_dir).approve(spec.spec_hash, spec.name, "test")
+        op = {"op": "hello", "experiment": exp.raw, "protocol": spec.raw, "protocol_source": "x.toml", "seed": 0}
+        req = {"run": "cd" * 8, "federation_id": load_kit(kit_dir).federation_id,
+               "federation": load_kit(kit_dir).federation, "ops": [op]}
+        return handle_request(kit_dir, req)
+
+    exp = _exp(tiny_experiment_toml, "dp-sgd-local")
+    reply = hello(kits / "sites" / "alpha", exp)  # provisioned without a budget
+    assert "refused" in reply and "has no privacy budget in its kit" in reply["refused"]
+    assert "budget_epsilon" in reply["refused"]
+    dp_kits = _dp_kits(tmp_path, {})
+    # the experiment's own budget keys do not widen the site's: δ above the kit's cap is refused
+    text = (Path(__file__).resolve().parents[1] / "protocols" / "dp-sgd-local.toml").read_text()
+    loose = tmp_path / "loose.toml"
+    loose.write_text(text.replace("delta = 1e-5", "delta = 1e-3").replace("secure_noise = true", "secure_noise = false"))
+    task = 'name = "synthetic-tabular"\nn_sites = 3\nn_per_site = 60'
+    exp = parse_experiment(tomllib.loads(tiny_experiment_toml(protocols=f'["{loose}"]', task=task)), "t.toml")
+    reply = hello(dp_kits / "sites" / "site1", exp)
+    assert "refused" in reply and "δ=0.001" in reply["refused"] and "δ cap 1e-05" in reply["refused"]
+    # seeded noise (secure_noise = false) only at a site provisioned to allow it
+    reply = hello(kits / "sites" / "beta", _dp_exp(tiny_experiment_toml, tmp_path, "dp-sgd-local"))
+    assert "refused" in reply  # beta has no budget either; a budget but no allow_seeded_noise:
+    fed = tmp_path / "strict.toml"
+    fed.write_text('name = "strict"\naddress = "127.0.0.1:19997"\n' + "".join(
+        f'[sites.{s}]\ndata = "{s}"\nbudget_epsilon = 10.0\nbudget_delta = 1e-5\n' for s in DP_SITES))
+    provision(fed, tmp_path / "strict")
+    reply = hello(tmp_path / "strict" / "sites" / "site1", _dp_exp(tiny_experiment_toml, tmp_path, "dp-sgd-local"))
+    assert "refused" in reply and "secure_noise = false" in reply["refused"] and "allow_seeded_noise" in reply["refused"]
+    assert not list((tmp_path / "strict" / "sites" / "site1" / "ledger").iterdir())  # nothing charged

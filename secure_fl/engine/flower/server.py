@@ -19,8 +19,20 @@ final model.
 
 Dropouts: a site that does not answer a trip within ``stage_timeout`` seconds, or answers with
 an error or a refusal, is dropped for the round (the protocol recovers, per its own rules) and
-is not asked again in this run. Every protocol message the aggregator carries is passed to
-``tap`` and recorded as a view, as the local engine does.
+is not asked again in this run (a site that refuses one round, e.g. over its privacy budget,
+is asked again the next). Every protocol message the aggregator carries is passed to ``tap``
+and recorded as a view, as the local engine does.
+
+DP protocols: the aggregator builds the same privacy layer as the sites (from the public site
+sizes the sites report at hello and it relays with every ``begin``) for the release step when
+it holds the sum, and the public bounds a CKKS sum uses; it keeps no ledger (:mod:`.privacy`).
+
+Run folder and restart: with ``out``, each finished round is appended to ``rounds.jsonl`` /
+``views.jsonl`` and ``checkpoint.pt`` saves what the next round needs (run token, roster, site
+sizes, the aggregator's weights and server optimiser); :meth:`DeployedRun.resume` continues
+after the last finished round under the same run token, so the sites replay any round they had
+begun with the update they already sent and paid for. :func:`write_run_folder` finishes the
+folder in the local engine's format.
 """
 
 from __future__ import annotations

@@ -20,11 +20,17 @@ first stage): the fusion that keeps a round to few server round trips. Ops:
 
 * ``hello``: check federation, kit, node name and spec approval; load the task; report dim.
 * ``begin``: adopt the weights sent (or the site's own), evaluate them (the previous round's
-  model), train, transform, charge the ledger, create this round's party.
+  model), train, transform, charge the ledger, create this round's party. A DP protocol runs
+  the local engine's privacy layer (:mod:`.privacy`): the ledger is the kit's, the budget the
+  kit's, and a round whose charge would exceed it is refused *before* anything of it is sent
+  (the reply says so; the other ops of that round are skipped; the protocol sees a dropout).
+  The round's update is kept (after its charge, before it is sent): a round replayed after an
+  aggregator restart re-sends it from the model the round first started from, and is never
+  charged again (:class:`~.ledger.RunLedger` keys charges by run and round).
 * ``step``: one protocol stage; when the site holds the released sum (CKKS, ``release =
   "sites"``) it also applies the server step to its own copy of the model.
-* ``evaluate`` / ``final``: metrics of the current model; the final model's digest (and, from
-  the designated site, the model itself).
+* ``evaluate`` / ``final``: metrics of the current model (with score histograms for the pooled
+  AUC); the final model's digest (and, from the designated site, the model and its model card).
 
 Every refusal raises a :class:`~secure_fl.errors.SecureFLError` whose message names the spec,
 hash, file or federation at fault; the ClientApp turns it into a refusal reply.
