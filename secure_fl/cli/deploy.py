@@ -207,7 +207,7 @@ def cmd_deploy_run(args: argparse.Namespace) -> int:
     assert variant.spec is not None
     cfg = {"kit": str(kit.path), "experiment": raw, "experiment_source": exp.source, "protocol": variant.spec.raw,
            "protocol_source": f"{variant.label}.toml", "seed": seed, "out": str(out),
-           "stage_timeout": args.stage_timeout, "resume": bool(args.resume)}
+           "stage_timeout": args.stage_timeout, "resume": bool(args.resume), "variant": variant.label}
     resolved = {"experiment": raw, "variant": variant.label, "protocol": variant.spec.raw, "seed": seed,
                 "engine": "flower", "federation": kit.federation}
     if not (out / "resolved.json").exists() or not args.resume:

@@ -136,7 +136,7 @@ def _server_main(grid: Grid, context: Context) -> None:
             sites = run.discover()
             print(f"sites: {sites}; not taking part: {run.refused or 'none'}", flush=True)
         run.run(progress)
-        summary = write_run_folder(run, out, spec.name)
+        summary = write_run_folder(run, out, str(cfg.get("variant", spec.name)))
         print(f"run folder: {out} (final model sha256 {summary['final_model_sha256']})", flush=True)
     except Exception as exc:
         (out / "error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
