@@ -160,15 +160,17 @@ class DeployedRun:
         return encode({"run": self.run_token, "federation_id": kit.federation_id, "federation": kit.federation,
                        "ops": ops})
 
-    def _trip(self, ops: Mapping[str, list[dict[str, Any]]], label: str) -> dict[str, dict[str, Any] | str]:
+    def _trip(self, ops: Mapping[str, list[dict[str, Any]]], label: str,
+              timeout: float | None = None) -> dict[str, dict[str, Any] | str]:
         """One server round trip; per site its decoded reply, or a string saying why it is dropped."""
         self.trips_total += 1
-        raw = self.transport.exchange({s: self._request(o) for s, o in ops.items()}, self.stage_timeout)
+        timeout = timeout or self.stage_timeout
+        raw = self.transport.exchange({s: self._request(o) for s, o in ops.items()}, timeout)
         out: dict[str, dict[str, Any] | str] = {}
         for s in ops:
             got = raw.get(s)
             if got is None:
-                out[s] = f"no reply within {self.stage_timeout:g} s at {label} (declared dropped by the stage timeout)"
+                out[s] = f"no reply within {timeout:g} s at {label} (declared dropped by the stage timeout)"
                 continue
             if isinstance(got, TripReply):
                 if got.reply is None:
@@ -198,7 +200,8 @@ class DeployedRun:
             "op": "hello", "experiment": self.exp.raw, "protocol": self.spec.raw,
             "protocol_source": f"{self.spec.name}.toml", "seed": self.seed,
         }
-        replies = self._trip({s: [hello] for s in reachable}, "hello")
+        # the first message of a run also installs the app at every SuperNode: twice the stage timeout
+        replies = self._trip({s: [hello] for s in reachable}, "hello", 2 * self.stage_timeout)
         dims: dict[str, int] = {}
         initial: dict[str, np.ndarray] = {}
         for s, rep in sorted(replies.items()):

@@ -130,7 +130,8 @@ class SiteRuntime:
         self._cfg: dict[str, Any] = {}
         self._protocol: SecureSum | None = None
         self._spec: ProtocolSpec | None = None
-        self._task: Any = None
+        self._exp_obj: Any = None
+        self._task_obj: Any = None
         self._index = -1
         self._ckks: CkksContext | None = None
         self._layer: Any = None
@@ -157,31 +158,47 @@ class SiteRuntime:
         self._prepare(self._cfg)
 
     def _prepare(self, cfg: dict[str, Any]) -> None:
-        from ...run.experiment import parse_experiment
-        from ...tasks.registry import build_task
-
+        """Check the spec (approval, the kit's DP rules); the experiment and the task load on first use, so a
+        message that only steps the protocol (most SecAgg+ stages) imports neither torch nor the data."""
         spec = parse_protocol(cfg["protocol"], cfg.get("protocol_source", "<aggregator>"))
         approved = self.kit.approvals()
         if spec.spec_hash not in approved:
             raise SpecNotApproved(approve_message(spec, self.kit))
         self._budget = check_site_may_run(self.kit, spec, not spec.build_secure_sum().releases_to_aggregator)
         self._spec = spec
-        exp = parse_experiment(cfg["experiment"], "<aggregator experiment>")
-        self._exp = exp
-        data = self.kit.site_config.get("data", self.kit.name)
-        params = dict(exp.task_params)
-        if "data_path" in self.kit.site_config:
-            params["paths"] = [self.kit.site_config["data_path"]]
-        task = build_task(exp.task_name, params, f"experiment [task] at site {self.kit.name!r}")
-        names = [s.name for s in task.sites]
-        if "data_path" in self.kit.site_config:
-            self._index = 0
-        elif data in names:
-            self._index = names.index(data)
-        else:
-            raise KitError(f"{self.kit.path}/kit.json: site data {data!r} is not a site of task "
-                           f"{exp.task_name!r} (it has {names})")
-        self._task = task
+        self._cfg = cfg
+        self._exp_obj: Any = None
+        self._task_obj: Any = None
+
+    @property
+    def _exp(self) -> Any:
+        if self._exp_obj is None:
+            from ...run.experiment import parse_experiment
+
+            self._exp_obj = parse_experiment(self._cfg["experiment"], "<aggregator experiment>")
+        return self._exp_obj
+
+    @property
+    def _task(self) -> Any:
+        if self._task_obj is None:
+            from ...tasks.registry import build_task
+
+            exp = self._exp
+            data = self.kit.site_config.get("data", self.kit.name)
+            params = dict(exp.task_params)
+            if "data_path" in self.kit.site_config:
+                params["paths"] = [self.kit.site_config["data_path"]]
+            task = build_task(exp.task_name, params, f"experiment [task] at site {self.kit.name!r}")
+            names = [s.name for s in task.sites]
+            if "data_path" in self.kit.site_config:
+                self._index = 0
+            elif data in names:
+                self._index = names.index(data)
+            else:
+                raise KitError(f"{self.kit.path}/kit.json: site data {data!r} is not a site of task "
+                               f"{exp.task_name!r} (it has {names})")
+            self._task_obj = task
+        return self._task_obj
 
     def _privacy(self, sizes: dict[str, int]) -> Any:
         """This run's privacy layer (built once per process; the ledger is the kit's, keyed by run and round)."""
