@@ -478,3 +478,13 @@ def test_a_site_runs_a_dp_spec_only_within_its_own_kit_budget_and_with_secret_no
     reply = hello(tmp_path / "strict" / "sites" / "site1", _dp_exp(tiny_experiment_toml, tmp_path, "dp-sgd-local"))
     assert "refused" in reply and "secure_noise = false" in reply["refused"] and "allow_seeded_noise" in reply["refused"]
     assert not list((tmp_path / "strict" / "sites" / "site1" / "ledger").iterdir())  # nothing charged
+
+
+def test_deploy_run_resume_needs_a_checkpoint_of_a_deployed_run(kits, tmp_path, capsys):
+    from secure_fl.cli import main
+
+    code = main(["deploy", "run", "heart-protocols", "--federation", str(kits / "aggregator"), "--protocol",
+                 "ckks-fedavg", "--out", str(tmp_path / "runs"), "--resume"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "holds no checkpoint of a deployed run" in err
