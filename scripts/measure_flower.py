@@ -47,8 +47,8 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="sfl-measure-"))
     port = free_port()
-    lines = [f'name = "measure"', f'address = "127.0.0.1:{port}"'] + [f'[sites.{s}]\ndata = "{d}"\nbudget_epsilon = 1000.0\nbudget_delta = 1e-5'
-                                                                        for s, d in HOSPITALS.items()]
+    lines = [f'name = "measure"', f'address = "127.0.0.1:{port}"']
+    lines += [f'[sites.{s}]\ndata = "{d}"\nbudget_epsilon = 1000.0\nbudget_delta = 1e-5' for s, d in HOSPITALS.items()]
     (root / "fed.toml").write_text("\n".join(lines) + "\n")
     provision(root / "fed.toml", root / "kits")
     agg = load_kit(root / "kits" / "aggregator")

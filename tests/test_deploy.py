@@ -260,9 +260,11 @@ def test_dp_run_deployed_gives_the_local_engines_model_and_charges_the_kit_ledge
     for s in DP_SITES:
         ledger = PrivacyLedger(kits / "sites" / s / "ledger" / "ledger.sqlite", s)
         rows = ledger.records()
-        assert [r.round for r in rows] == [0, 1] and all(r.note.startswith(f"deployed run {run.run_token}") for r in rows)
+        assert [r.round for r in rows] == [0, 1]
+        assert all(r.note.startswith(f"deployed run {run.run_token}") for r in rows)
         # the same ε as the local engine's ledger for that site
-        assert records[-1]["privacy_spent"][s]["epsilon"] == pytest.approx(local_records[-1]["privacy_spent"][s]["epsilon"])
+        local_eps = local_records[-1]["privacy_spent"][s]["epsilon"]
+        assert records[-1]["privacy_spent"][s]["epsilon"] == pytest.approx(local_eps)
 
 
 def test_a_site_refuses_the_round_that_would_exceed_its_own_budget_and_sends_nothing_for_it(tmp_path,
@@ -359,7 +361,8 @@ lr = 0.1
     for name in ("model.pt", "model.json", "summary.json", "rounds.jsonl", "views.jsonl", "resolved.json"):
         assert (out / name).exists(), name
     assert not (out / "checkpoint.pt").exists()
-    local_summary, summary = json.loads((local_dir / "summary.json").read_text()), json.loads((out / "summary.json").read_text())
+    local_summary = json.loads((local_dir / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
     assert set(local_summary) <= set(summary) and summary["status"] == "finished"
     assert set(summary["sites"]["hospa"]) == set(local_summary["sites"]["hospA"])
     local_rounds = [json.loads(l) for l in (local_dir / "rounds.jsonl").read_text().splitlines()]
@@ -463,7 +466,8 @@ def test_a_site_runs_a_dp_spec_only_within_its_own_kit_budget_and_with_secret_no
     # the experiment's own budget keys do not widen the site's: δ above the kit's cap is refused
     text = (Path(__file__).resolve().parents[1] / "protocols" / "dp-sgd-local.toml").read_text()
     loose = tmp_path / "loose.toml"
-    loose.write_text(text.replace("delta = 1e-5", "delta = 1e-3").replace("secure_noise = true", "secure_noise = false"))
+    loose.write_text(text.replace("delta = 1e-5", "delta = 1e-3")
+                     .replace("secure_noise = true", "secure_noise = false"))
     task = 'name = "synthetic-tabular"\nn_sites = 3\nn_per_site = 60'
     exp = parse_experiment(tomllib.loads(tiny_experiment_toml(protocols=f'["{loose}"]', task=task)), "t.toml")
     reply = hello(dp_kits / "sites" / "site1", exp)
@@ -476,7 +480,8 @@ def test_a_site_runs_a_dp_spec_only_within_its_own_kit_budget_and_with_secret_no
         f'[sites.{s}]\ndata = "{s}"\nbudget_epsilon = 10.0\nbudget_delta = 1e-5\n' for s in DP_SITES))
     provision(fed, tmp_path / "strict")
     reply = hello(tmp_path / "strict" / "sites" / "site1", _dp_exp(tiny_experiment_toml, tmp_path, "dp-sgd-local"))
-    assert "refused" in reply and "secure_noise = false" in reply["refused"] and "allow_seeded_noise" in reply["refused"]
+    assert "refused" in reply and "secure_noise = false" in reply["refused"]
+    assert "allow_seeded_noise" in reply["refused"]
     assert not list((tmp_path / "strict" / "sites" / "site1" / "ledger").iterdir())  # nothing charged
 
 

@@ -313,7 +313,8 @@ class DeployedRun:
         last = int(ckpt["round"])
         run.records = [r for r in read_rounds(Path(out)) if r.get("round", last + 1) <= last]
         views = [v for v in read_jsonl(Path(out) / "views.jsonl") if v.get("round", last + 1) <= last]
-        run.all_views = [View(v["round"], v["stage"], v["sender"], v["receiver"], v["kind"], v["nbytes"]) for v in views]
+        run.all_views = [View(v["round"], v["stage"], v["sender"], v["receiver"], v["kind"], v["nbytes"])
+                         for v in views]
         from ...run.records import RunFolder
 
         folder = RunFolder(Path(out))
