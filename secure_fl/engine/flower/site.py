@@ -167,8 +167,8 @@ class SiteRuntime:
         self._budget = check_site_may_run(self.kit, spec, not spec.build_secure_sum().releases_to_aggregator)
         self._spec = spec
         self._cfg = cfg
-        self._exp_obj: Any = None
-        self._task_obj: Any = None
+        self._exp_obj = None
+        self._task_obj = None
 
     @property
     def _exp(self) -> Any:
