@@ -10,9 +10,11 @@ run goes on without one refusing site is tested in-process, tests/test_deploy.py
 
 Dropout: a SuperNode killed mid-round never answers. Whichever comes first declares it dropped:
 Flower's own error reply (NODE_UNAVAILABLE, about 2 x its 30 s heartbeat after the kill) or the
-engine's per-trip timeout (``--stage-timeout``, 150 s here: on a loaded 2-core machine a healthy
-trip takes up to a minute, so a shorter timeout would drop healthy sites too). The masking
-protocol then recovers the round from the survivors' shares.
+engine's per-trip timeout (``--stage-timeout``, 600 s here: on a 2-core machine shared with other
+jobs (load average 30 and more) a healthy trip, with four fresh ClientApp processes importing torch,
+has taken minutes, so a shorter timeout would drop healthy sites too; the timeout only bounds the
+wait, Flower reports the dead node first). The masking protocol then recovers the round from the
+survivors' shares.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ def fed(tmp_path_factory):
             stop_process_group(proc)
 
 
-def _deploy(fed, protocol: str, rounds: int, stage_timeout: float = 120, on_line=None, limit: float = 600,
+def _deploy(fed, protocol: str, rounds: int, stage_timeout: float = 600, on_line=None, limit: float = 1200,
             expect_summary: bool = True) -> tuple[dict, Path, list[str]]:
     cmd = [sys.executable, "-m", "secure_fl.cli", "deploy", "run", "heart-protocols", "--federation", str(fed["kits"] / "aggregator"),
            "--protocol", protocol, "--rounds", str(rounds), "--out", str(fed["root"] / "runs"), "--stage-timeout", str(stage_timeout)]
@@ -187,10 +189,10 @@ def test_secagg_plus_round_survives_a_supernode_killed_mid_round(fed):
             os.killpg(fed["procs"]["hungary"].pid, signal.SIGKILL)
             killed.append(time.monotonic())
 
-    summary, out, lines = _deploy(fed, "secagg-plus-fedavg", 1, stage_timeout=150, on_line=on_line, limit=900)
+    summary, out, lines = _deploy(fed, "secagg-plus-fedavg", 1, on_line=on_line)
     assert killed, lines[-30:]
     (rec,) = _rounds(out)
-    assert rec["applied"], (rec, lines[-30:])
+    assert rec["applied"], (rec["aborted"], rec["dropped"], lines[-30:])
     assert rec["participants"] == ["cleveland", "switzerland", "va-long-beach"]
     assert "no reply" in rec["dropped"]["hungary"] or "Node Unavailable" in rec["dropped"]["hungary"]
     assert rec["trips"] <= 5  # 4 server round trips per SecAgg+ round, + the final evaluation
