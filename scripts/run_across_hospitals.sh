@@ -2,6 +2,8 @@
 # One machine, four hospitals and an aggregator as separate processes (TLS + node authentication),
 # then the same protocol in process: the two final models must agree.
 #   scripts/run_across_hospitals.sh [PROTOCOL] [ROUNDS]      (default: ckks-fedavg 2)
+# A DP protocol (e.g. dp-distributed-ckks) charges each site's ledger in its kit (KIT/ledger/) against the budget
+# of scripts/heart-federation.toml; with secure noise the two models then differ by the noise, not by the engine.
 set -euo pipefail
 PROTOCOL=${1:-ckks-fedavg}
 ROUNDS=${2:-2}
@@ -28,8 +30,8 @@ $SFL run heart-protocols --protocol "$PROTOCOL" --rounds "$ROUNDS" --seeds 0 --o
 "${PYTHON:-$(dirname "$(command -v "$SFL")")/python}" - "$WORK" "$PROTOCOL" <<'PY'
 import sys, torch
 work, protocol = sys.argv[1], sys.argv[2]
-a = torch.load(f"{work}/deployed/heart-protocols/{protocol}/seed0/model.pt")["weights"]  # flat, as it travelled
-local = torch.load(f"{work}/local/heart-protocols/latest/{protocol}/seed0/model.pt")  # a state_dict
-b = torch.cat([v.reshape(-1) for v in local.values()])
+flat = lambda sd: torch.cat([v.reshape(-1) for v in sd.values()])
+a = flat(torch.load(f"{work}/deployed/heart-protocols/{protocol}/seed0/model.pt"))  # both state_dicts (+ model.json)
+b = flat(torch.load(f"{work}/local/heart-protocols/latest/{protocol}/seed0/model.pt"))
 print(f"largest difference between the deployed and the in-process model: {float((a - b).abs().max()):.2e}")
 PY

@@ -66,6 +66,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--stage-timeout", type=float, default=120.0,
                    help="seconds a site may take per trip before it counts as dropped")
     p.add_argument("--insecure", action="store_true", help="the SuperLink runs with --insecure (loopback only)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in the run folder after its last finished round (after an aggregator "
+                        "restart); replayed rounds are never charged twice to a site's ledger")
     p.set_defaults(func=cmd_deploy_run)
 
 
@@ -188,17 +191,27 @@ def cmd_deploy_run(args: argparse.Namespace) -> int:
     raw = dict(exp.raw)
     raw["rounds"] = exp.rounds
     out = (Path(args.out) / exp.name / variant.label / f"seed{seed}").resolve()
-    if out.exists():
-        for name in ("rounds.jsonl", "views.jsonl", "summary.json", "model.pt", "error.txt"):
+    if args.resume:
+        previous = out / "summary.json"
+        if previous.exists() and json.loads(previous.read_text()).get("status") == "finished":
+            print(f"{out}: the run already finished; nothing to resume")
+            return 0
+        if not (out / "checkpoint.pt").exists():
+            raise SpecError(f"--resume: {out} holds no checkpoint of a deployed run (start it without --resume)")
+        (out / "error.txt").unlink(missing_ok=True)
+    elif out.exists():
+        for name in ("rounds.jsonl", "views.jsonl", "summary.json", "model.pt", "model.json", "error.txt",
+                     "checkpoint.pt"):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     assert variant.spec is not None
     cfg = {"kit": str(kit.path), "experiment": raw, "experiment_source": exp.source, "protocol": variant.spec.raw,
            "protocol_source": f"{variant.label}.toml", "seed": seed, "out": str(out),
-           "stage_timeout": args.stage_timeout}
+           "stage_timeout": args.stage_timeout, "resume": bool(args.resume), "variant": variant.label}
     resolved = {"experiment": raw, "variant": variant.label, "protocol": variant.spec.raw, "seed": seed,
                 "engine": "flower", "federation": kit.federation}
-    (out / "resolved.json").write_text(json.dumps(resolved, indent=2, default=str))
+    if not (out / "resolved.json").exists() or not args.resume:
+        (out / "resolved.json").write_text(json.dumps(resolved, indent=2, default=str))
     if args.insecure:
         check_insecure(kit.address, "deploy run")
     write_flwr_config(kit, kit.address, args.insecure)

@@ -14,7 +14,8 @@
     data_path = "/data/cleveland.csv"   # ... or its own file/folder (csv and image-folder tasks)
     ledger_dir = "/var/lib/secure-fl/ledger"   # optional; default KIT/ledger
     budget_epsilon = 8.0                # optional: the site's own total (ε, δ) budget for DP protocols
-    budget_delta = 1e-5
+    budget_delta = 1e-5                 # (a DP protocol runs only at a site with a budget; its δ must not exceed it)
+    allow_seeded_noise = false          # optional: run DP specs with secure_noise = false (tests only)
 
 Site names are lowercase ``[a-z0-9-]`` (they become Flower node names). The output holds
 ``DIR/aggregator/`` and ``DIR/sites/NAME/`` plus ``DIR/fingerprints.json`` (public: kit
@@ -71,11 +72,13 @@ def parse_federation(data: dict[str, Any], where: str) -> dict[str, Any]:
             raise SpecError(f"{w}: site names are lowercase letters, digits and '-', found {site!r}")
         if not isinstance(t, dict):
             raise SpecError(f"{w}: expected a table")
-        check_keys(t, ["data", "data_path", "ledger_dir", "budget_epsilon", "budget_delta"], w)
+        check_keys(t, ["data", "data_path", "ledger_dir", "budget_epsilon", "budget_delta", "allow_seeded_noise"], w)
         entry: dict[str, Any] = {"data": get(t, "data", str, w, site)}
         for key in ("data_path", "ledger_dir"):
             if key in t:
                 entry[key] = get(t, key, str, w)
+        if "allow_seeded_noise" in t:
+            entry["allow_seeded_noise"] = get(t, "allow_seeded_noise", bool, w)
         if ("budget_epsilon" in t) != ("budget_delta" in t):
             raise SpecError(f"{w}: give both budget_epsilon and budget_delta, or neither")
         if "budget_epsilon" in t:

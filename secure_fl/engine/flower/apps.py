@@ -121,18 +121,22 @@ def _server_main(grid: Grid, context: Context) -> None:
     out.mkdir(parents=True, exist_ok=True)
     transport = FlowerTransport(grid, kit.sites, poll=float(cfg.get("poll", 0.2)),
                                 log=lambda line: print(line, flush=True))
-    run = DeployedRun(kit, exp, spec, int(cfg["seed"]), transport, stage_timeout=float(cfg["stage_timeout"]),
-                      log=lambda line: print(line, flush=True))
+    opts: dict[str, Any] = {"stage_timeout": float(cfg["stage_timeout"]), "log": lambda line: print(line, flush=True)}
+    if cfg.get("resume"):  # a restarted aggregator: the same run (token), from its last finished round
+        run = DeployedRun.resume(kit, exp, spec, int(cfg["seed"]), transport, out, **opts)
+    else:
+        run = DeployedRun(kit, exp, spec, int(cfg["seed"]), transport, out=out, **opts)
 
     def progress(rec: dict[str, Any]) -> None:
         print(f"round {rec['round']}: applied={rec['applied']} trips={rec['trips']} seconds={rec['seconds']:.1f} "
               f"participants={rec['participants']} dropped={rec['dropped']} aborted={rec['aborted']}", flush=True)
 
     try:
-        sites = run.discover()
-        print(f"sites: {sites}; not taking part: {run.refused or 'none'}", flush=True)
+        if not run.sites:
+            sites = run.discover()
+            print(f"sites: {sites}; not taking part: {run.refused or 'none'}", flush=True)
         run.run(progress)
-        summary = write_run_folder(run, out, spec.name)
+        summary = write_run_folder(run, out, str(cfg.get("variant", spec.name)))
         print(f"run folder: {out} (final model sha256 {summary['final_model_sha256']})", flush=True)
     except Exception as exc:
         (out / "error.txt").write_text(f"{type(exc).__name__}: {exc}\n")

@@ -19,13 +19,27 @@ final model.
 
 Dropouts: a site that does not answer a trip within ``stage_timeout`` seconds, or answers with
 an error or a refusal, is dropped for the round (the protocol recovers, per its own rules) and
-is not asked again in this run. Every protocol message the aggregator carries is passed to
-``tap`` and recorded as a view, as the local engine does.
+is not asked again in this run (a site that refuses one round, e.g. over its privacy budget,
+is asked again the next). Every protocol message the aggregator carries is passed to ``tap``
+and recorded as a view, as the local engine does.
+
+DP protocols: the aggregator builds the same privacy layer as the sites (from the public site
+sizes the sites report at hello and it relays with every ``begin``) for the release step when
+it holds the sum, and the public bounds a CKKS sum uses; it keeps no ledger (:mod:`.privacy`).
+
+Run folder and restart: with ``out``, each finished round is appended to ``rounds.jsonl`` /
+``views.jsonl`` and ``checkpoint.pt`` saves what the next round needs (run token, roster, site
+sizes, the aggregator's weights and server optimiser); :meth:`DeployedRun.resume` continues
+after the last finished round under the same run token, so the sites replay any round they had
+begun with the update they already sent and paid for. :func:`write_run_folder` finishes the
+folder in the local engine's format.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
 import secrets
 import time
 from collections import defaultdict
@@ -88,6 +102,7 @@ class _Round:
     applied: bool = False
     aborted: str | None = None
     t_end: float | None = None
+    spent: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class DeployedRun:
@@ -104,6 +119,7 @@ class DeployedRun:
         stage_timeout: float = 120.0,
         tap: Tap | None = None,
         log: Callable[[str], None] = print,
+        out: Path | None = None,
     ) -> None:
         if kit.role != "aggregator":
             raise SecureFLError(f"{kit.path} is a {kit.role} kit; the aggregator drives a run with the aggregator kit")
@@ -119,11 +135,24 @@ class DeployedRun:
         self.weights: np.ndarray | None = None
         agg = spec.aggregation
         self.server = make_server(agg.server, agg.server_lr, agg.beta1, agg.beta2, agg.tau)
-        self.privacy = NoPrivacy(spec.aggregation.weighting)
+        self.privacy: Any = NoPrivacy(spec.aggregation.weighting)
+        #: training-set size per joined site (public: the privacy layer calibrates from them)
+        self.site_sizes: dict[str, int] = {}
         self.records: list[dict[str, Any]] = []
         self.all_views: list[View] = []
         self.trips_total = 0
         self.final_digest: str | None = None
+        #: the run folder (rounds.jsonl, views.jsonl and checkpoint.pt are written as rounds finish), or None
+        self.out = Path(out) if out is not None else None
+        self.first_round = 0
+        #: per site: training and test set sizes and the data name (public; from the hello stage)
+        self.site_info: dict[str, dict[str, Any]] = {}
+        #: the model card the designated site sent with the final model (see write_run_folder)
+        self.model_card: dict[str, Any] | None = None
+        from ...run.records import utc_now
+
+        self.started_utc = utc_now()
+        self.resumed: list[dict[str, Any]] = []
 
     # --- transport ------------------------------------------------------------------------
     def _request(self, ops: list[dict[str, Any]]) -> bytes:
@@ -131,15 +160,17 @@ class DeployedRun:
         return encode({"run": self.run_token, "federation_id": kit.federation_id, "federation": kit.federation,
                        "ops": ops})
 
-    def _trip(self, ops: Mapping[str, list[dict[str, Any]]], label: str) -> dict[str, dict[str, Any] | str]:
+    def _trip(self, ops: Mapping[str, list[dict[str, Any]]], label: str,
+              timeout: float | None = None) -> dict[str, dict[str, Any] | str]:
         """One server round trip; per site its decoded reply, or a string saying why it is dropped."""
         self.trips_total += 1
-        raw = self.transport.exchange({s: self._request(o) for s, o in ops.items()}, self.stage_timeout)
+        timeout = timeout or self.stage_timeout
+        raw = self.transport.exchange({s: self._request(o) for s, o in ops.items()}, timeout)
         out: dict[str, dict[str, Any] | str] = {}
         for s in ops:
             got = raw.get(s)
             if got is None:
-                out[s] = f"no reply within {self.stage_timeout:g} s at {label} (declared dropped by the stage timeout)"
+                out[s] = f"no reply within {timeout:g} s at {label} (declared dropped by the stage timeout)"
                 continue
             if isinstance(got, TripReply):
                 if got.reply is None:
@@ -169,7 +200,8 @@ class DeployedRun:
             "op": "hello", "experiment": self.exp.raw, "protocol": self.spec.raw,
             "protocol_source": f"{self.spec.name}.toml", "seed": self.seed,
         }
-        replies = self._trip({s: [hello] for s in reachable}, "hello")
+        # the first message of a run also installs the app at every SuperNode: twice the stage timeout
+        replies = self._trip({s: [hello] for s in reachable}, "hello", 2 * self.stage_timeout)
         dims: dict[str, int] = {}
         initial: dict[str, np.ndarray] = {}
         for s, rep in sorted(replies.items()):
@@ -193,6 +225,9 @@ class DeployedRun:
             else:
                 dims[s] = int(res["dim"])
                 self.data_names[s] = str(res.get("data", s))
+                self.site_sizes[s] = int(res.get("n_train", 0))
+                self.site_info[s] = {"data": self.data_names[s], "n_train": int(res.get("n_train", 0)),
+                                     "n_test": int(res.get("n_test", 0))}
                 initial[s] = np.asarray(res["initial_weights"], dtype=np.float32)
                 continue
             self.log(f"refusing site {s!r}: {self.refused[s]}")
@@ -212,9 +247,86 @@ class DeployedRun:
             raise ProtocolError(f"sites built different initial models from seed {self.seed}: {digests}")
         if self.protocol.releases_to_aggregator:
             self.weights = initial[self.sites[0]]
+        self.site_sizes = {s: self.site_sizes[s] for s in self.sites}
+        self._setup()
+        self._checkpoint(-1)  # a restart before round 0 finishes resumes this run (its token) at round 0
+        return self.sites
+
+    def _setup(self) -> None:
+        """The privacy layer (as the sites build it) and the aggregator's protocol party, for the joined sites."""
+        if self.spec.privacy is not None:  # the same layer the sites build (their ledgers stay with them)
+            from .privacy import deployed_privacy_layer
+
+            self.privacy = deployed_privacy_layer(self.spec, self.exp, self.seed, self.site_sizes,
+                                                  self.kit.state_dir / "runs" / self.run_token)
+            bounds = getattr(self.privacy, "public_bounds", lambda: None)()
+            if bounds is not None and hasattr(self.protocol, "use_public_bounds"):
+                self.protocol.use_public_bounds(*bounds)
         setup_protocol(self.protocol, self.sites, self.dim, ckks_file=self.kit.file("ckks/public.ckks"),
                        ckks_kind="public", identities=self.kit.identity_public_keys(), signing_keys={})
-        return self.sites
+
+    # --- run folder and restart ----------------------------------------------------------------
+    def _checkpoint(self, last_round: int) -> None:
+        """Save what the next round depends on (``checkpoint.pt`` in the run folder, atomically)."""
+        if self.out is None:
+            return
+        from ...run.checkpoint import save_checkpoint
+
+        self.out.mkdir(parents=True, exist_ok=True)
+
+        save_checkpoint(self.out, {
+            "engine": "flower", "run_token": self.run_token, "round": last_round, "seed": self.seed,
+            "spec_hash": self.spec.spec_hash, "sites": list(self.sites), "site_sizes": dict(self.site_sizes),
+            "site_info": dict(self.site_info), "data_names": dict(self.data_names), "refused": dict(self.refused),
+            "dim": self.dim, "weights": None if self.weights is None else np.array(self.weights, dtype=np.float32),
+            "server": copy.deepcopy(self.server.__dict__), "trips_total": self.trips_total,
+            "started_utc": self.started_utc, "resumed": list(self.resumed),
+        })
+
+    @classmethod
+    def resume(cls, kit: Kit, exp: Any, spec: ProtocolSpec, seed: int, transport: Transport, out: Path,
+               **kwargs: Any) -> "DeployedRun":
+        """The run whose folder ``out`` holds a checkpoint, continued after its last finished round.
+
+        The run keeps its token, so every site finds its state of this run: a round the sites had begun
+        is replayed with the update each site already sent (and paid for), never charged again.
+        """
+        from ...run.checkpoint import load_checkpoint
+        from ...run.records import read_jsonl, read_rounds, utc_now
+
+        ckpt = load_checkpoint(Path(out))
+        if ckpt is None or ckpt.get("engine") != "flower":
+            raise SecureFLError(f"{out}: no checkpoint of a deployed run here; start it without --resume")
+        if ckpt["spec_hash"] != spec.spec_hash or int(ckpt["seed"]) != seed:
+            raise SecureFLError(f"{out}: the checkpoint is of spec hash {ckpt['spec_hash']} and seed {ckpt['seed']}, "
+                                f"not {spec.spec_hash} and seed {seed}; resume with the run's own protocol and seed")
+        run = cls(kit, exp, spec, seed, transport, out=Path(out), **kwargs)
+        run.run_token, run.sites, run.dim = str(ckpt["run_token"]), list(ckpt["sites"]), int(ckpt["dim"])
+        run.site_sizes, run.site_info = dict(ckpt["site_sizes"]), dict(ckpt.get("site_info", {}))
+        run.data_names, run.refused = dict(ckpt["data_names"]), dict(ckpt["refused"])
+        run.weights = None if ckpt["weights"] is None else np.asarray(ckpt["weights"], dtype=np.float32)
+        run.server.__dict__.update(copy.deepcopy(ckpt["server"]))
+        run.trips_total = int(ckpt["trips_total"])
+        run.first_round = int(ckpt["round"]) + 1
+        run.started_utc = str(ckpt.get("started_utc", ""))
+        run.resumed = [*ckpt.get("resumed", []), {"at_utc": utc_now(), "from_round": run.first_round}]
+        last = int(ckpt["round"])
+        run.records = [r for r in read_rounds(Path(out)) if r.get("round", last + 1) <= last]
+        views = [v for v in read_jsonl(Path(out) / "views.jsonl") if v.get("round", last + 1) <= last]
+        run.all_views = [View(v["round"], v["stage"], v["sender"], v["receiver"], v["kind"], v["nbytes"])
+                         for v in views]
+        from ...run.records import RunFolder
+
+        folder = RunFolder(Path(out))
+        folder.rewrite_jsonl("rounds.jsonl", run.records)  # drop the lines of rounds after the checkpoint
+        folder.rewrite_jsonl("views.jsonl", [v.to_json() for v in run.all_views])
+        run._setup()
+        reachable = set(transport.sites())
+        for s in run.sites:
+            if s not in reachable:
+                run.unreachable[s] = "not reachable when the run resumed"
+        run.log(f"resuming run {run.run_token[:8]} after round {last} with sites {run.sites}")
+        return run
 
     # --- carrying ----------------------------------------------------------------------------
     def _carry(self, rd: _Round, m: Message, site: str | None) -> None:
@@ -266,7 +378,7 @@ class DeployedRun:
         prev: _Round | None = None
         carry: dict[str, list[dict[str, Any]]] = {}
         evals: dict[int, dict[str, dict[str, float]]] = defaultdict(dict)
-        for r in range(self.exp.rounds):
+        for r in range(self.first_round, self.exp.rounds):
             if prev is not None:
                 prev.t_end = time.perf_counter()  # a round's seconds run from its start to the next round's
             live = [s for s in self.sites if s not in self.unreachable]
@@ -295,7 +407,7 @@ class DeployedRun:
                         ops[s] = list(carry.get(s, [])) if first else []
                         if first:
                             ops[s].append({"op": "begin", "round": r, "roster": self.sites, "dim": self.dim,
-                                           "weights": None if fuse else self.weights})
+                                           "sizes": self.site_sizes, "weights": None if fuse else self.weights})
                         ops[s].append(step_op(s))
                     if first and prev is not None:
                         for s in set(carry) - set(ops):  # a site that left still owes nothing more
@@ -320,9 +432,15 @@ class DeployedRun:
                             elif res["op"] == "step" and prev is not None and res["round"] == prev.r:
                                 self._take_step(prev, s, res)
                             elif res["op"] == "begin":
-                                rd.train[s] = res.get("train", {})
                                 if "eval" in res:
                                     evals[r - 1][s] = res["eval"]
+                                if "refused" in res:  # the site refused this round before sending anything
+                                    self._drop(rd, s, f"refused round {r}: {res['refused']}")
+                                    continue
+                                if res.get("train"):
+                                    rd.train[s] = res["train"]
+                                if res.get("spent"):
+                                    rd.spent[s] = res["spent"]
                     if first:
                         carry = {}
                         if prev is not None:
@@ -351,8 +469,8 @@ class DeployedRun:
         live = [s for s in self.sites if s not in self.unreachable]
         send_model = fuse and not prev.aborted
         designated = min((s for s in live if s in (prev.contributors or live)), default=None)
-        ops = {s: [*carry.get(s, []), {"op": "final", "send_model": send_model and s == designated, "cleanup": True}]
-               for s in live}
+        ops = {s: [*carry.get(s, []), {"op": "final", "send_model": send_model and s == designated,
+                                        "card": s == designated, "cleanup": True}] for s in live}
         if not fuse:
             for s in ops:
                 ops[s].insert(0, {"op": "evaluate", "weights": self.weights})
@@ -372,6 +490,8 @@ class DeployedRun:
                 elif res["op"] == "final":
                     final_eval[s] = res["eval"]
                     digests[s] = res["model_sha256"]
+                    if s == designated and isinstance(res.get("card"), dict):
+                        self.model_card = res["card"]
                     if res.get("weights") is not None and s == designated:
                         w = np.asarray(res["weights"], dtype=np.float32)
                         if fuse and w.size == self.dim and _digest(w) == res["model_sha256"]:
@@ -420,10 +540,23 @@ class DeployedRun:
             "bytes_up_per_site": float(np.mean([rd.bytes_up.get(s, 0) for s in participants] or [0])),
             "bytes_down_per_site": float(np.mean([rd.bytes_down.get(s, 0) + broadcast for s in participants] or [0])),
             "seconds": (rd.t_end or time.perf_counter()) - rd.t0, "stage_seconds": rd.stage_seconds, "trips": rd.trips,
-            "engine": "flower", "privacy_spent": {},
+            "engine": "flower", "privacy_spent": dict(rd.spent),
         }
+        record["seconds_sites_parallel"] = record["seconds"]  # a deployment's sites work in parallel
+        if self.spec.threat_model.aggregator_sees == "plain":  # as the local engine: otherwise they stay at the site
+            record["train"] = rd.train
+        else:
+            del record["train"]
         self.records.append(record)
         self.all_views.extend(rd.views)
+        if self.out is not None:
+            from ...run.records import RunFolder
+
+            folder = RunFolder(self.out)
+            folder.append("views.jsonl", *[v.to_json() for v in rd.views])
+            folder.append("rounds.jsonl", record)
+            if rd.r < self.exp.rounds - 1:
+                self._checkpoint(rd.r)
         if progress:
             progress(record)
 
@@ -432,15 +565,60 @@ def _digest(w: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(w, dtype="<f4").tobytes()).hexdigest()
 
 
-def combine_metrics(evals: Mapping[str, Mapping[str, float]], data_names: Mapping[str, str]) -> dict[str, float]:
-    """Per-site test metrics as ``DATA/metric``; ``pooled/accuracy`` (exact, weighted by test size)
-    and ``site-mean/metric``. Pooled AUC needs every site's scores in one place and is not computed."""
+#: bins of the score histograms sites send for the pooled AUC (see :func:`score_histograms`)
+AUC_BINS = 1000
+
+
+def score_histograms(scores: np.ndarray, y: np.ndarray, bins: int = AUC_BINS) -> dict[str, Any]:
+    """Per label, how many test scores fall in each of ``bins`` equal bins of [0, 1] (sparse: [bin, count]).
+
+    What a site sends, besides its own metrics, so that the aggregator can compute the AUC over every
+    site's test patients (the local engine's ``pooled/auc``) without any patient's score leaving the site
+    exactly: only counts per 1/``bins``-wide score interval and label.
+    """
+    idx = np.clip((np.asarray(scores, dtype=np.float64) * bins).astype(np.int64), 0, bins - 1)
+    out: dict[str, Any] = {"bins": bins}
+    for name, label in (("pos", 1), ("neg", 0)):
+        counts = np.bincount(idx[np.asarray(y) == label], minlength=bins)
+        nz = np.flatnonzero(counts)
+        out[name] = [[int(i), int(counts[i])] for i in nz]
+    return out
+
+
+def pooled_auc(hists: list[Mapping[str, Any]]) -> float | None:
+    """ROC AUC of the pooled test sets from the sites' :func:`score_histograms`.
+
+    Pairs (positive, negative) in different bins are ordered exactly; pairs in one bin count 1/2 (as ties),
+    so the value is within half the share of same-bin pairs of the exact pooled AUC.
+    """
+    if not hists:
+        return None
+    bins = int(hists[0]["bins"])
+    pos, neg = np.zeros(bins), np.zeros(bins)
+    for h in hists:
+        if int(h["bins"]) != bins:
+            raise ProtocolError(f"score histograms with {h['bins']} and {bins} bins cannot be pooled")
+        for i, c in h["pos"]:
+            pos[int(i)] += c
+        for i, c in h["neg"]:
+            neg[int(i)] += c
+    p, n = pos.sum(), neg.sum()
+    if not p or not n:
+        return None
+    below = np.concatenate([[0.0], np.cumsum(neg)[:-1]])
+    return float(np.sum(pos * (below + 0.5 * neg)) / (p * n))
+
+
+def combine_metrics(evals: Mapping[str, Mapping[str, Any]], data_names: Mapping[str, str]) -> dict[str, float]:
+    """Per-site test metrics as ``DATA/metric``; ``pooled/accuracy`` (exact, weighted by test size),
+    ``pooled/auc`` (from the sites' score histograms, see :func:`pooled_auc`) and ``site-mean/metric``,
+    the keys of the local engine's ``Task.evaluate``."""
     out: dict[str, float] = {}
     n_tot, acc_tot = 0.0, 0.0
     for s, m in sorted(evals.items()):
         name = data_names.get(s, s)
         for k, v in m.items():
-            if k != "n":
+            if k not in ("n", "score_hist"):
                 out[f"{name}/{k}"] = float(v)
         n = float(m.get("n", 0.0))
         if "accuracy" in m and n:
@@ -448,6 +626,9 @@ def combine_metrics(evals: Mapping[str, Mapping[str, float]], data_names: Mappin
             acc_tot += n * float(m["accuracy"])
     if n_tot:
         out["pooled/accuracy"] = acc_tot / n_tot
+    auc = pooled_auc([m["score_hist"] for m in evals.values() if isinstance(m.get("score_hist"), dict)])
+    if auc is not None:
+        out["pooled/auc"] = auc
     for metric in ("accuracy", "auc", "top5"):
         vals = [float(m[metric]) for m in evals.values() if metric in m and not np.isnan(m[metric])]
         if vals:
@@ -455,29 +636,80 @@ def combine_metrics(evals: Mapping[str, Mapping[str, float]], data_names: Mappin
     return out
 
 
-def write_run_folder(run: DeployedRun, out: Path, variant: str) -> dict[str, Any]:
-    """The run folder in the local engine's format: rounds.jsonl, views.jsonl, summary.json, model.pt."""
+def _check_card(card: Mapping[str, Any], exp: Any) -> str | None:
+    """Why the model card a site sent cannot be used, or ``None``. Its architecture class is imported when
+    the model is rebuilt (here and by ``secure-fl predict``): only secure-fl's own models or the class
+    the experiment itself names are accepted."""
+    from ...tasks.export import FORMAT
+
+    if card.get("format") != FORMAT:
+        return f"format {card.get('format')!r}, expected {FORMAT!r}"
+    arch = card.get("architecture")
+    if not isinstance(arch, dict) or not isinstance(arch.get("kwargs"), dict):
+        return "no architecture that can be rebuilt"
+    cls = str(arch.get("class", ""))
+    named = str(getattr(exp, "task_params", {}).get("model", ""))
+    if not (cls.startswith("secure_fl.") or cls == named):
+        return f"architecture {cls!r} is neither a secure-fl model nor the experiment's [task] model"
+    return None
+
+
+def write_run_folder(run: DeployedRun, out: Path, variant: str, status: str = "finished") -> dict[str, Any]:
+    """Finish the run folder in the local engine's format (``run/federation.py``): ``model.pt`` (a state_dict)
+    and ``model.json`` (:mod:`secure_fl.tasks.export`), ``summary.json`` (a ``RunSummary`` plus the Flower
+    engine's trips and sites), ``resolved.json``; ``rounds.jsonl`` and ``views.jsonl`` are appended as rounds
+    finish (by :class:`DeployedRun` with ``out``) or written here for a run without a folder."""
+    import os
+    import socket
+
     import torch
 
-    from ...run.records import RunFolder
+    from ...run.federation import RunSummary
+    from ...run.records import RunFolder, site_stats, utc_now
+    from ...tasks.plugins import load_callable
+    from ...training.flat import load_flat
 
     folder = RunFolder(out)
-    for rec in run.records:
-        folder.append("rounds.jsonl", rec)
-    for v in run.all_views:
-        folder.append("views.jsonl", v.to_json())
-    if run.weights is not None:
+    if run.out is None or Path(run.out) != Path(out):
+        folder.rewrite_jsonl("rounds.jsonl", run.records)
+        folder.rewrite_jsonl("views.jsonl", [v.to_json() for v in run.all_views])
+    (out / "checkpoint.pt").unlink(missing_ok=True)  # the run is over: nothing to resume
+    card = run.model_card
+    why = _check_card(card, run.exp) if card is not None else "the designated site sent no model card"
+    if run.weights is not None and why is None:
+        assert card is not None
+        arch = card["architecture"]
+        model = load_callable(arch["class"], "model.json architecture")(**arch["kwargs"])
+        load_flat(model, np.asarray(run.weights, dtype=np.float32))
+        torch.save(model.state_dict(), out / "model.pt")
+        card = {**card, "sites": [run.data_names.get(s, s) for s in run.sites], "engine": "flower"}
+        (out / "model.json").write_text(json.dumps(card, indent=2) + "\n")
+    elif run.weights is not None:
+        run.log(f"warning: model.json not written ({why}); model.pt holds the flat weights only")
         torch.save({"weights": torch.from_numpy(np.asarray(run.weights, dtype=np.float32))}, out / "model.pt")
     recs = run.records
-    summary = {
-        "variant": variant, "seed": run.seed, "status": "finished", "rounds_done": len(recs),
-        "metrics": recs[-1]["metrics"] if recs else {},
-        "bytes_up_per_site_round": float(np.mean([r["bytes_up_per_site"] for r in recs])) if recs else 0.0,
-        "bytes_down_per_site_round": float(np.mean([r["bytes_down_per_site"] for r in recs])) if recs else 0.0,
-        "seconds_per_round": float(np.mean([r["seconds"] for r in recs])) if recs else 0.0,
-        "stage_seconds": {}, "epsilon": {}, "aborted_rounds": sum(not r["applied"] for r in recs), "path": str(out),
+    stages = {k for r in recs for k in r["stage_seconds"]}
+    summary = RunSummary(
+        variant, run.seed, status, len(recs), metrics=recs[-1]["metrics"] if recs else {},
+        bytes_up_per_site_round=float(np.mean([r["bytes_up_per_site"] for r in recs])) if recs else 0.0,
+        bytes_down_per_site_round=float(np.mean([r["bytes_down_per_site"] for r in recs])) if recs else 0.0,
+        seconds_per_round=float(np.mean([r["seconds"] for r in recs])) if recs else 0.0,
+        stage_seconds={k: sum(r["stage_seconds"].get(k, 0.0) for r in recs) / len(recs) for k in stages},
+        epsilon=recs[-1].get("privacy_spent", {}) if recs else {},
+        aborted_rounds=sum(not r["applied"] for r in recs), path=str(out), rounds_planned=run.exp.rounds,
+        sites=site_stats(recs, run.sites), pid=os.getpid(), host=socket.gethostname(),
+        started_utc=run.started_utc, updated_utc=utc_now(), resumed=run.resumed,
+    ).to_json()
+    summary.update({
         "engine": "flower", "trips_per_round": [r["trips"] for r in recs], "trips_total": run.trips_total,
-        "sites": run.sites, "refused": run.refused, "final_model_sha256": run.final_digest,
-    }
+        "site_names": run.sites, "refused": run.refused, "final_model_sha256": run.final_digest,
+        "data_names": run.data_names,
+    })
     folder.write_json("summary.json", summary)
+    sizes = ", ".join(f"{s}: {i['n_train']}/{i['n_test']}" for s, i in sorted(run.site_info.items()))
+    folder.write_json("resolved.json", {
+        "experiment": run.exp.raw, "variant": variant, "protocol": run.spec.raw, "spec_hash": run.spec.spec_hash,
+        "overrides": {}, "seed": run.seed, "engine": "flower", "federation": run.kit.federation,
+        "task": f"{run.exp.task_name} (deployed; train/test per site: {sizes})",
+    })
     return summary

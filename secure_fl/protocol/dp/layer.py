@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,9 +39,12 @@ class DpSite:
     def __init__(self, layer: "DpPrivacyLayer", site_id: str, n_examples: int) -> None:
         self.layer, self.site_id, self.n_examples = layer, site_id, n_examples
         cfg = layer.config
-        limit = cfg.site_budgets.get(site_id, cfg.epsilon_budget)
-        budget = Budget(limit, cfg.delta, cfg.accountant) if limit is not None else None
-        self.ledger = PrivacyLedger(layer.run_dir / "sites" / site_id / "ledger.sqlite", site_id, budget)
+        if layer.ledger_for is not None:  # a deployed site: its own ledger and budget (engine/flower/ledger.py)
+            self.ledger = layer.ledger_for(site_id)
+        else:
+            limit = cfg.site_budgets.get(site_id, cfg.epsilon_budget)
+            budget = Budget(limit, cfg.delta, cfg.accountant) if limit is not None else None
+            self.ledger = PrivacyLedger(layer.run_dir / "sites" / site_id / "ledger.sqlite", site_id, budget)
         self.source = _source(cfg.secure_noise, layer.seed_base, site_id)
         self.noise_multiplier = layer.noise_multiplier_for(site_id)
         self._event: dp_event.DpEvent | None = None  # this round's event, known once the update is ready
@@ -123,8 +126,12 @@ class DpPrivacyLayer:
     """The ``PrivacyLayer`` of a protocol with a ``[privacy]`` table (see :func:`build_privacy_layer`)."""
 
     def __init__(self, config: PrivacyConfig, *, weighting: str, plan: Any, site_sizes: Mapping[str, int],
-                 run_dir: pathlib.Path, noise_rng: np.random.Generator, protocol_name: str, spec_hash: str) -> None:
+                 run_dir: pathlib.Path, noise_rng: np.random.Generator, protocol_name: str, spec_hash: str,
+                 ledger_for: Callable[[str], PrivacyLedger] | None = None,
+                 noise_multipliers: Mapping[str, float] | None = None) -> None:
         self.config, self.weighting, self.plan = config, weighting, plan
+        #: the ledger of a site (default: ``run_dir/sites/SITE/ledger.sqlite`` with the spec's budget)
+        self.ledger_for = ledger_for
         self.site_sizes = dict(site_sizes)
         self.run_dir = pathlib.Path(run_dir)
         self.protocol_name, self.spec_hash = protocol_name, spec_hash
@@ -135,7 +142,10 @@ class DpPrivacyLayer:
         self.mechanism: DpMechanism = config.spec(self)
         self._validate_plan()
         self._sigma: dict[str, float] = {}
-        self._calibrate()
+        if noise_multipliers is not None and set(noise_multipliers) == set(self.site_sizes):
+            self._sigma = {s: float(v) for s, v in noise_multipliers.items()}  # calibrated earlier for this plan
+        else:
+            self._calibrate()
         self.mechanism.after_calibration()
 
     # -- planning --------------------------------------------------------------------------
@@ -217,9 +227,19 @@ def build_privacy_layer(
     noise_rng: np.random.Generator,
     protocol_name: str,
     spec_hash: str,
+    ledger_for: Callable[[str], PrivacyLedger] | None = None,
+    noise_multipliers: Mapping[str, float] | None = None,
 ) -> DpPrivacyLayer:
-    """The engine's entry point: a privacy layer for one run (``plan`` is a ``training.config.RunPlan``)."""
+    """The engine's entry point: a privacy layer for one run (``plan`` is a ``training.config.RunPlan``).
+
+    ``ledger_for(site)`` gives a site's ledger when the engine places it (a deployed site keeps its ledger
+    and budget in its own kit, never in a run folder); by default each site's ledger is
+    ``run_dir/sites/SITE/ledger.sqlite`` with the spec's ``epsilon_budget`` / ``site_budgets``.
+    ``noise_multipliers`` (per site) skips the calibration when the same plan was calibrated before (a deployed
+    site rebuilds the layer for every message and calibrates once per run).
+    """
     if not isinstance(config, PrivacyConfig):
         raise TypeError(f"expected a PrivacyConfig from parse_privacy, found {type(config).__name__}")
     return DpPrivacyLayer(config, weighting=weighting, plan=plan, site_sizes=site_sizes, run_dir=run_dir,
-                          noise_rng=noise_rng, protocol_name=protocol_name, spec_hash=spec_hash)
+                          noise_rng=noise_rng, protocol_name=protocol_name, spec_hash=spec_hash, ledger_for=ledger_for,
+                          noise_multipliers=noise_multipliers)
