@@ -365,8 +365,8 @@ lr = 0.1
     summary = json.loads((out / "summary.json").read_text())
     assert set(local_summary) <= set(summary) and summary["status"] == "finished"
     assert set(summary["sites"]["hospa"]) == set(local_summary["sites"]["hospA"])
-    local_rounds = [json.loads(l) for l in (local_dir / "rounds.jsonl").read_text().splitlines()]
-    rounds = [json.loads(l) for l in (out / "rounds.jsonl").read_text().splitlines()]
+    local_rounds = [json.loads(line) for line in (local_dir / "rounds.jsonl").read_text().splitlines()]
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert len(rounds) == 2 and set(local_rounds[-1]) <= set(rounds[-1])
     # the same model and the same metrics: per site exact, pooled AUC from the sites' score histograms
     model, card = load_model(out)
@@ -421,7 +421,7 @@ def test_a_killed_aggregator_resumes_after_its_last_finished_round_without_charg
     with pytest.raises(_Killed):
         first.run()
     finished = load_checkpoint(out)["round"]
-    assert finished == 0 and [json.loads(l)["round"] for l in (out / "rounds.jsonl").read_text().splitlines()] == [0]
+    assert finished == 0 and [json.loads(line)["round"] for line in (out / "rounds.jsonl").read_text().splitlines()] == [0]
     # every site had begun round 2 (trained, charged, sent): the resumed run replays rounds 1 and 2
     charged = {s: [r.round for r in PrivacyLedger(kits / "sites" / s / "ledger" / "ledger.sqlite", s).records()]
                for s in DP_SITES}
@@ -432,7 +432,7 @@ def test_a_killed_aggregator_resumes_after_its_last_finished_round_without_charg
     assert resumed.run_token == first.run_token and resumed.first_round == 1
     records = resumed.run()
     assert [r["round"] for r in records] == [0, 1, 2] and all(r["applied"] for r in records)
-    assert [json.loads(l)["round"] for l in (out / "rounds.jsonl").read_text().splitlines()] == [0, 1, 2]
+    assert [json.loads(line)["round"] for line in (out / "rounds.jsonl").read_text().splitlines()] == [0, 1, 2]
     # no ledger charged twice: one charge in force per round, none superseded, and the ε of an uninterrupted run
     for s in DP_SITES:
         ledger = PrivacyLedger(kits / "sites" / s / "ledger" / "ledger.sqlite", s)
@@ -448,7 +448,6 @@ def test_a_killed_aggregator_resumes_after_its_last_finished_round_without_charg
 def test_a_site_runs_a_dp_spec_only_within_its_own_kit_budget_and_with_secret_noise(kits, tmp_path,
                                                                                   tiny_experiment_toml):
     """The budget and δ cap come from the site's kit, never from the experiment or the aggregator."""
-    agg = load_kit(kits / "aggregator")
 
     def hello(kit_dir, exp):
         spec = exp.variants[0].spec
