@@ -111,3 +111,18 @@ def test_augment_table_errors_name_the_key():
         TrainingConfig.from_table({"augment": {"multiplicity": 0}}, "[training]")
     with pytest.raises(ValueError, match="image batches"):
         augment_images(torch.zeros(3, 4), AugmentConfig(), torch.Generator())
+
+
+def test_distributed_dp_refuses_augmentation_it_would_ignore(tmp_path, tiny_experiment_toml):
+    """Distributed DP takes one noisy gradient per round without local training: an augment table would be
+    silently ignored, so the run is refused with a message naming [training].augment."""
+    import tomllib
+
+    from secure_fl.run.experiment import parse_experiment
+    from secure_fl.run.federation import Federation
+    from secure_fl.tasks.registry import build_task
+
+    text = tiny_experiment_toml(protocols='["dp-distributed-ckks"]', rounds=1, extra="[training.augment]\nmultiplicity = 2")
+    exp = parse_experiment(tomllib.loads(text), "tiny.toml", tmp_path)
+    with pytest.raises(SpecError, match=r"\[training\]\.augment has no effect"):
+        Federation(exp, build_task(exp.task_name, exp.task_params), exp.variants[0], 0, tmp_path / "run")

@@ -106,6 +106,14 @@ class DistributedDpSgd(DpMechanism):
                 f"{cfg.where}.min_sites: {cfg.min_sites} exceeds the {len(self.layer.site_sizes)} sites "
                 "of this federation"
             )
+        training = getattr(self.layer.plan, "training", None)
+        if training is not None and getattr(training, "augment", None) is not None:
+            # one noisy gradient of the whole site's data per round, no local training: augmentation (and its
+            # multiplicity) would be silently ignored, so the run is refused instead
+            raise SpecError(
+                f"{cfg.where}: distributed DP computes one noisy gradient per round without local training, "
+                "so [training].augment has no effect here; remove it or use dp-sgd (local DP-SGD)"
+            )
 
     def round_event(self, site_id: str, sigma: float) -> dp_event.DpEvent:
         return poisson_gaussian_event(sigma, self.config.sample_rate)
