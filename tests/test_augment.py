@@ -122,7 +122,8 @@ def test_distributed_dp_refuses_augmentation_it_would_ignore(tmp_path, tiny_expe
     from secure_fl.run.federation import Federation
     from secure_fl.tasks.registry import build_task
 
-    text = tiny_experiment_toml(protocols='["dp-distributed-ckks"]', rounds=1, extra="[training.augment]\nmultiplicity = 2")
+    augment = "[training.augment]\nmultiplicity = 2"
+    text = tiny_experiment_toml(protocols='["dp-distributed-ckks"]', rounds=1, extra=augment)
     exp = parse_experiment(tomllib.loads(text), "tiny.toml", tmp_path)
     with pytest.raises(SpecError, match=r"\[training\]\.augment has no effect"):
         Federation(exp, build_task(exp.task_name, exp.task_params), exp.variants[0], 0, tmp_path / "run")
