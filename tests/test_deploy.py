@@ -382,7 +382,13 @@ lr = 0.1
     assert main(["report", str(out)]) == 0
     assert (out / "report.html").exists()
     capsys.readouterr()
-    assert main(["predict", str(out), "--data", a_te, "--site", "hospA"]) == 0
+    # the aggregator's folder holds no site's own statistics; site hospA keeps its own in its kit
+    assert not (out / "sites" / "hospA" / "preprocessing.json").exists()
+    assert main(["predict", str(out), "--data", a_te, "--site", "hospA"]) == 2
+    own = list((kits / "sites" / "hospa" / "state" / "runs").glob("*/sites/hospA/preprocessing.json"))
+    assert len(own) == 1 and not list((kits / "sites" / "hospb" / "state" / "runs").glob("*/sites/hospA/*"))
+    capsys.readouterr()
+    assert main(["predict", str(out), "--data", a_te, "--site", "hospA", "--stats", str(own[0])]) == 0
     rows = list(csv.reader(capsys.readouterr().out.splitlines()))
     assert main(["predict", str(local_dir), "--data", a_te, "--site", "hospA"]) == 0
     assert rows == list(csv.reader(capsys.readouterr().out.splitlines()))

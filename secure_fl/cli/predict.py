@@ -24,8 +24,13 @@ from typing import Any
 __all__ = ["add_parser", "cmd_predict", "predict_file"]
 
 
-def predict_file(run_dir: Path, data: Path, site: str | None = None) -> tuple[list[str], list[list[Any]]]:
-    """(header, rows) of class probabilities for every row of the CSV ``data``."""
+def predict_file(run_dir: Path, data: Path, site: str | None = None,
+                 stats: Path | None = None) -> tuple[list[str], list[list[Any]]]:
+    """(header, rows) of class probabilities for every row of the CSV ``data``.
+
+    ``stats``: the site's own ``preprocessing.json`` when it is not in the run folder (a deployed
+    site keeps its own in its kit: ``KIT/state/runs/<run>/sites/<site>/preprocessing.json``).
+    """
     import torch
 
     from ..errors import DataError
@@ -40,8 +45,10 @@ def predict_file(run_dir: Path, data: Path, site: str | None = None) -> tuple[li
         raise DataError(f"{run_dir}/model.json: task {card['task']!r} saved no preprocessing; predict scores tables "
                         "of the csv task, the heart-disease task with split = \"flamby\", and image folders")
     pre = Preprocessor.from_json(pre_json)
+    if stats is not None and site is None:
+        raise DataError(f"--stats {stats}: say whose statistics these are with --site")
     if site is not None and site not in pre.stats:
-        pre = Preprocessor.from_json(pre_json, {site: load_site_stats(run_dir, site)})
+        pre = Preprocessor.from_json(pre_json, {site: load_site_stats(run_dir, site, stats)})
     elif site is None and pre.needs_site():
         have = sorted(p.parent.name for p in (run_dir / "sites").glob("*/preprocessing.json")) or sorted(pre.stats)
         if len(have) != 1:
@@ -98,7 +105,8 @@ def _predict_images(model: Any, card: dict[str, Any], data: Path) -> tuple[list[
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    header, rows = predict_file(Path(args.run_dir), Path(args.data), args.site)
+    header, rows = predict_file(Path(args.run_dir), Path(args.data), args.site,
+                                Path(args.stats) if args.stats else None)
     if args.out:
         with open(args.out, "w", newline="") as f:
             csv.writer(f).writerows([header, *rows])
@@ -116,5 +124,7 @@ def add_parser(sub: Any) -> None:
                    "or for an image task an image or a folder of images")
     p.add_argument("--site", help="whose own preprocessing statistics to apply (RUN_DIR/sites/SITE/preprocessing.json; "
                    "required when several sites saved theirs)")
+    p.add_argument("--stats", help="the site's own preprocessing.json when it is not in RUN_DIR (a deployed site "
+                   "keeps its own in its kit's state folder)")
     p.add_argument("--out", help="write the probabilities to this CSV instead of printing them")
     p.set_defaults(func=cmd_predict)

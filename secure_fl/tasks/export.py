@@ -31,7 +31,7 @@ from ..errors import DataError
 from .base import Task
 from .plugins import load_callable
 
-__all__ = ["FORMAT", "SITE_FORMAT", "model_card", "save_model", "load_model", "load_site_stats", "site_stats_path"]
+__all__ = ["FORMAT", "SITE_FORMAT", "model_card", "save_model", "load_model", "load_site_stats", "save_site_stats", "site_stats_path"]
 
 FORMAT = "secure-fl-model/1"
 SITE_FORMAT = "secure-fl-site-preprocessing/1"
@@ -73,16 +73,29 @@ def save_model(task: Task, models: nn.Module | Mapping[str, nn.Module], run_dir:
         torch.save({name: m.state_dict() for name, m in models.items()}, run_dir / "model.pt")
         card = model_card(task, next(iter(models.values())), per_site=True)
     (run_dir / "model.json").write_text(json.dumps(card, indent=2) + "\n")
+    save_site_stats(task, run_dir)
+
+
+def save_site_stats(task: Task, run_dir: Path, only: str | None = None) -> list[Path]:
+    """Write each site's own statistics (or only site ``only``'s) to ``sites/<site>/preprocessing.json``.
+
+    A deployed site calls this with its own name and its own folder: its statistics never leave it.
+    """
     pre = task.info.get("preprocessing")
+    written = []
     for site, stats in (pre.get("sites") or {}).items() if isinstance(pre, Mapping) else ():
+        if only is not None and site != only:
+            continue
         path = site_stats_path(run_dir, site)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"format": SITE_FORMAT, "site": site, **stats}, indent=2) + "\n")
+        written.append(path)
+    return written
 
 
-def load_site_stats(run_dir: Path, site: str) -> dict[str, Any]:
-    """One site's own preprocessing statistics from ``sites/<site>/preprocessing.json``."""
-    path = site_stats_path(run_dir, site)
+def load_site_stats(run_dir: Path, site: str, path: Path | None = None) -> dict[str, Any]:
+    """One site's own preprocessing statistics from ``sites/<site>/preprocessing.json`` (or ``path``)."""
+    path = site_stats_path(run_dir, site) if path is None else path
     if not path.exists():
         have = sorted(p.parent.name for p in (run_dir / "sites").glob("*/preprocessing.json"))
         raise DataError(f"{path}: no preprocessing statistics of site {site!r} here (sites with their own: {have})")

@@ -455,7 +455,7 @@ class DeployedRun:
                 prev = None
             if rd.agg is not None and not rd.aborted and not fuse:
                 for s, reason in rd.agg.rejected.items():
-                    rd.dropped.setdefault(s, reason)
+                    rd.dropped[s] = reason  # the aggregator's reason, not the site's later symptom
                 result = rd.agg.result()
                 if result is None:
                     rd.aborted = "the protocol released no result"
@@ -528,7 +528,7 @@ class DeployedRun:
         if rd.contributors is not None and rd.agg is not None and not self.protocol.releases_to_aggregator:
             rd.applied = rd.applied or bool(rd.contributors)
             for s, reason in rd.agg.rejected.items():
-                rd.dropped.setdefault(s, reason)
+                rd.dropped[s] = reason  # the aggregator's reason, not the site's later symptom
         if not self.protocol.releases_to_aggregator and rd.contributors is None and not rd.aborted:
             rd.aborted = "no site reported the released sum"
         participants = list(rd.contributors or [])

@@ -456,9 +456,11 @@ class SiteRuntime:
         np.save(self._run_dir() / "model.npy", state.weights)
         if op.get("send_model"):
             out["weights"] = state.weights.astype(np.float64)
-        if op.get("card"):  # how to rebuild the model (model.json of the run folder; tasks/export.py)
-            from ...tasks.export import model_card
+        from ...tasks.export import model_card, save_site_stats
 
+        # the site's own preprocessing statistics stay at the site, for its own predictions (secure-fl predict --stats)
+        save_site_stats(self._task, self._run_dir(), only=self._task.sites[self._index].name)
+        if op.get("card"):  # how to rebuild the model (model.json of the run folder; tasks/export.py)
             out["card"] = model_card(self._task, self._model(state))
         if op.get("cleanup"):
             state.parties.clear()
