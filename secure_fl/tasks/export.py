@@ -31,7 +31,10 @@ from ..errors import DataError
 from .base import Task
 from .plugins import load_callable
 
-__all__ = ["FORMAT", "SITE_FORMAT", "model_card", "save_model", "load_model", "load_site_stats", "save_site_stats", "site_stats_path"]
+__all__ = [
+    "FORMAT", "SITE_FORMAT", "model_card", "save_model", "load_model", "load_site_stats", "save_site_stats",
+    "site_stats_path",
+]
 
 FORMAT = "secure-fl-model/1"
 SITE_FORMAT = "secure-fl-site-preprocessing/1"
