@@ -89,3 +89,36 @@ def test_unit_person_changes_the_guarantee_and_the_adjacency_text() -> None:
     assert example.unit == "patient" and example.adjacency == "add/remove one patient"
     with pytest.raises(SpecError, match="unit"):
         parse_protocol({**raw, "privacy": {**raw["privacy"], "unit": "photograph"}}, "bad.toml")
+
+
+def test_a_federation_with_unit_person_samples_people_and_reports_epsilon_per_person(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from secure_fl.run.experiment import EXPERIMENTS_DIR, parse_experiment
+    from secure_fl.run.federation import run_variant
+    from secure_fl.tasks.registry import build_task
+
+    exp = parse_experiment({
+        "name": "person", "protocols": [str(EXPERIMENTS_DIR / "protocols" / "dp-sgd-local-person.toml")],
+        "seeds": [0], "rounds": 1, "task": {"name": "synthetic-faces", "n_sites": 2},
+        "training": {"local_steps": 2, "batch_size": 8, "lr": 0.1},
+    }, "person.toml")
+    task = build_task(exp.task_name, exp.task_params)
+    assert all(len(set(s.person_ids().tolist())) < s.n_train for s in task.sites)  # several photographs a person
+    seen: list[np.ndarray] = []
+    original = PersonPoissonSampler.__iter__
+
+    def spy(self):  # type: ignore[no-untyped-def]
+        for batch in original(self):
+            seen.append(self.person_ids[batch])
+            yield batch
+
+    PersonPoissonSampler.__iter__ = spy  # type: ignore[method-assign]
+    try:
+        run = run_variant(exp, task, exp.variants[0], 0, tmp_path / "run")
+    finally:
+        PersonPoissonSampler.__iter__ = original  # type: ignore[method-assign]
+    assert run.status == "finished" and len(seen) >= 2
+    ids_of = {s.name: s.person_ids() for s in task.sites}
+    for batch_people in seen:  # every sampled person comes with all of their photographs at that site
+        counts = {int(p): int((batch_people == p).sum()) for p in np.unique(batch_people)}
+        assert any(all(int((ids == p).sum()) == c for p, c in counts.items()) for ids in ids_of.values())
+    assert {v["adjacency"] for v in run.epsilon.values()} == {"add/remove one person"}
