@@ -333,7 +333,8 @@ def run_sweep(
 
     runner = run_cell or default_run
     result = SweepResult(folder, [])
-    todo = [c for c in cells if not _finished(folder / "cells" / c.cell_id)]
+    order = list(dict.fromkeys(c.seed for c in cells))  # seed by seed: a sweep cut short has every setting once
+    todo = sorted((c for c in cells if not _finished(folder / "cells" / c.cell_id)), key=lambda c: order.index(c.seed))
     result.skipped = len(cells) - len(todo)
     _say(log, f"sweep {exp.name}: {len(cells)} cells ({len(todo)} to run, {result.skipped} finished) in {folder}")
     spent: list[float] = []
