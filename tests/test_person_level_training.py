@@ -122,3 +122,21 @@ def test_a_federation_with_unit_person_samples_people_and_reports_epsilon_per_pe
         counts = {int(p): int((batch_people == p).sum()) for p in np.unique(batch_people)}
         assert any(all(int((ids == p).sum()) == c for p, c in counts.items()) for ids in ids_of.values())
     assert {v["adjacency"] for v in run.epsilon.values()} == {"add/remove one person"}
+
+
+def test_unit_person_on_a_task_without_person_ids_fails_instead_of_degrading_to_examples(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from secure_fl.run.experiment import EXPERIMENTS_DIR, parse_experiment
+    from secure_fl.run.federation import run_variant
+    from secure_fl.tasks.registry import build_task
+
+    exp = parse_experiment({
+        "name": "person", "protocols": [str(EXPERIMENTS_DIR / "protocols" / "dp-sgd-local-person.toml")],
+        "seeds": [0], "rounds": 1, "task": {"name": "synthetic-tabular", "n_sites": 2, "n_per_site": 40},
+        "training": {"local_steps": 1, "batch_size": 8, "lr": 0.1},
+    }, "person.toml")
+    task = build_task(exp.task_name, exp.task_params)
+    assert all(s.persons is None for s in task.sites)
+    run = run_variant(exp, task, exp.variants[0], 0, tmp_path / "run")
+    assert run.aborted_rounds == 1 and run.epsilon == {}  # nothing trained, nothing released, nothing charged
+    for site in run.sites.values():  # every site refuses with the reason (not a second error from a half-wrapped model)
+        assert "unit = 'person': the task gives no person id" in site["last_refusal"]

@@ -55,8 +55,8 @@ def site_update(
     if contribution is None:
         hook = privacy.training_hook()
         use_people = getattr(hook, "use_people", None)
-        if use_people is not None:  # person-level DP-SGD samples and clips per person (SiteData.person_ids)
-            use_people(site.person_ids())
+        if use_people is not None:  # person-level DP-SGD samples and clips per person; None: the task has no ids
+            use_people(None if site.persons is None else site.person_ids())
         res = train(model, site.x_train, site.y_train, training, loss_fn, seed, hook)
         values, weight = privacy.transform(res.delta, res.n_examples, round)
         metrics = res.metrics

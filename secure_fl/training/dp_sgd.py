@@ -264,6 +264,11 @@ class DpSgdHook:
 
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader) -> tuple[Any, Any, Any]:
         check_dp_compatible(model)
+        n_examples = len(loader.dataset)  # type: ignore[arg-type]
+        if self.unit == "person" and (self.person_ids is None or len(self.person_ids) != n_examples):
+            found = "no ids" if self.person_ids is None else f"{len(self.person_ids)} ids"
+            raise SecureFLError(f"[privacy] unit = 'person': the task gives no person id per training example "
+                                f"({found} for {n_examples} examples); use unit = 'example' or a task with person ids")
         if not model.training:
             model.train()
         self.round_steps = 0
@@ -280,10 +285,6 @@ class DpSgdHook:
         )
         dp_opt: SourcedDPOptimizer
         if self.unit == "person":
-            if self.person_ids is None or len(self.person_ids) != n:
-                found = "none" if self.person_ids is None else f"{len(self.person_ids)}"
-                raise SecureFLError(f"[privacy] unit = 'person': the task gives no person id per training example "
-                                    f"({found} ids for {n} examples); use unit = 'example' or a task with person ids")
             people = PersonPoissonSampler(self.person_ids, self.sample_rate, self.steps_per_epoch, self.source)
             dp_loader = DataLoader(dataset, batch_sampler=people, collate_fn=collate)
             dp_opt = PersonDPOptimizer(
