@@ -95,6 +95,10 @@ def test_resume_skips_finished_cells_and_retries_failed_ones(tmp_path: Path) -> 
     third: list[str] = []
     run_sweep(exp, grid, tmp_path / "s", log=None, figures=False, run_cell=_fake(third))
     assert third == []
+    # --collect gathers without running, even where cells are missing
+    collected = run_sweep(exp, grid_from(exp, parse_set(["training.lr=0.3"])), tmp_path / "s", log=None,
+                          figures=False, run_cell=_fake(third), collect_only=True)
+    assert third == [] and collected.rows == []
     # a changed setting is a new cell, never the stale one
     fourth: list[str] = []
     run_sweep(exp, grid_from(exp, parse_set(["training.lr=0.2"])), tmp_path / "s", log=None, figures=False,

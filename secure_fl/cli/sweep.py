@@ -17,7 +17,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     grid = grid_from(exp, parse_set(args.set or []))
     folder = Path(args.dir) if args.dir else Path(args.out) / exp.name / "sweep"
     result = run_sweep(exp, grid, folder, protocols=args.protocol, seeds=args.seeds, threads=args.threads,
-                       figures=not args.no_figures)
+                       figures=not args.no_figures, collect_only=args.collect)
     print(f"{len(result.rows)} finished cells ({result.ran} run now, {result.skipped} already finished) "
           f"-> {folder / 'results.csv'}")
     for path in result.figures:
@@ -45,6 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--rounds", type=int, help="override the number of rounds")
     p.add_argument("--out", default="runs", help="root of the run folders (default: runs)")
     p.add_argument("--dir", help="the sweep folder (default: OUT/EXPERIMENT/sweep)")
+    p.add_argument("--collect", action="store_true",
+                   help="run nothing: gather the finished cells into results.csv and the figures")
     p.add_argument("--no-figures", action="store_true", help="write results.csv only")
     p.add_argument("--threads", type=int, default=int(os.environ.get("SECURE_FL_THREADS", "1")),
                    help="torch threads (default 1, or $SECURE_FL_THREADS)")

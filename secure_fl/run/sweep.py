@@ -293,13 +293,15 @@ def _duration(s: float) -> str:
 def run_sweep(
     exp: Experiment, grid: Mapping[str, list[Any]], folder: Path, protocols: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None, threads: int = 1, figures: bool = True, log: TextIO | None = sys.stderr,
-    run_cell: Callable[[Cell, Task, Path], Any] | None = None,
+    run_cell: Callable[[Cell, Task, Path], Any] | None = None, collect_only: bool = False,
 ) -> SweepResult:
     """Run every cell not yet finished in ``folder``; write ``results.csv`` (and figures) after each cell.
 
     A cell that fails is recorded in the log and in ``failed`` and the others go on (a rerun retries
     it); ``KeyboardInterrupt`` stops the sweep, and a rerun continues the interrupted cell from its
-    last checkpointed round. ``run_cell`` replaces the federation (tests).
+    last checkpointed round. ``run_cell`` replaces the federation (tests). ``collect_only``: run
+    nothing, only gather the finished cells into ``results.csv`` and the figures (e.g. while other
+    processes still work on the same sweep folder).
     """
     import torch
 
@@ -335,6 +337,9 @@ def run_sweep(
     result = SweepResult(folder, [])
     order = list(dict.fromkeys(c.seed for c in cells))  # seed by seed: a sweep cut short has every setting once
     todo = sorted((c for c in cells if not _finished(folder / "cells" / c.cell_id)), key=lambda c: order.index(c.seed))
+    if collect_only:
+        _say(log, f"sweep {exp.name}: collecting only; {len(todo)} of {len(cells)} cells not finished")
+        todo = []
     result.skipped = len(cells) - len(todo)
     _say(log, f"sweep {exp.name}: {len(cells)} cells ({len(todo)} to run, {result.skipped} finished) in {folder}")
     spent: list[float] = []
