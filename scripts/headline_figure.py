@@ -3,21 +3,24 @@
 Usage::
 
     python scripts/headline_figure.py \\
-        --panel "faces: EfficientNet-Lite0 features + DP head" runs/faces-pretrained-dp/sweep/results.csv \\
-                runs/faces-pretrained-dp-distributed/sweep/results.csv \\
-        --panel "heart disease: 4 hospitals, equal noisy steps" runs/dp-heart-curve/sweep/results.csv \\
+        --panel "faces: EfficientNet-Lite0 features + DP head" runs/faces-pretrained-dp/sweep \\
+                runs/faces-pretrained-dp-distributed/sweep \\
+        --panel "heart disease: 4 hospitals, equal noisy steps" runs/dp-heart-curve/sweep \\
         --out experiments/results/headline
 
 Writes ``OUT.png`` (one panel per ``--panel``: mean over seeds, ±1 sd band, seeds as dots; a
 protocol without ε is a dashed line) and ``OUT.md`` (per panel, the metric at each ε per
 protocol as mean ± sd over seeds, with the number of seeds), and copies every input row into
-``OUT.csv`` with a ``panel`` column.
+``OUT.csv`` with a ``panel`` column. An input is a sweep's ``results.csv`` or a sweep folder, whose
+finished cells (``cells/*/cell.json``) are read directly (e.g. while several processes still work
+on it; a cell left over from an older configuration must be moved out of the folder first).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import sys
 from collections import defaultdict
@@ -27,7 +30,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from secure_fl.report.sweep_figures import metric_figure  # noqa: E402
-from secure_fl.run.sweep import write_results  # noqa: E402
 
 X = "privacy.target_epsilon"
 
@@ -35,9 +37,25 @@ X = "privacy.target_epsilon"
 def _rows(paths: list[Path]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for p in paths:
+        if p.is_dir():
+            for cell in sorted((p / "cells").glob("*/cell.json")):
+                row = json.loads(cell.read_text())["row"]
+                if row.get("status") == "finished":
+                    rows.append({k: "" if v is None else v for k, v in row.items()})
+            continue
         with p.open() as f:
             rows += [r for r in csv.DictReader(f) if r.get("status") == "finished"]
     return rows
+
+
+def write_results(rows: list[dict[str, Any]], path: Path) -> None:
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, restval="")
+        w.writeheader()
+        w.writerows(rows)
 
 
 def _mean_sd(vals: list[float]) -> str:
