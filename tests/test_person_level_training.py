@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -91,7 +93,7 @@ def test_unit_person_changes_the_guarantee_and_the_adjacency_text() -> None:
         parse_protocol({**raw, "privacy": {**raw["privacy"], "unit": "photograph"}}, "bad.toml")
 
 
-def test_a_federation_with_unit_person_samples_people_and_reports_epsilon_per_person(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_federation_with_unit_person_samples_people_and_reports_epsilon_per_person(tmp_path: Path) -> None:
     from secure_fl.run.experiment import EXPERIMENTS_DIR, parse_experiment
     from secure_fl.run.federation import run_variant
     from secure_fl.tasks.registry import build_task
@@ -124,7 +126,7 @@ def test_a_federation_with_unit_person_samples_people_and_reports_epsilon_per_pe
     assert {v["adjacency"] for v in run.epsilon.values()} == {"add/remove one person"}
 
 
-def test_unit_person_on_a_task_without_person_ids_fails_instead_of_degrading_to_examples(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_unit_person_on_a_task_without_person_ids_fails_instead_of_degrading_to_examples(tmp_path: Path) -> None:
     from secure_fl.run.experiment import EXPERIMENTS_DIR, parse_experiment
     from secure_fl.run.federation import run_variant
     from secure_fl.tasks.registry import build_task

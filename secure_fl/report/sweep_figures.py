@@ -79,7 +79,8 @@ def _plt() -> Any:
     return plt
 
 
-def metric_figure(rows: Sequence[Mapping[str, Any]], x: str, metric: str, path: Path, title: str, ax: Any = None) -> None:
+def metric_figure(rows: Sequence[Mapping[str, Any]], x: str, metric: str, path: Path, title: str,
+                  ax: Any = None) -> None:
     """Draw ``metric`` against ``x`` per protocol (into ``ax``, or a new figure saved at ``path``)."""
     plt = _plt()
     own = ax is None
