@@ -20,6 +20,7 @@ _EXTRA_COMMANDS = [
     ("secure_fl.cli.deploy", "add_parser"),
     ("secure_fl.cli.report", "add_parser"),
     ("secure_fl.cli.audit", "add_parser"),
+    ("secure_fl.cli.sweep", "add_parser"),
 ]
 
 

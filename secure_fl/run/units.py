@@ -53,7 +53,11 @@ def site_update(
     contribution = local_update(model, site.x_train, site.y_train, loss_fn, round) if local_update else None
     metrics: dict[str, float] = {}
     if contribution is None:
-        res = train(model, site.x_train, site.y_train, training, loss_fn, seed, privacy.training_hook())
+        hook = privacy.training_hook()
+        use_people = getattr(hook, "use_people", None)
+        if use_people is not None:  # person-level DP-SGD samples and clips per person; None: the task has no ids
+            use_people(None if site.persons is None else site.person_ids())
+        res = train(model, site.x_train, site.y_train, training, loss_fn, seed, hook)
         values, weight = privacy.transform(res.delta, res.n_examples, round)
         metrics = res.metrics
     else:

@@ -24,6 +24,17 @@ class SiteData:
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    #: the person of each training example (several photographs of one patient), or None: one person each
+    persons: torch.Tensor | None = None
+
+    def person_ids(self) -> np.ndarray:
+        """Person id of every training example: ``persons``, or each example its own person."""
+        if self.persons is None:
+            return np.arange(self.n_train)
+        ids = np.asarray(self.persons)
+        if ids.shape != (self.n_train,):
+            raise ValueError(f"site {self.name!r}: {ids.shape} person ids for {self.n_train} training examples")
+        return ids
 
     @property
     def n_train(self) -> int:

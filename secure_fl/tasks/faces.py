@@ -126,7 +126,8 @@ def build_faces_from_arrays(name: str, x: np.ndarray, ids: np.ndarray, p: Mappin
     te_parts = split_by_proportions(y_te, P, rng)
     t = torch.tensor
     sites = [
-        SiteData(f"site{s + 1}", t(x[tr_idx_a[a]], dtype=torch.float32), t(y_tr[a]), t(x[te_idx_a[b]], dtype=torch.float32), t(y_te[b]))
+        SiteData(f"site{s + 1}", t(x[tr_idx_a[a]], dtype=torch.float32), t(y_tr[a]),
+                 t(x[te_idx_a[b]], dtype=torch.float32), t(y_te[b]), persons=t(ids[tr_idx_a[a]]))  # the ORL subject of each photograph
         for s, (a, b) in enumerate(zip(tr_parts, te_parts))
     ]
     empty = [s.name for s in sites if s.n_train == 0]

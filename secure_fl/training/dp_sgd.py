@@ -47,12 +47,15 @@ from torch.utils.data._utils.collate import default_collate
 from ..errors import SecureFLError
 from ..privacy.accounting import calibrate_noise_multiplier, dp_sgd_event, opacus_rdp_epsilon
 from ..privacy.noise import NoiseSource
+from ..privacy.person_level import sample_people
 
 __all__ = [
     "IncompatibleModel",
     "check_dp_compatible",
     "PoissonBatchSampler",
+    "PersonPoissonSampler",
     "SourcedDPOptimizer",
+    "PersonDPOptimizer",
     "DpSgdHook",
     "calibrate_dp_sgd",
 ]
@@ -122,6 +125,38 @@ class PoissonBatchSampler(Sampler[list[int]]):
             yield np.flatnonzero(self.source.bernoulli(self.sample_rate, self.num_examples)).tolist()
 
 
+class PersonPoissonSampler(Sampler[list[int]]):
+    """``steps`` batches; each *person* is in each batch independently with probability ``sample_rate``,
+    with all of their examples (:func:`secure_fl.privacy.person_level.sample_people`).
+
+    After each batch is drawn, :attr:`last_groups` holds, for every example of that batch in order,
+    the index (0..G-1) of its person within the batch: what :class:`PersonDPOptimizer` groups by.
+    The data loader must draw one batch and train on it before drawing the next (a single-process
+    loader does); the optimizer checks that the groups match the batch it clips.
+    """
+
+    def __init__(self, person_ids: np.ndarray, sample_rate: float, steps: int, source: NoiseSource) -> None:
+        ids = np.asarray(person_ids)
+        if ids.ndim != 1 or len(ids) < 1:
+            raise ValueError(f"person_ids: expected a non-empty 1-d array, found shape {ids.shape}")
+        if not 0 < sample_rate <= 1:
+            raise ValueError(f"sample rate must be in (0, 1], found {sample_rate}")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, found {steps}")
+        self.person_ids, self.sample_rate, self.steps, self.source = ids, sample_rate, steps, source
+        self.n_people = int(len(np.unique(ids)))
+        self.last_groups = np.zeros(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _ in range(self.steps):
+            idx = np.flatnonzero(sample_people(self.person_ids, self.sample_rate, self.source))
+            self.last_groups = np.unique(self.person_ids[idx], return_inverse=True)[1].astype(np.int64)
+            yield idx.tolist()
+
+
 class SourcedDPOptimizer(DPOptimizer):
     """Opacus's DPOptimizer whose Gaussian noise comes from a :class:`NoiseSource`.
 
@@ -157,6 +192,52 @@ class SourcedDPOptimizer(DPOptimizer):
             _mark_as_processed(p.summed_grad)
 
 
+class PersonDPOptimizer(SourcedDPOptimizer):
+    """DP-SGD with a person as the unit: per-example gradients are summed per person, and each
+    person's *sum* is clipped to ``max_grad_norm`` (McMahan et al. 2018, "Learning Differentially
+    Private Recurrent Language Models", Alg. 1, a user's data as one unit; the clipped sum of
+    :func:`secure_fl.privacy.person_level.clipped_person_sum`).
+
+    ``groups()`` returns the person index (0..G-1) of every example of the current batch
+    (:attr:`PersonPoissonSampler.last_groups`). Adding or removing one person, with any number of
+    examples, changes ``summed_grad`` by at most C; noise N(0, (σC)²) and the division by the
+    expected number of people ``expected_batch_size`` are Opacus's, unchanged.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, noise_multiplier: float, max_grad_norm: float,
+                 expected_batch_size: int, source: NoiseSource, groups: Any) -> None:
+        super().__init__(optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                         expected_batch_size=expected_batch_size, source=source)
+        self.groups = groups
+
+    def clip_and_accumulate(self) -> None:
+        samples = self.grad_samples
+        n = len(samples[0])
+        groups = torch.as_tensor(np.asarray(self.groups()), dtype=torch.long)
+        if len(groups) != n:
+            raise SecureFLError(f"person-level DP-SGD: {len(groups)} person labels for a batch of {n} examples "
+                                "(the batches must come from PersonPoissonSampler, one at a time)")
+        n_groups = int(groups.max()) + 1 if n else 0
+        per_person = []
+        for p, g in zip(self.params, samples):
+            _check_processed_flag(p.grad_sample)
+            g = g.to(p.dtype)
+            per_person.append(torch.zeros((n_groups, *g.shape[1:]), dtype=p.dtype, device=g.device)
+                              .index_add_(0, groups.to(g.device), g))
+        if n_groups:
+            norms = torch.stack([pp.reshape(n_groups, -1).norm(2, dim=-1) for pp in per_person], dim=1).norm(2, dim=1)
+            factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        else:
+            factor = torch.zeros(0)
+        for p, pp in zip(self.params, per_person):
+            grad = torch.einsum("i,i...", factor.to(pp.device, pp.dtype), pp)
+            if p.summed_grad is not None:
+                p.summed_grad += grad
+            else:
+                p.summed_grad = grad
+            _mark_as_processed(p.grad_sample)
+
+
 class DpSgdHook:
     """The per-site DP-SGD wrapper handed to local training (``TrainingHook`` of pipeline.py).
 
@@ -167,17 +248,20 @@ class DpSgdHook:
     :meth:`round_event` is the DpEvent of the steps actually taken.
     """
 
-    def __init__(
-        self, *, noise_multiplier: float, max_grad_norm: float, sample_rate: float, source: NoiseSource
-    ) -> None:
+    def __init__(self, *, noise_multiplier: float, max_grad_norm: float, sample_rate: float, source: NoiseSource,
+                 unit: str = "example") -> None:
         if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
             raise ValueError(f"noise multiplier must be > 0, found {noise_multiplier}")
         if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
             raise ValueError(f"max_grad_norm must be > 0, found {max_grad_norm}")
         if not 0 < sample_rate <= 1:
             raise ValueError(f"sample rate must be in (0, 1], found {sample_rate}")
+        if unit not in ("example", "person"):
+            raise ValueError(f"unit must be 'example' or 'person', found {unit!r}")
         self.noise_multiplier, self.max_grad_norm, self.sample_rate = noise_multiplier, max_grad_norm, sample_rate
-        self.source = source
+        self.source, self.unit = source, unit
+        #: the person of every training example (``unit = "person"``), set by :meth:`use_people`
+        self.person_ids: np.ndarray | None = None
         #: Opacus's accountant, alive for the whole run (third, independent opinion on ε)
         self.opacus_accountant = RDPAccountant()
         self.total_steps = 0
@@ -186,12 +270,21 @@ class DpSgdHook:
         #: (Opacus history, total steps) when the open round started; restored if its training fails
         self._before: tuple[list[tuple[float, float, int]], int] | None = None
 
+    def use_people(self, person_ids: np.ndarray | None) -> None:
+        """The person of each of the site's training examples (in the order local training sees them)."""
+        self.person_ids = None if person_ids is None else np.asarray(person_ids)
+
     @property
     def steps_per_epoch(self) -> int:
         return max(1, round(1.0 / self.sample_rate))
 
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader) -> tuple[Any, Any, Any]:
         check_dp_compatible(model)
+        n_examples = len(loader.dataset)  # type: ignore[arg-type]
+        if self.unit == "person" and (self.person_ids is None or len(self.person_ids) != n_examples):
+            found = "no ids" if self.person_ids is None else f"{len(self.person_ids)} ids"
+            raise SecureFLError(f"[privacy] unit = 'person': the task gives no person id per training example "
+                                f"({found} for {n_examples} examples); use unit = 'example' or a task with person ids")
         if not model.training:
             model.train()
         self._close()  # a round of this site that was never closed must not leave its hooks on the model
@@ -216,15 +309,22 @@ class DpSgdHook:
             sample_empty_shapes=[(0, *shape_safe(x)) for x in items],
             dtypes=[dtype_safe(x) for x in items],
         )
-        sampler = PoissonBatchSampler(n, self.sample_rate, self.steps_per_epoch, self.source)
-        dp_loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
-        dp_opt = SourcedDPOptimizer(
-            optimizer,
-            noise_multiplier=self.noise_multiplier,
-            max_grad_norm=self.max_grad_norm,
-            expected_batch_size=max(1, round(self.sample_rate * n)),
-            source=self.source,
-        )
+        dp_opt: SourcedDPOptimizer
+        if self.unit == "person":
+            people = PersonPoissonSampler(self.person_ids, self.sample_rate, self.steps_per_epoch, self.source)
+            dp_loader = DataLoader(dataset, batch_sampler=people, collate_fn=collate)
+            dp_opt = PersonDPOptimizer(
+                optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm,
+                expected_batch_size=max(1, round(self.sample_rate * people.n_people)), source=self.source,
+                groups=lambda: people.last_groups,
+            )
+        else:
+            sampler = PoissonBatchSampler(n, self.sample_rate, self.steps_per_epoch, self.source)
+            dp_loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+            dp_opt = SourcedDPOptimizer(
+                optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm,
+                expected_batch_size=max(1, round(self.sample_rate * n)), source=self.source,
+            )
         opacus_hook = self.opacus_accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate)
 
         def on_step(optim: DPOptimizer) -> None:

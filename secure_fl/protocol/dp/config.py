@@ -56,8 +56,8 @@ class PrivacyConfig:
 
     @property
     def unit(self) -> str:
-        """The privacy unit: "patient" or "site"."""
-        return self.spec.unit
+        """The privacy unit: "patient" (one training example), "person" (all of a person's examples) or "site"."""
+        return self.spec.unit_for(self)
 
     @property
     def adjacency(self) -> str:

@@ -91,7 +91,7 @@ class DpMechanism:
     placements: ClassVar[tuple[str, ...]] = ()
     #: keys this mechanism adds to the common ones (see :data:`COMMON_KEYS`)
     keys: ClassVar[tuple[Key, ...]] = ()
-    #: the privacy unit: "patient" (one training example) or "site" (a site's whole update)
+    #: the privacy unit: "patient" (one training example), "person" (all of a person's examples) or "site"
     unit: ClassVar[str] = "patient"
 
     # -- spec time -------------------------------------------------------------------------
@@ -110,6 +110,11 @@ class DpMechanism:
     def aggregator_view(cls, cfg: "PrivacyConfig") -> str:
         """What the aggregator sees of one site's input when the secure sum is plain."""
         return ViewKind.PLAIN.value
+
+    @classmethod
+    def unit_for(cls, cfg: "PrivacyConfig") -> str:
+        """The privacy unit of this config (default: the class's :attr:`unit`)."""
+        return cls.unit
 
     @classmethod
     def adjacency(cls, cfg: "PrivacyConfig") -> str:

@@ -1,0 +1,156 @@
+"""Figures of a sweep (PNG files beside its ``results.csv``): metric against ε per protocol, and costs.
+
+- ``metric-vs-<key>.png``: the primary metric against the swept privacy key (``target_epsilon``,
+  else the first numeric swept key), one line per protocol and other setting: mean over seeds,
+  a band of ±1 sd and every seed as a dot; a protocol without that key (plain FedAvg, the
+  references) is a dashed horizontal line (its mean over seeds, ε = ∞).
+- ``cost.png``: KB sent up per site and round, and seconds per round, per protocol (mean over cells).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["sweep_figures", "x_key", "series"]
+
+_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
+_FIXED = {"cell", "protocol", "seed", "status", "rounds", "primary_metric", "epsilon_spent_max", "adjacency",
+          "bytes_up_per_site_round", "bytes_down_per_site_round", "seconds_per_round", "aborted_rounds",
+          "wall_seconds"}
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _swept(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if "." in k and k.split("/")[0] == k and k not in _FIXED and k not in keys]
+    return keys
+
+
+def x_key(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """The key drawn on the x axis: ``privacy.target_epsilon`` when swept, else the first numeric swept key."""
+    keys = _swept(rows)
+    if "privacy.target_epsilon" in keys:
+        return "privacy.target_epsilon"
+    for k in keys:
+        if all(not math.isnan(_num(r[k])) for r in rows if r.get(k, "") != ""):
+            return k
+    return None
+
+
+def series(rows: Sequence[Mapping[str, Any]], x: str, metric: str) -> dict[str, dict[float, list[float]]]:
+    """label -> x value -> the seeds' metric values; label = protocol plus the other swept settings.
+    Rows without ``x`` get x = inf (no DP / not swept)."""
+    others = [k for k in _swept(rows) if k != x]
+    out: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        extra = " ".join(f"{k.split('.')[-1]}={r[k]}" for k in others if r.get(k, "") != "")
+        label = f"{r['protocol']} {extra}".strip()
+        xv = _num(r.get(x, "")) if r.get(x, "") != "" else math.inf
+        out[label][xv].append(_num(r.get(metric)))
+    return {k: dict(v) for k, v in out.items()}
+
+
+def _stats(vals: list[float]) -> tuple[float, float]:
+    vals = [v for v in vals if not math.isnan(v)]
+    if not vals:
+        return math.nan, math.nan
+    mean = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return mean, sd
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def metric_figure(rows: Sequence[Mapping[str, Any]], x: str, metric: str, path: Path, title: str,
+                  ax: Any = None) -> None:
+    """Draw ``metric`` against ``x`` per protocol (into ``ax``, or a new figure saved at ``path``)."""
+    plt = _plt()
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    data = series(rows, x, metric)
+    finite = sorted({v for s in data.values() for v in s if math.isfinite(v)})
+    for i, (label, by_x) in enumerate(data.items()):
+        colour = _COLOURS[i % len(_COLOURS)]
+        xs = sorted(v for v in by_x if math.isfinite(v))
+        if not xs:
+            mean, sd = _stats(by_x.get(math.inf, []))
+            ax.axhline(mean, color=colour, ls="--", label=f"{label} (no DP)")
+            if sd > 0:
+                ax.axhspan(mean - sd, mean + sd, color=colour, alpha=0.1)
+            continue
+        stats = [_stats(by_x[v]) for v in xs]
+        ax.plot(xs, [s[0] for s in stats], "o-", color=colour, label=label)
+        ax.fill_between(xs, [s[0] - s[1] for s in stats], [s[0] + s[1] for s in stats], color=colour, alpha=0.18)
+        for v in xs:
+            ax.scatter([v] * len(by_x[v]), by_x[v], s=9, color=colour, alpha=0.55)
+    if finite and min(finite) > 0:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(finite, [f"{v:g}" for v in finite])
+    ax.set_xlabel("target ε over all rounds" if x == "privacy.target_epsilon" else x)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(title, fontsize=9)
+    if own:
+        fig.tight_layout()
+        fig.savefig(path, dpi=130)
+        plt.close(fig)
+
+
+def cost_figure(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
+    plt = _plt()
+    by: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by[str(r["protocol"])].append(r)
+    names = list(by)
+    kb = [_stats([_num(r["bytes_up_per_site_round"]) / 1024 for r in by[n]])[0] for n in names]
+    sec = [_stats([_num(r["seconds_per_round"]) for r in by[n]])[0] for n in names]
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6))
+    for ax, vals, label in ((axes[0], kb, "KB up per site and round"), (axes[1], sec, "seconds per round")):
+        ax.barh(names, vals, color=[_COLOURS[i % len(_COLOURS)] for i in range(len(names))])
+        ax.set_xlabel(label)
+        pos = [v for v in vals if v > 0]
+        if pos and min(pos) > 0 and max(pos) / min(pos) > 100:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def sweep_figures(rows: Sequence[Mapping[str, Any]], folder: Path, title: str) -> list[Path]:
+    """Write the sweep's figures into ``folder``; returns their paths."""
+    finished = [r for r in rows if r.get("status") == "finished"]
+    if not finished:
+        return []
+    out = []
+    metric = str(finished[0]["primary_metric"])
+    x = x_key(finished)
+    if x is not None:
+        path = folder / f"metric-vs-{x.split('.')[-1]}.png"
+        metric_figure(finished, x, metric, path, title)
+        out.append(path)
+    path = folder / "cost.png"
+    cost_figure(finished, path, title)
+    out.append(path)
+    return out
