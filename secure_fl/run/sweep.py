@@ -36,11 +36,12 @@ import json
 import math
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+import tomllib
 
 from ..errors import SecureFLError, SpecError
 from ..protocol.spec import parse_protocol
@@ -165,8 +166,8 @@ def plan_cells(exp: Experiment, grid: Mapping[str, list[Any]], protocols: Sequen
         if p in REFERENCES:
             raws[p] = None
             continue
-        raw, _ = _resolve_protocol(p, f"{exp.source}.protocols[{i}]", exp.base_dir)
-        raws[str(raw.get("name", p))] = raw
+        resolved, _ = _resolve_protocol(p, f"{exp.source}.protocols[{i}]", exp.base_dir)
+        raws[str(resolved.get("name", p))] = resolved
     if protocols:
         unknown = [p for p in protocols if p not in raws]
         if unknown:
@@ -246,8 +247,8 @@ def cell_row(cell: Cell, summary: Any, task: Task, seconds: float) -> dict[str, 
     for k in sorted(summary.metrics):
         if k.startswith(("pooled/", "site-mean/", "gallery/")):
             row[k] = summary.metrics[k]
-    spent = [v.get("epsilon") for v in summary.epsilon.values() if isinstance(v, dict)]
-    spent = [float(e) for e in spent if isinstance(e, (int, float)) and math.isfinite(e)]
+    found = [v.get("epsilon") for v in summary.epsilon.values() if isinstance(v, dict)]
+    spent = [float(e) for e in found if isinstance(e, (int, float)) and math.isfinite(e)]
     row["epsilon_spent_max"] = max(spent) if spent else ""
     units = sorted({str(v.get("adjacency")) for v in summary.epsilon.values()
                     if isinstance(v, dict) and v.get("adjacency")})

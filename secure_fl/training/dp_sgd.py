@@ -311,6 +311,8 @@ class DpSgdHook:
         )
         dp_opt: SourcedDPOptimizer
         if self.unit == "person":
+            if self.person_ids is None:  # checked in wrap() before Opacus touched the model
+                raise SecureFLError("[privacy] unit = 'person': no person ids")
             people = PersonPoissonSampler(self.person_ids, self.sample_rate, self.steps_per_epoch, self.source)
             dp_loader = DataLoader(dataset, batch_sampler=people, collate_fn=collate)
             dp_opt = PersonDPOptimizer(

@@ -22,8 +22,8 @@ import numpy as np
 from dp_accounting import dp_event
 
 from ...privacy.accounting import dp_sgd_event
-from ..base import ViewKind
 from ...speccheck import one_of
+from ..base import ViewKind
 from ..pipeline import weight_for
 from .mechanism import DpMechanism, Key
 
