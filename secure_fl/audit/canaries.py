@@ -28,7 +28,7 @@ __all__ = ["epsilon_audit"]
 
 def epsilon_audit(
     protocol: str, run_dir: Path, *, target_epsilon: float | None = None, override: tuple[str, float] | None = None,
-    m: int = 200, k: int = 20, rounds: int = 5, n_features: int = 200, n_per_site: int = 100, n_sites: int = 3,
+    m: int = 200, k: int = 20, rounds: int = 5, n_features: int = 400, n_per_site: int = 100, n_sites: int = 3,
     local_epochs: int = 2, batch_size: int = 16, lr: float = 0.5, seed: int = 0, confidence: float = 0.95,
     canary_scale: float = 3.0,
 ) -> dict[str, Any]:

@@ -30,9 +30,11 @@ from ..training.flat import load_flat
 from .inversion import InversionConfig
 from .scenario import InversionResult, inversion_audit
 
-__all__ = ["AuditTarget", "resolve_target", "run_audit", "inversion_figure", "ATTACKS"]
+__all__ = ["AuditTarget", "resolve_target", "run_audit", "inversion_figure", "ATTACKS", "IMAGES"]
 
 ATTACKS = ("inversion", "membership", "epsilon")
+#: the inversion's originals and reconstructions (numpy .npz) beside audit.json; the report draws them
+IMAGES = "inversion.npz"
 
 
 @dataclass
@@ -96,18 +98,24 @@ def _inversion(t: AuditTarget, batch: int, cfg: InversionConfig) -> dict[str, An
         with tempfile.TemporaryDirectory() as tmp:
             res, originals = inversion_audit(t.exp, v, t.seed, Path(tmp), batch, cfg)
         results.extend(res)
-    figure = None
+    figure, arrays = None, None
     if originals is not None and results:
         rows = [(f"{r.protocol}\n{r.target}\nPSNR {np.mean(r.psnr):.1f} dB", r.images)
                 for r in results if r.images is not None]
         figure = t.out_dir / "inversion.png"
         inversion_figure(rows, originals, figure)
+        # the images themselves, for the report: originals and result i's aligned reconstructions as "recon_i"
+        arrays = t.out_dir / IMAGES
+        np.savez_compressed(arrays, originals=originals.astype(np.float32),
+                            **{f"recon_{i}": r.images.astype(np.float32)
+                               for i, r in enumerate(results) if r.images is not None})
     return {
         "setting": f"task {t.exp.task_name}: site 1 holds {batch} images and takes one full-batch SGD step from the "
                    f"global model; the attacker knows the labels and the global model; PSNR/SSIM after a per-image "
                    f"affine fit (the encoder standardises each image), best one-to-one match; "
                    f"baseline = best constant image",
         "config": cfg.__dict__, "results": [r.to_json() for r in results], "figure": str(figure) if figure else None,
+        "images": IMAGES if arrays else None,
     }
 
 
