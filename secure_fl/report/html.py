@@ -6,7 +6,8 @@ archive, or printed (``--pdf`` prints it with headless Chromium, :mod:`.browser`
 guarantee statement of each protocol (:mod:`.guarantee`, at the run's configuration), accuracy /
 AUC over rounds, ε spent per site against its budget with refusals marked, seconds and bytes per
 stage, what the aggregator carried (messages per kind from ``views.jsonl``), dropped or refused
-sites and why, and the reproducibility block (``resolved.json``). Anything a run did not record
+sites and why, the attacks when the folder holds an ``audit.json`` (:mod:`.attacks`: reconstructions,
+membership ROC, ε lower bound), and the reproducibility block (``resolved.json``). Anything a run did not record
 reads "not recorded"; a section that cannot be drawn says why instead of failing the page.
 """
 
