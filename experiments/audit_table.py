@@ -53,7 +53,8 @@ def main() -> None:
         lines.append("| " + " | ".join([_name(label), *(cells[label].get(k, "–") for k in keys)]) + " |")
     notes = [
         f"Inversion: ORL faces 28×23, one site's batch of 2 photographs, one SGD step; best constant image = "
-        f"{baseline:.1f} dB PSNR (a reconstruction at that level shows nothing)." if baseline is not None else "",
+        f"{baseline:.1f} dB PSNR (a reconstruction at that level shows nothing)."
+        if baseline is not None else "",
         f"Membership: LiRA (online, fixed variance) with {', '.join(str(s) for s in sorted(s for s in shadows if s is not None))} shadow "
         f"federations of the same protocol per row, heart-disease MLP, 10 rounds; pooled over the released model and "
         f"each shadow in turn; random guessing gives TPR = FPR." if shadows else "",

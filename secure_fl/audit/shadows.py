@@ -46,8 +46,10 @@ def population(task: Task) -> Population:
     xs, ys, site, member = [], [], [], []
     for i, s in enumerate(task.sites):
         for x, y, is_in in ((s.x_train, s.y_train, True), (s.x_test, s.y_test, False)):
-            xs.append(x), ys.append(y)
-            site.append(np.full(len(y), i)), member.append(np.full(len(y), is_in))
+            xs.append(x)
+            ys.append(y)
+            site.append(np.full(len(y), i))
+            member.append(np.full(len(y), is_in))
     return Population(torch.cat(xs), torch.cat(ys), np.concatenate(site), np.concatenate(member))
 
 

@@ -41,7 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--protocol", action="append", help="only this variant of the experiment (repeatable)")
     p.add_argument("--batch", type=int, default=2, help="inversion: images in the attacked site's one SGD step")
     p.add_argument("--iterations", type=int, default=300, help="inversion: Adam iterations per attack")
-    p.add_argument("--budget-seconds", type=float, default=None, help="inversion: stop each attack after this long; membership: stop training shadows")
+    p.add_argument("--budget-seconds", type=float, default=None,
+                   help="inversion: stop each attack after this long; membership: stop starting new shadows")
     p.add_argument("--rounds", type=int, default=None, help="membership on an experiment: rounds to train")
     p.add_argument("--shadows", type=int, default=8,
                    help="membership: LiRA shadow models trained with the same protocol (0: loss-threshold baseline "

@@ -81,7 +81,7 @@ def _png(img: np.ndarray, lo: float, hi: float, scale: int = 3) -> str:
 
     g = np.clip((np.asarray(img, np.float64) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
     pil = Image.fromarray((g * 255).round().astype(np.uint8), mode="L")
-    pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    pil = pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     pil.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
