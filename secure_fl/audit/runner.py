@@ -154,7 +154,7 @@ def _membership(t: AuditTarget, rounds: int | None, shadows: int, online: bool,
         if run_dir is None:
             task = build_task(t.exp.task_name, t.exp.task_params, f"{t.exp.source} [task]")
             run_dir = t.out_dir / "runs" / v.label / f"seed{t.seed}"
-            run_variant(t.exp, task, v, t.seed, run_dir)
+            run_variant(t.exp, task, v, t.seed, run_dir, resume=True)  # a finished run is reused as it is
         task, model = _released_model(t, v, run_dir)
         baseline = loss_threshold_attack(model, task)
         summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
@@ -210,7 +210,8 @@ def run_audit(
 ) -> Path:
     """Run ``attack`` and record it under its name in ``audit.json`` (and figures) in the output folder.
 
-    Other attacks already in that ``audit.json`` are kept. Returns the file's path.
+    Other attacks already in that ``audit.json`` are kept, and so are the same attack's results for other
+    protocols of the same experiment (so protocols can be audited one at a time). Returns the file's path.
     """
     if attack not in ATTACKS:
         raise SecureFLError(f"--attack {attack!r}: expected one of {list(ATTACKS)}")
@@ -228,6 +229,12 @@ def run_audit(
               "seconds": time.perf_counter() - t0, **body}
     path = t.out_dir / "audit.json"
     existing = json.loads(path.read_text()) if path.is_file() else {}
+    previous = existing.get(attack)
+    if attack != "inversion" and isinstance(previous, dict) and previous.get("experiment") == record["experiment"]:
+        # one protocol at a time into one folder: results of other protocols of the same experiment are kept
+        mine = {(r.get("protocol"), r.get("target")) for r in record["results"]}
+        kept = [r for r in previous.get("results", []) if (r.get("protocol"), r.get("target")) not in mine]
+        record["results"] = kept + record["results"]
     existing[attack] = _finite(record)
     path.write_text(json.dumps(existing, indent=1))
     return path
