@@ -15,7 +15,7 @@ from torch import nn
 
 from secure_fl.audit.inversion import InversionConfig, payload_as_floats
 from secure_fl.audit.metrics import match_images, psnr, ssim
-from secure_fl.audit.scenario import inversion_audit
+from secure_fl.audit.scenario import attack_variant, inversion_audit
 from secure_fl.run.experiment import parse_experiment
 from secure_fl.tasks.faces import build_faces_from_arrays, faces_params
 
@@ -77,3 +77,14 @@ def test_image_metrics_known_values() -> None:
     c = rng.random((16, 16))
     order, ps, _ = match_images(np.stack([c * 2 + 1, 3 * a]), np.stack([a, c]))  # the affine fit ignores contrast
     assert order == [1, 0] and min(ps) > 100
+
+
+def test_attack_setting_puts_every_photograph_in_the_distributed_dp_step() -> None:
+    exp = parse_experiment({"name": "inv", "protocols": ["dp-distributed-ckks", "plain-fedavg"],
+                            "task": {"name": "synthetic-faces"}})
+    ddp, plain = exp.variants
+    assert ddp.spec.raw["privacy"]["sample_rate"] < 1
+    patched = attack_variant(ddp)
+    assert patched.spec.raw["privacy"]["sample_rate"] == 1.0 and patched.label == ddp.label
+    assert patched.overrides["privacy.sample_rate"] == 1.0 and ddp.spec.raw["privacy"]["sample_rate"] < 1
+    assert attack_variant(plain) is plain

@@ -27,25 +27,41 @@ __all__ = ["epsilon_audit"]
 
 
 def epsilon_audit(
-    protocol: str, run_dir: Path, *, target_epsilon: float | None = None, m: int = 200, k: int = 20, rounds: int = 5,
-    n_features: int = 200, n_per_site: int = 100, n_sites: int = 2, local_epochs: int = 2, batch_size: int = 16,
-    lr: float = 0.5, seed: int = 0, confidence: float = 0.95, canary_scale: float = 3.0,
+    protocol: str, run_dir: Path, *, target_epsilon: float | None = None, override: tuple[str, float] | None = None,
+    m: int = 200, k: int = 20, rounds: int = 5, n_features: int = 400, n_per_site: int = 100, n_sites: int = 3,
+    local_epochs: int = 2, batch_size: int = 16, lr: float = 0.5, seed: int = 0, confidence: float = 0.95,
+    canary_scale: float = 3.0,
 ) -> dict[str, Any]:
-    """One run of ``protocol`` with m canaries; returns the empirical ε lower bound beside the accountant's ε."""
+    """One run of ``protocol`` with m canaries; returns the empirical ε lower bound beside the accountant's ε.
+
+    ``target_epsilon`` sets ``privacy.target_epsilon``; ``override`` sets another dotted key (e.g.
+    ``("privacy.noise_multiplier", 8.0)`` for a protocol that fixes σ). Fewer sites than the protocol's
+    ``privacy.min_sites`` are raised to it (distributed DP never opens a sum of fewer).
+    """
     if 2 * k > m:
         raise SecureFLError(f"epsilon_audit: 2k = {2 * k} guesses exceed m = {m} canaries")
+    if target_epsilon is not None and override is not None:
+        raise SecureFLError("epsilon_audit: give target_epsilon or override, not both")
+    if target_epsilon is not None:
+        override = ("privacy.target_epsilon", float(target_epsilon))
     raw: dict[str, Any] = {
         "name": "epsilon-audit", "protocols": [protocol], "seeds": [seed], "rounds": rounds,
         "task": {"name": "synthetic-tabular", "n_sites": n_sites, "n_per_site": n_per_site, "n_features": n_features,
                  "seed": seed},
         "training": {"local_epochs": local_epochs, "batch_size": batch_size, "lr": lr},
     }
-    if target_epsilon is not None:
-        raw["sweep"] = {"privacy.target_epsilon": [float(target_epsilon)]}
+    if override is not None:
+        raw["sweep"] = {override[0]: [float(override[1])]}
     exp = parse_experiment(raw, f"epsilon audit of {protocol}")
     variant = exp.variants[0]
-    if target_epsilon is not None and not variant.overrides:
-        raise SecureFLError(f"protocol {protocol!r} has no [privacy] table; run it without target_epsilon")
+    if override is not None and not variant.overrides:
+        raise SecureFLError(f"protocol {protocol!r} has no [privacy] table; run it without {override[0]}")
+    privacy = variant.spec.raw.get("privacy") if variant.spec is not None else None
+    min_sites = int(privacy.get("min_sites", 0)) if isinstance(privacy, dict) else 0
+    if n_sites < min_sites:
+        raw["task"]["n_sites"] = n_sites = min_sites
+        exp = parse_experiment(raw, f"epsilon audit of {protocol}")
+        variant = exp.variants[0]
     task = build_task(exp.task_name, exp.task_params, "epsilon audit [task]")
     rng = np.random.default_rng([seed, 0xCA7A])
     x_c = torch.as_tensor(canary_scale * rng.normal(size=(m, n_features)), dtype=task.sites[0].x_train.dtype)

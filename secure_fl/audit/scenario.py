@@ -20,6 +20,7 @@ from ..engine.local import drive_round
 from ..errors import SecureFLError
 from ..protocol.base import AGGREGATOR, Message, SumResult
 from ..protocol.plain import PlainSum, decode_plain
+from ..protocol.spec import parse_protocol
 from ..run.experiment import Experiment, Variant, parse_experiment
 from ..run.federation import Federation
 from ..tasks.base import Task
@@ -27,7 +28,7 @@ from ..tasks.registry import build_task
 from .inversion import InversionConfig, invert_update, payload_as_floats
 from .metrics import align_affine, match_images
 
-__all__ = ["TappedRound", "tapped_round", "attack_setting", "InversionResult", "inversion_audit"]
+__all__ = ["TappedRound", "tapped_round", "attack_setting", "attack_variant", "InversionResult", "inversion_audit"]
 
 
 @dataclass
@@ -68,6 +69,23 @@ def attack_setting(exp: Experiment, batch: int, lr: float = 0.1) -> Experiment:
     raw["federation"] = {"fraction": 1.0, "dropout": 0.0, "min_sites": 1}
     source = Path(exp.source)
     return parse_experiment(raw, exp.source, base_dir=source.parent if source.is_file() else None)
+
+
+def attack_variant(variant: Variant) -> Variant:
+    """``variant`` with every example in the step: a Poisson ``privacy.sample_rate`` below 1 is set to 1.
+
+    Distributed DP-SGD samples each photograph with rate q per round; at q < 1 the attacked batch is
+    mostly absent from the one step the attack sees. q = 1 is the attacker's best case (the ε the
+    accountant states is then the ε of that step), as for local DP-SGD, whose one full-batch step has q = 1.
+    """
+    spec = variant.spec
+    privacy = spec.raw.get("privacy") if spec is not None else None
+    if spec is None or not isinstance(privacy, dict) or float(privacy.get("sample_rate", 1.0)) >= 1.0:
+        return variant
+    raw = copy.deepcopy(spec.raw)
+    raw["privacy"]["sample_rate"] = 1.0
+    patched = parse_protocol(raw, f"{variant.label} in the attack setting (privacy.sample_rate = 1)")
+    return Variant(variant.label, patched, overrides={**variant.overrides, "privacy.sample_rate": 1.0})
 
 
 def shrink_sites(task: Task, batch: int, seed: int) -> Task:
@@ -126,7 +144,7 @@ def inversion_audit(
     label = next((v for v in setting.variants if v.label == variant.label), None)
     if label is None:
         raise SecureFLError(f"protocol {variant.label!r} is not in {setting.source}")
-    fed = Federation(setting, task, label, seed, run_dir)
+    fed = Federation(setting, task, attack_variant(label), seed, run_dir)
     tapped = tapped_round(fed)
     site = task.sites[0]
     originals = site.x_train[:, 0].numpy().astype(np.float64)

@@ -21,6 +21,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         args.target, args.attack, out=Path(args.out) if args.out else None, protocols=args.protocol or None,
         batch=args.batch, iterations=args.iterations, budget_seconds=args.budget_seconds, rounds=args.rounds,
         canaries=args.canaries, guesses=args.guesses, audit_rounds=args.audit_rounds, threads=args.threads,
+        shadows=args.shadows, online=not args.offline,
     )
     record = json.loads(path.read_text())[args.attack]
     for r in record.get("results", []):
@@ -40,8 +41,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--protocol", action="append", help="only this variant of the experiment (repeatable)")
     p.add_argument("--batch", type=int, default=2, help="inversion: images in the attacked site's one SGD step")
     p.add_argument("--iterations", type=int, default=300, help="inversion: Adam iterations per attack")
-    p.add_argument("--budget-seconds", type=float, default=None, help="inversion: stop each attack after this long")
+    p.add_argument("--budget-seconds", type=float, default=None,
+                   help="inversion: stop each attack after this long; membership: stop starting new shadows")
     p.add_argument("--rounds", type=int, default=None, help="membership on an experiment: rounds to train")
+    p.add_argument("--shadows", type=int, default=8,
+                   help="membership: LiRA shadow models trained with the same protocol (0: loss-threshold baseline "
+                        "only; --budget-seconds stops starting new ones, at least 4 are trained)")
+    p.add_argument("--offline", action="store_true", help="membership: offline LiRA (only shadows without the example)")
     p.add_argument("--canaries", type=int, default=200, help="epsilon: canaries m")
     p.add_argument("--guesses", type=int, default=20, help="epsilon: k guesses 'in' and k guesses 'out'")
     p.add_argument("--audit-rounds", type=int, default=5, help="epsilon: federated rounds of the canary run")

@@ -6,7 +6,8 @@ archive, or printed (``--pdf`` prints it with headless Chromium, :mod:`.browser`
 guarantee statement of each protocol (:mod:`.guarantee`, at the run's configuration), accuracy /
 AUC over rounds, ε spent per site against its budget with refusals marked, seconds and bytes per
 stage, what the aggregator carried (messages per kind from ``views.jsonl``), dropped or refused
-sites and why, and the reproducibility block (``resolved.json``). Anything a run did not record
+sites and why, the attacks when the folder holds an ``audit.json`` (:mod:`.attacks`: reconstructions,
+membership ROC, ε lower bound), and the reproducibility block (``resolved.json``). Anything a run did not record
 reads "not recorded"; a section that cannot be drawn says why instead of failing the page.
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SecureFLError
+from .attacks import attacks_section, has_audit
 from .figures import cost_figure, epsilon_figure, epsilon_series, metric_key, metrics_figure, views_figure
 from .glossary import check_lang
 from .guarantee import Guarantee, Plan, safe_guarantee
@@ -44,6 +46,7 @@ _H: dict[str, tuple[str, str]] = {
     "views": ("What the aggregator carried", "集約者が運んだもの"),
     "refusals": ("Dropped or refused sites, aborted rounds", "脱落・拒否した施設、中止したラウンド"),
     "repro": ("Reproducibility", "再現性"),
+    "attacks": ("What an attacker gets: inversion, membership, ε audit", "攻撃者が得るもの: 逆算・メンバーシップ・ε 監査"),
     "round_note": ("Rounds are numbered from 1 in this report; a reason quoted from the run counts from 0.",
                    "この報告書ではラウンドを 1 から数える。実行記録から引用した理由では 0 から数える。"),
     "no_dp": ("No run of this report has a DP layer: no ε is spent (see the statements above for what that means).",
@@ -346,8 +349,9 @@ def _section(key: str, lang: str, body: Callable[[], str]) -> str:
     return f"<section id='{key}'><h2>{e(_h(key, lang))}</h2>{inner}</section>"
 
 
-def build_html(runs: list[RunData], title: str, lang: str = "en") -> str:
-    """The report page for ``runs`` (one run, or several side by side)."""
+def build_html(runs: list[RunData], title: str, lang: str = "en", audit_folders: list[Path] | None = None) -> str:
+    """The report page for ``runs`` (one run, or several side by side); an attack section when one of
+    ``audit_folders`` (default: the runs' folders) holds an ``audit.json`` (:mod:`.attacks`)."""
     check_lang(lang)
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     guarantees = _section("guarantees", lang, lambda: _guarantees(runs, lang))
@@ -367,6 +371,9 @@ def build_html(runs: list[RunData], title: str, lang: str = "en") -> str:
         _section("repro", lang, lambda: _repro(runs, lang)),
     ]
     parts.insert(1 if len(runs) == 1 else len(parts) - 1, guarantees)  # one run: its statement first
+    folders = audit_folders if audit_folders is not None else [r.path for r in runs]
+    if has_audit(folders):
+        parts.insert(len(parts) - 1, _section("attacks", lang, lambda: attacks_section(folders, lang)))
     csp = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
     return (
         f"<!DOCTYPE html><html lang='{lang}'><head><meta charset='utf-8'>"
@@ -395,7 +402,7 @@ def write_report(path: Path, lang: str = "en", pdf: bool = False, per_run: bool 
     runs = [load_run(p) for p in folders]
     target = resolve_folder(path)  # a run folder, or the compare folder (through its `latest` pointer)
     out = target / REPORT_NAME
-    out.write_text(build_html(runs, _title(target, runs), lang), encoding="utf-8")
+    out.write_text(build_html(runs, _title(target, runs), lang, [target, *(r.path for r in runs)]), encoding="utf-8")
     if per_run:
         for r in runs:
             if r.path.resolve() == target.resolve() or r.protocol is None:
