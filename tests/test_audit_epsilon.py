@@ -6,11 +6,11 @@ A lower bound above the accountant's ε is a bug in the DP implementation or its
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
 from secure_fl.audit.canaries import epsilon_audit
 from secure_fl.audit.epsilon import epsilon_lower_bound, guesses, p_value

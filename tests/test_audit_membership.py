@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from torch import nn
 
 from secure_fl.audit.lira import leave_one_out, lira_scores, logit_confidence, roc_summary
@@ -16,9 +15,9 @@ from secure_fl.audit.shadows import population, train_shadows
 from secure_fl.errors import SecureFLError
 from secure_fl.run.experiment import parse_experiment
 from secure_fl.run.federation import Federation
-from secure_fl.training.flat import load_flat
 from secure_fl.tasks.registry import build_task
 from secure_fl.training.config import TrainingConfig
+from secure_fl.training.flat import load_flat
 from secure_fl.training.local import train_local
 
 

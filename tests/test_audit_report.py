@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from secure_fl.audit.runner import run_audit
 from secure_fl.report.browser import NO_BROWSER, find_chromium, load_page

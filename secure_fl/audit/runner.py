@@ -106,9 +106,10 @@ def _inversion(t: AuditTarget, batch: int, cfg: InversionConfig) -> dict[str, An
         inversion_figure(rows, originals, figure)
         # the images themselves, for the report: originals and result i's aligned reconstructions as "recon_i"
         arrays = t.out_dir / IMAGES
-        np.savez_compressed(arrays, originals=originals.astype(np.float32),
-                            **{f"recon_{i}": r.images.astype(np.float32)
-                               for i, r in enumerate(results) if r.images is not None})
+        images: dict[str, Any] = {"originals": originals.astype(np.float32)}
+        images.update({f"recon_{i}": r.images.astype(np.float32)
+                       for i, r in enumerate(results) if r.images is not None})
+        np.savez_compressed(arrays, **images)
     return {
         "setting": f"task {t.exp.task_name}: site 1 holds {batch} images and takes one full-batch SGD step from the "
                    f"global model; the attacker knows the labels and the global model; PSNR/SSIM after a per-image "

@@ -33,8 +33,8 @@ AUDIT_FILE = "audit.json"
 _T: dict[str, tuple[str, str]] = {
     "intro": ("Attacks run by secure-fl audit on what the threat model gives an attacker (the payloads the aggregator "
               "carried and the released models), never on a site's internals.",
-              "secure-fl audit が脅威モデルで攻撃者に与えられるもの (集約者が運んだペイロードと公開モデル) に対して実行した攻撃。"
-              "施設の内部には触れない。"),
+              "secure-fl audit が脅威モデルで攻撃者に与えられるもの "
+              "(集約者が運んだペイロードと公開モデル) に対して実行した攻撃。施設の内部には触れない。"),
     "inversion": ("Gradient inversion of one site's update", "1 施設の更新からの勾配逆算"),
     "membership": ("Membership inference on the released model", "公開モデルへのメンバーシップ推論"),
     "epsilon": ("Empirical ε lower bound (one training run) beside the accountant's ε",
@@ -219,7 +219,7 @@ def attacks_section(folders: list[Path], lang: str) -> str:
     for folder, data in audits:
         if len(audits) > 1:
             parts.append(f"<h3>{e(str(folder))}</h3>")
-        for attack, draw in (("inversion", lambda r: _inversion(folder, r, lang)),
+        for attack, draw in (("inversion", lambda r, folder=folder: _inversion(folder, r, lang)),
                              ("membership", lambda r: _membership(r, lang)), ("epsilon", lambda r: _epsilon(r, lang))):
             rec = data.get(attack)
             if isinstance(rec, dict):
