@@ -47,7 +47,13 @@ def _size_info(benchmark, preset: str, n_params: int) -> None:
     bpp = len(_payload(preset, n_params)) / n_params
     ref = len(_payload(REFERENCE_PRESET, n_params)) / n_params
     benchmark.extra_info.update(
-        {"preset": preset, "params": n_params, "bytes_per_param": round(bpp, 3), "x_fp32": round(bpp / 4, 3), "x_smaller_than_nvflare": round(ref / bpp, 3)}
+        {
+            "preset": preset,
+            "params": n_params,
+            "bytes_per_param": round(bpp, 3),
+            "x_fp32": round(bpp / 4, 3),
+            "x_smaller_than_nvflare": round(ref / bpp, 3),
+        }
     )
 
 
@@ -84,7 +90,9 @@ def test_sum(benchmark, preset: str, n_params: int) -> None:
     def aggregate() -> list[ts.CKKSVector]:
         total = None
         for _ in range(N_SITES):
-            frame = unpack_frame(payload, kind=FrameKind.UPDATE, fingerprint=public.fingerprint, round=0, n_chunks=len(layout))
+            frame = unpack_frame(
+                payload, kind=FrameKind.UPDATE, fingerprint=public.fingerprint, round=0, n_chunks=len(layout)
+            )
             vecs = load_vectors(public, frame.chunks, layout)
             total = vecs if total is None else [t.add_(v) for t, v in zip(total, vecs)]
         assert total is not None
@@ -122,4 +130,6 @@ def test_10m_single_shot(benchmark, preset: str) -> None:
 
     payload = benchmark.pedantic(site, rounds=1, iterations=1)
     bpp = len(payload) / n_params
-    benchmark.extra_info.update({"preset": preset, "params": n_params, "bytes_per_param": round(bpp, 3), "x_fp32": round(bpp / 4, 3)})
+    benchmark.extra_info.update(
+        {"preset": preset, "params": n_params, "bytes_per_param": round(bpp, 3), "x_fp32": round(bpp / 4, 3)}
+    )

@@ -10,9 +10,8 @@ The ratio to ``plain-fedavg`` of the same task is printed by ``benchmarks/rounds
 
 from __future__ import annotations
 
-import tomllib
-
 import pytest
+import tomllib
 import torch
 
 from secure_fl.run.experiment import parse_experiment

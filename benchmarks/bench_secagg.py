@@ -70,5 +70,11 @@ def test_round(benchmark, impl: str, n: int, d: int, dropout: float) -> None:
     row = benchmark.pedantic(fn, args=(impl.endswith("+"), n, d, dropout), rounds=2, iterations=1)
     assert row.status == "ok", row.status
     benchmark.extra_info.update(
-        {"server_s": row.server_s, "site_s": row.site_s, "site_up_bytes": row.site_up, "site_down_bytes": row.site_down, "expansion": row.expansion}
+        {
+            "server_s": row.server_s,
+            "site_s": row.site_s,
+            "site_up_bytes": row.site_up,
+            "site_down_bytes": row.site_down,
+            "expansion": row.expansion,
+        }
     )

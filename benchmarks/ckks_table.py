@@ -30,8 +30,17 @@ __all__ = ["VARIANTS", "measure_size_speed", "measure_error", "main"]
 
 VARIANTS: dict[str, CkksPreset] = {
     **PRESETS,
-    "nvflare-symmetric": CkksPreset("nvflare-symmetric", 8192, (60, 40, 40), encryption="symmetric", scale_bits=40, note="NVFlare's moduli, symmetric"),
-    "compact-public-key": CkksPreset("compact-public-key", 8192, (38, 38), encryption="public-key", note="compact, public-key"),
+    "nvflare-symmetric": CkksPreset(
+        "nvflare-symmetric",
+        8192,
+        (60, 40, 40),
+        encryption="symmetric",
+        scale_bits=40,
+        note="NVFlare's moduli, symmetric",
+    ),
+    "compact-public-key": CkksPreset(
+        "compact-public-key", 8192, (38, 38), encryption="public-key", note="compact, public-key"
+    ),
 }
 
 
@@ -123,13 +132,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"CKKS presets: a {args.params:,}-parameter update per site (encrypt/decrypt: best of {args.repeats}); "
         f"error of the mean over {args.sites} sites ({args.error_dim:,} parameters)\n"
     )
-    print("| preset | N | moduli (bits) | encryption | security (bits) | bytes/param | × fp32 | × smaller than NVFlare | max rel. error of mean | encrypt s | decrypt s |")
+    print(
+        "| preset | N | moduli (bits) | encryption | security (bits) | bytes/param | × fp32 | × smaller than NVFlare | max rel. error of mean | encrypt s | decrypt s |"  # noqa: E501 (a table row or a translated phrase reads best whole)
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for p, m in rows:
         bpp = m["bytes_per_param"]
         smaller = f"{ref / bpp:.2f}" if ref else "–"
         print(
-            f"| {p.name} | {p.poly_degree} | {list(p.coeff_mod_bit_sizes)} | {p.encryption} | {p.security} | {bpp:.2f} | {bpp / 4:.2f} | "
+            f"| {p.name} | {p.poly_degree} | {list(p.coeff_mod_bit_sizes)} | {p.encryption} | {p.security} | {bpp:.2f} | {bpp / 4:.2f} | "  # noqa: E501 (a table row or a translated phrase reads best whole)
             f"{smaller} | {m['error']:.1e} | {m['encrypt_s']:.2f} | {m['decrypt_s']:.2f} |"
         )
     return 0

@@ -31,7 +31,9 @@ def main() -> None:
     ap.add_argument("--local-epochs", type=int, default=1)
     args = ap.parse_args()
     print(f"local epochs per round: {args.local_epochs}")
-    print("| task | protocol | s/round in process | × plain | s/round sites in parallel | × plain | KB up/site | KB down/site |")
+    print(
+        "| task | protocol | s/round in process | × plain | s/round sites in parallel | × plain | KB up/site | KB down/site |"  # noqa: E501 (a table row or a translated phrase reads best whole)
+    )
     print("|---|---|---|---|---|---|---|---|")
     for task_key in args.tasks:
         with tempfile.TemporaryDirectory() as tmp:

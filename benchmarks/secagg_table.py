@@ -90,11 +90,37 @@ def _dropped(n: int, dropout: float, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n), round(dropout * n)))
 
 
-def _row(impl: str, n: int, d: int, dropout: float, bits: int, dropped: int, server_s: float, site_s: list[float],
-         up: list[int], down: list[int], server_out: int, err: float, status: str = "ok") -> Row:
+def _row(
+    impl: str,
+    n: int,
+    d: int,
+    dropout: float,
+    bits: int,
+    dropped: int,
+    server_s: float,
+    site_s: list[float],
+    up: list[int],
+    down: list[int],
+    server_out: int,
+    err: float,
+    status: str = "ok",
+) -> Row:
     site_up, site_down = float(np.mean(up)), float(np.mean(down))
-    return Row(impl, n, d, dropout, dropped, server_s, float(np.mean(site_s)), site_up, site_down, server_out,
-               (site_up + site_down) / (d * bits / 8), err, status)
+    return Row(
+        impl,
+        n,
+        d,
+        dropout,
+        dropped,
+        server_s,
+        float(np.mean(site_s)),
+        site_up,
+        site_down,
+        server_out,
+        (site_up + site_down) / (d * bits / 8),
+        err,
+        status,
+    )
 
 
 # ----------------------------------------------------------------- ours
@@ -106,8 +132,13 @@ def run_ours(plus: bool, n: int, d: int, dropout: float, bits: int = 16, seed: i
     proto: SecAggSum
     if plus:
         degree = max(2, _degree(n) - _degree(n) % 2)
-        proto = SecAggPlusSum(**common, threshold=_threshold(degree + 1), degree=degree,  # type: ignore[arg-type]
-                              corrupt_fraction=0.0, dropout_fraction=0.0)  # a cost benchmark: no guarantee target
+        proto = SecAggPlusSum(
+            **common,
+            threshold=_threshold(degree + 1),
+            degree=degree,  # type: ignore[arg-type]
+            corrupt_fraction=0.0,
+            dropout_fraction=0.0,
+        )  # a cost benchmark: no guarantee target
     else:
         proto = SecAggSum(**common, threshold=_threshold(n))  # type: ignore[arg-type]
     proto.setup(ids, d)
@@ -148,8 +179,20 @@ def run_ours(plus: bool, n: int, d: int, dropout: float, bits: int = 16, seed: i
     err = float(np.max(np.abs(res.total - len(res.contributors) * x)))
     live = [s for s in ids if s not in gone]
     name = "ours-secagg+" if plus else "ours-secagg"
-    return _row(name, n, d, dropout, bits, len(gone), server_s, [site_s[s] for s in live], [up[s] for s in live],
-                [down[s] for s in live], server_out, err)
+    return _row(
+        name,
+        n,
+        d,
+        dropout,
+        bits,
+        len(gone),
+        server_s,
+        [site_s[s] for s in live],
+        [up[s] for s in live],
+        [down[s] for s in live],
+        server_out,
+        err,
+    )
 
 
 # ----------------------------------------------------------------- Flower's primitives, Flower's data flow
@@ -342,7 +385,9 @@ def run_flower(plus: bool, n: int, d: int, dropout: float, bits: int = 16, seed:
                 for v in neighbours[u] - {u}:
                     if v not in live_set:
                         continue
-                    mask = pseudo_rand_gen(generate_shared_key(sk1, bytes_to_public_key(public[v][0])), mod_range, shapes)
+                    mask = pseudo_rand_gen(
+                        generate_shared_key(sk1, bytes_to_public_key(public[v][0])), mod_range, shapes
+                    )
                     vec = parameters_addition(vec, mask) if u > v else parameters_subtraction(vec, mask)
         vec = parameters_mod(vec, mod_range)
         q_total, rest = factor_extract(vec)
@@ -356,8 +401,21 @@ def run_flower(plus: bool, n: int, d: int, dropout: float, bits: int = 16, seed:
     except RuntimeError as exc:
         err, status = float("nan"), f"aborted: {exc}"
     name = "flower-secagg+" if plus else "flower-secagg"
-    return _row(name, n, d, dropout, bits, len(gone), server_s, [site_s[u] for u in live], [up[u] for u in live],
-                [down[u] for u in live], server_out, err, status)
+    return _row(
+        name,
+        n,
+        d,
+        dropout,
+        bits,
+        len(gone),
+        server_s,
+        [site_s[u] for u in live],
+        [up[u] for u in live],
+        [down[u] for u in live],
+        server_out,
+        err,
+        status,
+    )
 
 
 # ----------------------------------------------------------------- tables
@@ -369,7 +427,7 @@ def _mib(b: float) -> str:
 
 def render(rows: Sequence[Row]) -> str:
     lines = [
-        "| impl | n | d | dropout | server s | site s | site up MiB | site down MiB | server out MiB | expansion | max error |",
+        "| impl | n | d | dropout | server s | site s | site up MiB | site down MiB | server out MiB | expansion | max error |",  # noqa: E501 (a table row or a translated phrase reads best whole)
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
@@ -395,7 +453,7 @@ def render_comparison(rows: Sequence[Row]) -> str:
             continue
         graph = "complete (SecAgg)" if impl == "ours-secagg" else "sparse (SecAgg+)"
         lines.append(
-            f"| {graph} | {n} | {d:,} | {p:.0%} | {fl.server_s / ours.server_s:.1f}x | {fl.site_s / ours.site_s:.1f}x | "
+            f"| {graph} | {n} | {d:,} | {p:.0%} | {fl.server_s / ours.server_s:.1f}x | {fl.site_s / ours.site_s:.1f}x | "  # noqa: E501 (a table row or a translated phrase reads best whole)
             f"{(ours.site_up + ours.site_down) / (fl.site_up + fl.site_down):.2f} |"
         )
     return "\n".join(lines)
@@ -405,7 +463,7 @@ def render_compact(rows: Sequence[Row]) -> str:
     """One line per (n, d, dropout): ours / Flower, seconds and bytes, for both graphs."""
     by = {(r.impl, r.n, r.d, r.dropout): r for r in rows}
     lines = [
-        "| n | d | dropout | SecAgg server s (ours / Flower) | SecAgg site s | SecAgg+ server s | SecAgg+ site s | site MiB up+down, SecAgg+ | expansion vs 16-bit plain |",
+        "| n | d | dropout | SecAgg server s (ours / Flower) | SecAgg site s | SecAgg+ server s | SecAgg+ site s | site MiB up+down, SecAgg+ | expansion vs 16-bit plain |",  # noqa: E501 (a table row or a translated phrase reads best whole)
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
 
@@ -424,7 +482,7 @@ def render_compact(rows: Sequence[Row]) -> str:
             mib = f"{(op.site_up + op.site_down) / 2**20:.2f} / {(fp.site_up + fp.site_down) / 2**20:.2f}"
         lines.append(
             f"| {n} | {d:,} | {p:.0%} | {pair(o, f, 'server_s', '.2f')} | {pair(o, f, 'site_s', '.3f')} | "
-            f"{pair(op, fp, 'server_s', '.2f')} | {pair(op, fp, 'site_s', '.3f')} | {mib} | {pair(op, fp, 'expansion', '.2f')} |"
+            f"{pair(op, fp, 'server_s', '.2f')} | {pair(op, fp, 'site_s', '.3f')} | {mib} | {pair(op, fp, 'expansion', '.2f')} |"  # noqa: E501 (a table row or a translated phrase reads best whole)
         )
     return "\n".join(lines)
 
@@ -436,11 +494,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--dropout", type=float, nargs="+", default=[0.0, 0.1, 0.3])
     ap.add_argument("--impl", nargs="+", choices=IMPLS, default=list(IMPLS))
     ap.add_argument("--bits", type=int, default=16)
-    ap.add_argument("--max-pairs", type=int, default=0,
-                    help="skip complete-graph configurations with n*(n-1)*d/1e6 above this (0: run all)")
+    ap.add_argument(
+        "--max-pairs",
+        type=int,
+        default=0,
+        help="skip complete-graph configurations with n*(n-1)*d/1e6 above this (0: run all)",
+    )
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    ap.add_argument("--render", nargs="+", default=None, metavar="JSON",
-                    help="measure nothing: print the tables of rows saved with --json (later files replace earlier rows)")
+    ap.add_argument(
+        "--render",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="measure nothing: print the tables of rows saved with --json (later files replace earlier rows)",
+    )
     ap.add_argument("--compact", action="store_true", help="with --render: one line per (n, d, dropout), ours / Flower")
     args = ap.parse_args(argv)
     if args.render:
@@ -469,7 +536,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                     fn = run_ours if impl.startswith("ours") else run_flower
                     row = fn(impl.endswith("+"), n, d, p, args.bits)
                     rows.append(row)
-                    print(f"# {row.impl} n={n} d={d} dropout={p}: server {row.server_s:.2f}s site {row.site_s:.3f}s", file=sys.stderr, flush=True)
+                    print(
+                        f"# {row.impl} n={n} d={d} dropout={p}: server {row.server_s:.2f}s site {row.site_s:.3f}s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     if args.json:
                         with open(args.json, "w") as fh:
                             json.dump({"rows": [asdict(r) for r in rows], "skipped": skipped}, fh, indent=1)

@@ -2,7 +2,8 @@
 
 Usage::
 
-    python scripts/privacy_curve.py runs/faces-pretrained-dp [more run folders] --out experiments/results/faces-pretrained-dp \
+    python scripts/privacy_curve.py runs/faces-pretrained-dp [more run folders] \
+        --out experiments/results/faces-pretrained-dp \
         --metrics pooled/accuracy gallery/top1
 
 Reads ``compare.json`` (one record per variant × seed), or the runs' ``*/seed*/summary.json``
@@ -116,12 +117,18 @@ def plot(rows: list[dict[str, Any]], metrics: list[str], path: Path, title: str,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run_dirs", type=Path, nargs="+",
-                    help="the experiment's folder(s) under --out of secure-fl compare (several: runs split by --protocol)")
+    ap.add_argument(
+        "run_dirs",
+        type=Path,
+        nargs="+",
+        help="the experiment's folder(s) under --out of secure-fl compare (several: runs split by --protocol)",
+    )
     ap.add_argument("--out", type=Path, required=True, help="output stem: writes STEM.csv and STEM.png")
     ap.add_argument("--metrics", nargs="+", default=["pooled/accuracy"])
     ap.add_argument("--title", default="")
-    ap.add_argument("--chance", type=float, default=None, help="chance level of the first metric, e.g. 0.0333 for 30 classes")
+    ap.add_argument(
+        "--chance", type=float, default=None, help="chance level of the first metric, e.g. 0.0333 for 30 classes"
+    )
     args = ap.parse_args(argv)
     rows = [r for d in args.run_dirs for r in load_rows(d, args.metrics)]
     if not rows:

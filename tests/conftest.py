@@ -9,7 +9,12 @@ torch.set_num_threads(int(os.environ.get("SECURE_FL_THREADS", "1")))
 
 @pytest.fixture
 def tiny_experiment_toml():
-    def make(protocols: str = '["plain-fedavg", "pooled", "local-only"]', task: str = 'name = "synthetic-tabular"', rounds: int = 2, extra: str = "") -> str:
+    def make(
+        protocols: str = '["plain-fedavg", "pooled", "local-only"]',
+        task: str = 'name = "synthetic-tabular"',
+        rounds: int = 2,
+        extra: str = "",
+    ) -> str:
         return f"""
 name = "tiny"
 protocols = {protocols}

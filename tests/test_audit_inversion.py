@@ -71,7 +71,8 @@ def test_image_metrics_known_values() -> None:
     a = rng.random((16, 16))
     assert ssim(a, a) == pytest.approx(1.0)
     assert psnr(a, a) == float("inf")
-    b = np.zeros((16, 16)); b[0, 0] = 1.0
+    b = np.zeros((16, 16))
+    b[0, 0] = 1.0
     assert psnr(np.zeros((16, 16)), b) == pytest.approx(10 * np.log10(256))
     assert ssim(rng.random((16, 16)), a) < 0.3
     c = rng.random((16, 16))

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tenseal as ts
+from test_ckks_protocol import TOL, make, plain_mean, rel_err, run_round
 
 from secure_fl.crypto.ckks import load_public_context, load_secret_context, provision
 from secure_fl.crypto.ckks_frame import FrameKind, pack_frame, unpack_frame
@@ -26,7 +27,6 @@ from secure_fl.privacy.noise import NoiseSource
 from secure_fl.protocol.base import AGGREGATOR, Message, ViewKind
 from secure_fl.protocol.ckks import BOUNDS, BOUNDS_SUM, DECRYPT, RELEASE, SUBMIT, SUM, CkksSum, update_layout
 from secure_fl.protocol.spec import load_protocol
-from test_ckks_protocol import TOL, make, plain_mean, rel_err, run_round
 
 
 def _drop(*senders_at: tuple[str, str]):

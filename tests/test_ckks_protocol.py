@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from secure_fl.crypto.ckks_frame import FrameKind, pack_frame, unpack_frame
 from secure_fl.errors import ProtocolError, RoundAborted, SiteRejected, SpecError
-from secure_fl.protocol.base import AGGREGATOR, Message, ViewKind
 from secure_fl.privacy.noise import NoiseSource
+from secure_fl.protocol.base import AGGREGATOR, Message, ViewKind
 from secure_fl.protocol.ckks import BOUNDS, SUBMIT, CkksSum, update_layout
 from secure_fl.protocol.spec import load_protocol, parse_protocol
 
@@ -191,7 +191,9 @@ def _retarget(victim: str, stage: str, change: Callable[[bytes], bytes]) -> Tamp
     return tamper
 
 
-def _reframe(proto: CkksSum, change_chunk: Callable[[bytes], bytes], n_chunks: int | None = None) -> Callable[[bytes], bytes]:
+def _reframe(
+    proto: CkksSum, change_chunk: Callable[[bytes], bytes], n_chunks: int | None = None
+) -> Callable[[bytes], bytes]:
     """A site that frames a broken ciphertext correctly (the digest cannot catch it)."""
 
     def change(payload: bytes) -> bytes:
@@ -213,11 +215,11 @@ def _foreign(dim: int) -> Callable[[bytes], bytes]:
 
 BAD = {
     "another key set": lambda proto, dim: _foreign(dim),
-    "truncated or padded": lambda proto, dim: (lambda p: p[: len(p) - 1000]),
-    "digest does not match": lambda proto, dim: (lambda p: p[:-300] + bytes([p[-300] ^ 0x40]) + p[-299:]),
+    "truncated or padded": lambda proto, dim: lambda p: p[: len(p) - 1000],
+    "digest does not match": lambda proto, dim: lambda p: p[:-300] + bytes([p[-300] ^ 0x40]) + p[-299:],
     "not a valid ciphertext": lambda proto, dim: _reframe(proto, lambda c: c[: len(c) // 2]),
     "layout of this round needs 1": lambda proto, dim: _reframe(proto, lambda c: c, n_chunks=2),
-    "shorter than a frame header": lambda proto, dim: (lambda p: b"\x00" * 7),
+    "shorter than a frame header": lambda proto, dim: lambda p: b"\x00" * 7,
 }
 
 
@@ -313,7 +315,12 @@ def test_release_to_aggregator_is_flooded_once_and_within_the_stated_precision()
     assert 0.8 < np.std(err) / 2.0**-bits < 1.2
     # seeded source: the same noise again
     proto2, _, _ = make(5, 200, preset="wide", release="aggregator", noise=noise())
-    proto2._keys, proto2._secret, proto2._public, proto2._fingerprint = proto._keys, proto._secret, proto._public, proto._fingerprint
+    proto2._keys, proto2._secret, proto2._public, proto2._fingerprint = (
+        proto._keys,
+        proto._secret,
+        proto._public,
+        proto._fingerprint,
+    )
     sites2, agg2, _, _ = run_round(proto2, values, weights)
     noise2 = agg2.result().total - sites2["site-03"].result().total
     np.testing.assert_allclose(noise2, got.total - exact.total, rtol=1e-6)

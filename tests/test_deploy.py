@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
 from secure_fl.deploy.kit import KitError, load_kit
 from secure_fl.deploy.provision import provision
@@ -19,12 +20,9 @@ from secure_fl.engine.flower.inprocess import InProcessTransport
 from secure_fl.engine.flower.server import DeployedRun
 from secure_fl.engine.flower.site import handle_request
 from secure_fl.errors import SpecError
-from secure_fl.protocol.spec import load_protocol
 from secure_fl.run.experiment import parse_experiment
 from secure_fl.run.federation import Federation
 from secure_fl.tasks.registry import build_task
-
-import tomllib
 
 SITES = {"alpha": "site1", "beta": "site2", "gamma": "site3"}
 
@@ -59,9 +57,22 @@ def _approve(kits: Path, spec, sites=SITES) -> None:
 def test_each_kit_holds_only_what_its_party_may_hold(kits):
     agg = load_kit(kits / "aggregator", role="aggregator")
     site = load_kit(kits / "sites" / "alpha", role="site")
-    assert set(agg.config["files"]) == {"tls/ca.crt", "tls/server.pem", "tls/server.key", "ckks/public.ckks",
-                                        "nodes/alpha.pub", "nodes/beta.pub", "nodes/gamma.pub"}
-    assert set(site.config["files"]) == {"tls/ca.crt", "node/auth.key", "node/auth.pub", "ckks/secret.ckks", "identity/ed25519.key"}
+    assert set(agg.config["files"]) == {
+        "tls/ca.crt",
+        "tls/server.pem",
+        "tls/server.key",
+        "ckks/public.ckks",
+        "nodes/alpha.pub",
+        "nodes/beta.pub",
+        "nodes/gamma.pub",
+    }
+    assert set(site.config["files"]) == {
+        "tls/ca.crt",
+        "node/auth.key",
+        "node/auth.pub",
+        "ckks/secret.ckks",
+        "identity/ed25519.key",
+    }
     assert agg.federation_id == site.federation_id and agg.fingerprint != site.fingerprint
     assert agg.config["site_kits"]["alpha"] == site.fingerprint
     for root, dirs, files in os.walk(kits):
@@ -122,15 +133,29 @@ def test_site_refuses_unapproved_spec_and_other_federation(kits, tmp_path, tiny_
     exp = _exp(tiny_experiment_toml, "plain-fedavg")
     spec = exp.variants[0].spec
     agg = load_kit(kits / "aggregator")
-    hello = {"op": "hello", "experiment": exp.raw, "protocol": spec.raw, "protocol_source": "plain-fedavg.toml", "seed": 0}
+    hello = {
+        "op": "hello",
+        "experiment": exp.raw,
+        "protocol": spec.raw,
+        "protocol_source": "plain-fedavg.toml",
+        "seed": 0,
+    }
     req = {"run": "ab" * 8, "federation_id": agg.federation_id, "federation": agg.federation, "ops": [hello]}
     reply = handle_request(kits / "sites/alpha", req)
     assert "refused" in reply
-    assert "'plain-fedavg'" in reply["refused"] and spec.spec_hash in reply["refused"] and "site approve" in reply["refused"]
+    assert (
+        "'plain-fedavg'" in reply["refused"]
+        and spec.spec_hash in reply["refused"]
+        and "site approve" in reply["refused"]
+    )
     other = tmp_path / "other"
     provision(_federation_toml(tmp_path, "other-fed"), other)
     reply = handle_request(other / "sites/alpha", req)
-    assert "refused" in reply and "federation 'other-fed'" in reply["refused"] and "another provisioning" in reply["refused"]
+    assert (
+        "refused" in reply
+        and "federation 'other-fed'" in reply["refused"]
+        and "another provisioning" in reply["refused"]
+    )
 
 
 def test_codec_round_trip_and_refuses_garbage():
@@ -153,7 +178,9 @@ def _local_weights(exp, protocol: str, rounds: int) -> np.ndarray:
     return fed.weights
 
 
-@pytest.mark.parametrize("protocol, trips, tol", [("plain-fedavg", 1, 0.0), ("ckks-fedavg", 2, 1e-6), ("secagg-plus-fedavg", 4, 1e-3)])
+@pytest.mark.parametrize(
+    "protocol, trips, tol", [("plain-fedavg", 1, 0.0), ("ckks-fedavg", 2, 1e-6), ("secagg-plus-fedavg", 4, 1e-3)]
+)
 def test_deployed_run_gives_the_local_engines_model(kits, tiny_experiment_toml, protocol, trips, tol):
     exp = _exp(tiny_experiment_toml, protocol)
     spec = exp.variants[0].spec
@@ -214,8 +241,13 @@ DP_SITES = {"site1": "site1", "site2": "site2", "site3": "site3"}  # kit names =
 def _dp_kits(tmp_path: Path, budgets: dict[str, float], name: str = "dp-fed") -> Path:
     lines = [f'name = "{name}"', 'address = "127.0.0.1:19998"']
     for s, data in DP_SITES.items():
-        lines += [f"[sites.{s}]", f'data = "{data}"', "allow_seeded_noise = true",
-                  f"budget_epsilon = {budgets.get(s, 100.0)}", "budget_delta = 1e-5"]
+        lines += [
+            f"[sites.{s}]",
+            f'data = "{data}"',
+            "allow_seeded_noise = true",
+            f"budget_epsilon = {budgets.get(s, 100.0)}",
+            "budget_delta = 1e-5",
+        ]
     (tmp_path / f"{name}.toml").write_text("\n".join(lines) + "\n")
     out = tmp_path / f"kits-{name}"
     provision(tmp_path / f"{name}.toml", out)
@@ -245,8 +277,9 @@ def _deployed(kits: Path, exp, sites=DP_SITES, **kw):
 
 
 @pytest.mark.parametrize("protocol, tol", [("dp-sgd-local", 1e-6), ("dp-distributed-ckks", 1e-5)])
-def test_dp_run_deployed_gives_the_local_engines_model_and_charges_the_kit_ledgers(tmp_path, tiny_experiment_toml,
-                                                                                  protocol, tol):
+def test_dp_run_deployed_gives_the_local_engines_model_and_charges_the_kit_ledgers(
+    tmp_path, tiny_experiment_toml, protocol, tol
+):
     kits = _dp_kits(tmp_path, {})
     exp = _dp_exp(tiny_experiment_toml, tmp_path, protocol)
     run = _deployed(kits, exp)
@@ -267,8 +300,9 @@ def test_dp_run_deployed_gives_the_local_engines_model_and_charges_the_kit_ledge
         assert records[-1]["privacy_spent"][s]["epsilon"] == pytest.approx(local_eps)
 
 
-def test_a_site_refuses_the_round_that_would_exceed_its_own_budget_and_sends_nothing_for_it(tmp_path,
-                                                                                          tiny_experiment_toml):
+def test_a_site_refuses_the_round_that_would_exceed_its_own_budget_and_sends_nothing_for_it(
+    tmp_path, tiny_experiment_toml
+):
     from secure_fl.privacy.accounting import compose, dp_sgd_event, epsilon
     from secure_fl.privacy.ledger import PrivacyLedger
 
@@ -303,8 +337,10 @@ def test_a_site_refuses_the_round_that_would_exceed_its_own_budget_and_sends_not
     assert reply["results"] == [{"op": "begin", "round": 1, "refused": reply["results"][0]["refused"]}]
     assert not [v for v in views if v.sender == "site2" and v.round == 1]
     # its ledger (in its kit) holds round 0 only; the others paid for both rounds
-    rows = {s: [r.round for r in PrivacyLedger(kits / "sites" / s / "ledger" / "ledger.sqlite", s).records()]
-            for s in DP_SITES}
+    rows = {
+        s: [r.round for r in PrivacyLedger(kits / "sites" / s / "ledger" / "ledger.sqlite", s).records()]
+        for s in DP_SITES
+    }
     assert rows == {"site1": [0, 1], "site2": [0], "site3": [0, 1]}
 
 
@@ -314,17 +350,20 @@ def test_a_site_refuses_the_round_that_would_exceed_its_own_budget_and_sends_not
 def test_deployed_run_folder_has_the_local_engines_format_and_report_and_predict_read_it(tmp_path, capsys):
     import csv
 
+    from test_predict import _site_files
+
     from secure_fl.cli import main
     from secure_fl.engine.flower.server import write_run_folder
     from secure_fl.run.compare import run_experiment
     from secure_fl.tasks.export import load_model
-    from test_predict import _site_files
 
     a_tr, a_te = _site_files(tmp_path, "a", 0)
     b_tr, b_te = _site_files(tmp_path, "b", 1)
     c_tr, c_te = _site_files(tmp_path, "c", 2)
-    sites = "".join(f'[[task.sites]]\nname = "{n}"\ntrain = "{tr}"\ntest = "{te}"\n'
-                    for n, tr, te in (("hospA", a_tr, a_te), ("hospB", b_tr, b_te), ("hospC", c_tr, c_te)))
+    sites = "".join(
+        f'[[task.sites]]\nname = "{n}"\ntrain = "{tr}"\ntest = "{te}"\n'
+        for n, tr, te in (("hospA", a_tr, a_te), ("hospB", b_tr, b_te), ("hospC", c_tr, c_te))
+    )
     text = f"""
 name = "hosp"
 protocols = ["ckks-fedavg"]
@@ -353,8 +392,15 @@ lr = 0.1
     spec = exp.variants[0].spec
     _approve(kits, spec, hosp)
     out = tmp_path / "deployed"
-    run = DeployedRun(load_kit(kits / "aggregator"), exp, spec, 0,
-                      InProcessTransport({s: kits / "sites" / s for s in hosp}), log=lambda s: None, out=out)
+    run = DeployedRun(
+        load_kit(kits / "aggregator"),
+        exp,
+        spec,
+        0,
+        InProcessTransport({s: kits / "sites" / s for s in hosp}),
+        log=lambda s: None,
+        out=out,
+    )
     run.run()
     write_run_folder(run, out, spec.name)
     # the same files and, per file, the same keys as the local engine's run folder
@@ -406,8 +452,9 @@ class _Killed(BaseException):
 
 
 @pytest.mark.parametrize("protocol", ["dp-distributed-ckks", "dp-sgd-local"])
-def test_a_killed_aggregator_resumes_after_its_last_finished_round_without_charging_twice(tmp_path,
-                                                                                     tiny_experiment_toml, protocol):
+def test_a_killed_aggregator_resumes_after_its_last_finished_round_without_charging_twice(
+    tmp_path, tiny_experiment_toml, protocol
+):
     from secure_fl.privacy.ledger import PrivacyLedger
     from secure_fl.run.checkpoint import load_checkpoint
 
@@ -427,14 +474,25 @@ def test_a_killed_aggregator_resumes_after_its_last_finished_round_without_charg
     with pytest.raises(_Killed):
         first.run()
     finished = load_checkpoint(out)["round"]
-    assert finished == 0 and [json.loads(line)["round"] for line in (out / "rounds.jsonl").read_text().splitlines()] == [0]
+    assert finished == 0 and [
+        json.loads(line)["round"] for line in (out / "rounds.jsonl").read_text().splitlines()
+    ] == [0]
     # every site had begun round 2 (trained, charged, sent): the resumed run replays rounds 1 and 2
-    charged = {s: [r.round for r in PrivacyLedger(kits / "sites" / s / "ledger" / "ledger.sqlite", s).records()]
-               for s in DP_SITES}
+    charged = {
+        s: [r.round for r in PrivacyLedger(kits / "sites" / s / "ledger" / "ledger.sqlite", s).records()]
+        for s in DP_SITES
+    }
     assert charged == {s: [0, 1, 2] for s in DP_SITES}
     spec = exp.variants[0].spec
-    resumed = DeployedRun.resume(load_kit(kits / "aggregator"), exp, spec, 0,
-                                 InProcessTransport({s: kits / "sites" / s for s in DP_SITES}), out, log=lambda s: None)
+    resumed = DeployedRun.resume(
+        load_kit(kits / "aggregator"),
+        exp,
+        spec,
+        0,
+        InProcessTransport({s: kits / "sites" / s for s in DP_SITES}),
+        out,
+        log=lambda s: None,
+    )
     assert resumed.run_token == first.run_token and resumed.first_round == 1
     records = resumed.run()
     assert [r["round"] for r in records] == [0, 1, 2] and all(r["applied"] for r in records)
@@ -446,21 +504,27 @@ def test_a_killed_aggregator_resumes_after_its_last_finished_round_without_charg
     local = Federation(exp, build_task(exp.task_name, exp.task_params), exp.variants[0], 0, tmp_path / "local")
     local_records = [local.round(r) for r in range(3)]
     assert records[-1]["privacy_spent"]["site1"]["epsilon"] == pytest.approx(
-        local_records[-1]["privacy_spent"]["site1"]["epsilon"])
+        local_records[-1]["privacy_spent"]["site1"]["epsilon"]
+    )
     # the replayed rounds re-sent the same (seeded-noise) updates: the model of an uninterrupted local run
     assert np.allclose(resumed.weights, local.weights, atol=1e-5, rtol=0)
 
 
-def test_a_site_runs_a_dp_spec_only_within_its_own_kit_budget_and_with_secret_noise(kits, tmp_path,
-                                                                                  tiny_experiment_toml):
+def test_a_site_runs_a_dp_spec_only_within_its_own_kit_budget_and_with_secret_noise(
+    kits, tmp_path, tiny_experiment_toml
+):
     """The budget and δ cap come from the site's kit, never from the experiment or the aggregator."""
 
     def hello(kit_dir, exp):
         spec = exp.variants[0].spec
         load_kit(kit_dir).approve(spec.spec_hash, spec.name, "test")
         op = {"op": "hello", "experiment": exp.raw, "protocol": spec.raw, "protocol_source": "x.toml", "seed": 0}
-        req = {"run": "cd" * 8, "federation_id": load_kit(kit_dir).federation_id,
-               "federation": load_kit(kit_dir).federation, "ops": [op]}
+        req = {
+            "run": "cd" * 8,
+            "federation_id": load_kit(kit_dir).federation_id,
+            "federation": load_kit(kit_dir).federation,
+            "ops": [op],
+        }
         return handle_request(kit_dir, req)
 
     exp = _exp(tiny_experiment_toml, "dp-sgd-local")
@@ -471,8 +535,9 @@ def test_a_site_runs_a_dp_spec_only_within_its_own_kit_budget_and_with_secret_no
     # the experiment's own budget keys do not widen the site's: δ above the kit's cap is refused
     text = (Path(__file__).resolve().parents[1] / "protocols" / "dp-sgd-local.toml").read_text()
     loose = tmp_path / "loose.toml"
-    loose.write_text(text.replace("delta = 1e-5", "delta = 1e-3")
-                     .replace("secure_noise = true", "secure_noise = false"))
+    loose.write_text(
+        text.replace("delta = 1e-5", "delta = 1e-3").replace("secure_noise = true", "secure_noise = false")
+    )
     task = 'name = "synthetic-tabular"\nn_sites = 3\nn_per_site = 60'
     exp = parse_experiment(tomllib.loads(tiny_experiment_toml(protocols=f'["{loose}"]', task=task)), "t.toml")
     reply = hello(dp_kits / "sites" / "site1", exp)
@@ -481,8 +546,10 @@ def test_a_site_runs_a_dp_spec_only_within_its_own_kit_budget_and_with_secret_no
     reply = hello(kits / "sites" / "beta", _dp_exp(tiny_experiment_toml, tmp_path, "dp-sgd-local"))
     assert "refused" in reply  # beta has no budget either; a budget but no allow_seeded_noise:
     fed = tmp_path / "strict.toml"
-    fed.write_text('name = "strict"\naddress = "127.0.0.1:19997"\n' + "".join(
-        f'[sites.{s}]\ndata = "{s}"\nbudget_epsilon = 10.0\nbudget_delta = 1e-5\n' for s in DP_SITES))
+    fed.write_text(
+        'name = "strict"\naddress = "127.0.0.1:19997"\n'
+        + "".join(f'[sites.{s}]\ndata = "{s}"\nbudget_epsilon = 10.0\nbudget_delta = 1e-5\n' for s in DP_SITES)
+    )
     provision(fed, tmp_path / "strict")
     reply = hello(tmp_path / "strict" / "sites" / "site1", _dp_exp(tiny_experiment_toml, tmp_path, "dp-sgd-local"))
     assert "refused" in reply and "secure_noise = false" in reply["refused"]
@@ -493,8 +560,20 @@ def test_a_site_runs_a_dp_spec_only_within_its_own_kit_budget_and_with_secret_no
 def test_deploy_run_resume_needs_a_checkpoint_of_a_deployed_run(kits, tmp_path, capsys):
     from secure_fl.cli import main
 
-    code = main(["deploy", "run", "heart-protocols", "--federation", str(kits / "aggregator"), "--protocol",
-                 "ckks-fedavg", "--out", str(tmp_path / "runs"), "--resume"])
+    code = main(
+        [
+            "deploy",
+            "run",
+            "heart-protocols",
+            "--federation",
+            str(kits / "aggregator"),
+            "--protocol",
+            "ckks-fedavg",
+            "--out",
+            str(tmp_path / "runs"),
+            "--resume",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "--resume" in err and "holds no checkpoint of a deployed run" in err

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import copy
-import re
 import json
 import math
-import tomllib
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant
 
@@ -146,9 +146,9 @@ def _model_dim() -> int:
 
 
 def test_release_refuses_too_few_contributors_and_rotates_back(tmp_path):
+    from secure_fl.privacy.ddg import hadamard_rotate
     from secure_fl.protocol.dp import build_privacy_layer
     from secure_fl.protocol.dp.ddg import _rotation_seed
-    from secure_fl.privacy.ddg import hadamard_rotate
     from secure_fl.training.config import RunPlan, TrainingConfig
 
     spec = parse_protocol(_raw(), "x.toml")

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import copy
 import math
-import tomllib
 
 import numpy as np
-
-from secure_fl.privacy.noise import NoiseSource
 import pytest
+import tomllib
 
 from secure_fl.errors import RoundAborted, SpecError
 from secure_fl.privacy import accounting as A
+from secure_fl.privacy.noise import NoiseSource
 from secure_fl.protocol.base import SumResult
 from secure_fl.protocol.ckks import CkksSum
 from secure_fl.protocol.dp import build_privacy_layer, parse_privacy

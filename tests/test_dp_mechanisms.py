@@ -32,7 +32,9 @@ def _check_gaussian(x: np.ndarray, std: float) -> None:
     assert abs(np.mean(x**4) / std**4 - 3.0) < 0.1
 
 
-@pytest.mark.parametrize("source", [NoiseSource.seeded(np.random.default_rng(1)), NoiseSource.secure()], ids=["seeded", "csprng"])
+@pytest.mark.parametrize(
+    "source", [NoiseSource.seeded(np.random.default_rng(1)), NoiseSource.secure()], ids=["seeded", "csprng"]
+)
 def test_gaussian_noise_has_the_right_distribution(source):
     _check_gaussian(gaussian_noise(source, 2.5, N), 2.5)
 
@@ -151,21 +153,36 @@ def test_split_noise_multiplier_theorem_1():
 
 # -- DP-FedAvg through the privacy layer ------------------------------------------------------------
 
+
 def _fedavg_layer(tmp_path, **privacy):
     from secure_fl.protocol.dp import build_privacy_layer, parse_privacy
     from secure_fl.protocol.plain import PlainSum
     from secure_fl.training.config import RunPlan, TrainingConfig
 
-    table = {"mechanism": "dp-fedavg", "delta": 1e-5, "noise_multiplier": 2.0, "max_grad_norm": 1.0,
-             "secure_noise": False, "accountant": "rdp", **privacy}
+    table = {
+        "mechanism": "dp-fedavg",
+        "delta": 1e-5,
+        "noise_multiplier": 2.0,
+        "max_grad_norm": 1.0,
+        "secure_noise": False,
+        "accountant": "rdp",
+        **privacy,
+    }
     cfg = parse_privacy(table, "[privacy]", PlainSum())
     plan = RunPlan(rounds=3, fraction=1.0, training=TrainingConfig())
-    return build_privacy_layer(cfg, weighting="uniform", plan=plan, site_sizes={"A": 10, "B": 20, "C": 30},
-                               run_dir=tmp_path, noise_rng=np.random.default_rng(4), protocol_name="p", spec_hash="h")
+    return build_privacy_layer(
+        cfg,
+        weighting="uniform",
+        plan=plan,
+        site_sizes={"A": 10, "B": 20, "C": 30},
+        run_dir=tmp_path,
+        noise_rng=np.random.default_rng(4),
+        protocol_name="p",
+        spec_hash="h",
+    )
 
 
 def test_local_update_noise_is_clip_plus_full_gaussian(tmp_path):
-    from secure_fl.privacy.accounting import gaussian_event
 
     layer = _fedavg_layer(tmp_path, noise="local")
     sp = layer.site("A")
@@ -184,7 +201,6 @@ def test_local_update_noise_is_clip_plus_full_gaussian(tmp_path):
 
 
 def test_central_noise_is_added_once_after_the_sum(tmp_path):
-    from secure_fl.privacy.accounting import gaussian_event
     from secure_fl.protocol.base import SumResult
 
     layer = _fedavg_layer(tmp_path, noise="central", noise_adder="aggregator")
@@ -208,8 +224,15 @@ def test_central_noise_is_added_once_after_the_sum(tmp_path):
 def test_adaptive_clipping_through_the_layer(tmp_path):
     from secure_fl.protocol.base import SumResult
 
-    layer = _fedavg_layer(tmp_path, noise="central", noise_adder="aggregator", clipping="adaptive",
-                          target_quantile=0.5, clip_learning_rate=0.5, clip_count_stddev=1.5)
+    layer = _fedavg_layer(
+        tmp_path,
+        noise="central",
+        noise_adder="aggregator",
+        clipping="adaptive",
+        target_quantile=0.5,
+        clip_learning_rate=0.5,
+        clip_count_stddev=1.5,
+    )
     assert layer.clip == 1.0
     dim = 8
     for r in range(10):

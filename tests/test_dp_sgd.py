@@ -57,7 +57,9 @@ def test_one_dp_sgd_step_is_clip_sum_noise_divide():
     model = _model()
     start = flat_params(model)
     sigma, clip, lr = 0.7, 0.05, 0.3
-    hook = DpSgdHook(noise_multiplier=sigma, max_grad_norm=clip, sample_rate=1.0, source=NoiseSource.seeded(np.random.default_rng(5)))
+    hook = DpSgdHook(
+        noise_multiplier=sigma, max_grad_norm=clip, sample_rate=1.0, source=NoiseSource.seeded(np.random.default_rng(5))
+    )
     assert _train(hook, model, x, y, lr=lr) == 1
     got = flat_params(model) - start
     clipped, norms = clipped_gradient_sum(_model(), x, y, LOSS, clip)
@@ -90,11 +92,26 @@ SIZES = {"A": 60, "B": 40}
 
 
 def _dp_sgd_layer(tmp_path, **privacy):
-    table = {"mechanism": "dp-sgd", "noise": "local", "delta": 1e-5, "noise_multiplier": 1.2, "max_grad_norm": 1.0,
-             "secure_noise": False, **privacy}
+    table = {
+        "mechanism": "dp-sgd",
+        "noise": "local",
+        "delta": 1e-5,
+        "noise_multiplier": 1.2,
+        "max_grad_norm": 1.0,
+        "secure_noise": False,
+        **privacy,
+    }
     cfg = parse_privacy(table, "[privacy]", PlainSum())
-    return build_privacy_layer(cfg, weighting="examples", plan=PLAN, site_sizes=SIZES, run_dir=tmp_path,
-                               noise_rng=np.random.default_rng(1), protocol_name="dp-sgd-local", spec_hash="h")
+    return build_privacy_layer(
+        cfg,
+        weighting="examples",
+        plan=PLAN,
+        site_sizes=SIZES,
+        run_dir=tmp_path,
+        noise_rng=np.random.default_rng(1),
+        protocol_name="dp-sgd-local",
+        spec_hash="h",
+    )
 
 
 def _site_round(layer, site, r, model, x, y):
@@ -141,7 +158,11 @@ def test_budget_refuses_one_site_and_the_other_carries_on(tmp_path):
     _site_round(layer, "B", 0, mb, xb, yb)
     with pytest.raises(SiteRejected) as err:
         layer.site("B").before_round(1)
-    assert err.value.site == "B" and "privacy budget exhausted" in err.value.reason and "round 1 would cost" in err.value.reason
+    assert (
+        err.value.site == "B"
+        and "privacy budget exhausted" in err.value.reason
+        and "round 1 would cost" in err.value.reason
+    )
     record, values, weight = _site_round(layer, "A", 1, ma, xa, ya)  # A is not affected
     assert weight == 60.0 and values.shape == flat_params(ma).shape
     assert len(PrivacyLedger(tmp_path / "sites" / "B" / "ledger.sqlite", "B").records()) == 1
@@ -156,11 +177,28 @@ DIST_SIZES = {"A": 80, "B": 60, "C": 70}
 def _dist_layer(tmp_path, **privacy):
     from secure_fl.protocol.ckks import CkksSum
 
-    table = {"mechanism": "distributed-dp-sgd", "noise": "distributed", "delta": 1e-5, "noise_multiplier": 1.0,
-             "max_grad_norm": 0.5, "sample_rate": 0.25, "min_sites": 3, "secure_noise": False, **privacy}
+    table = {
+        "mechanism": "distributed-dp-sgd",
+        "noise": "distributed",
+        "delta": 1e-5,
+        "noise_multiplier": 1.0,
+        "max_grad_norm": 0.5,
+        "sample_rate": 0.25,
+        "min_sites": 3,
+        "secure_noise": False,
+        **privacy,
+    }
     cfg = parse_privacy(table, "[privacy]", CkksSum())
-    return build_privacy_layer(cfg, weighting="examples", plan=DIST_PLAN, site_sizes=DIST_SIZES, run_dir=tmp_path,
-                               noise_rng=np.random.default_rng(2), protocol_name="dp-distributed-ckks", spec_hash="h")
+    return build_privacy_layer(
+        cfg,
+        weighting="examples",
+        plan=DIST_PLAN,
+        site_sizes=DIST_SIZES,
+        run_dir=tmp_path,
+        noise_rng=np.random.default_rng(2),
+        protocol_name="dp-distributed-ckks",
+        spec_hash="h",
+    )
 
 
 def test_clipped_gradient_sum_matches_a_per_example_loop():
@@ -212,8 +250,9 @@ def test_distributed_noise_shares_minus_ones_own_give_the_full_noise(tmp_path):
     model = _model()
     x = torch.zeros(0, 4)
     y = torch.zeros(0, dtype=torch.long)
-    others = np.concatenate([sum(layer.site(s).local_update(model, x, y, LOSS, 0)[0] for s in ("B", "C"))
-                             for _ in range(60)])
+    others = np.concatenate(
+        [sum(layer.site(s).local_update(model, x, y, LOSS, 0)[0] for s in ("B", "C")) for _ in range(60)]
+    )
     assert others.std() == pytest.approx(1.0 * 0.5, rel=0.05)  # σC = 0.5
     one = np.concatenate([layer.site("A").local_update(model, x, y, LOSS, 0)[0] for _ in range(60)])
     assert one.std() == pytest.approx(0.5 / np.sqrt(2), rel=0.05)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
-import tomllib
 
 import numpy as np
 import pytest
+import tomllib
 
 from secure_fl.errors import SpecError
 from secure_fl.protocol.dp import PrivacyConfig, build_privacy_layer, parse_privacy
@@ -103,8 +103,15 @@ def test_bad_privacy_tables_name_key_and_value(name, change, message):
 
 
 def test_adaptive_clipping_needs_central_noise():
-    table = {"mechanism": "dp-fedavg", "noise": "local", "delta": 1e-5, "noise_multiplier": 1.0,
-             "max_grad_norm": 1.0, "clipping": "adaptive", "accountant": "rdp"}
+    table = {
+        "mechanism": "dp-fedavg",
+        "noise": "local",
+        "delta": 1e-5,
+        "noise_multiplier": 1.0,
+        "max_grad_norm": 1.0,
+        "clipping": "adaptive",
+        "accountant": "rdp",
+    }
     with pytest.raises(SpecError, match=r"\[privacy\].clipping: 'adaptive' clipping .* needs noise = 'central'"):
         parse_privacy(table, "[privacy]", PlainSum())
 
@@ -122,7 +129,9 @@ def test_central_noise_adder_must_match_who_gets_the_sum():
 def test_threat_model_cannot_claim_less_than_the_layer_shows():
     data = _raw("dp-fedavg-central")
     data["threat_model"]["aggregator_sees"] = "noised"  # central noise: the aggregator sees updates before noise
-    with pytest.raises(SpecError, match="aggregator_sees: the spec says 'noised' but its layers show the aggregator 'plain'"):
+    with pytest.raises(
+        SpecError, match="aggregator_sees: the spec says 'noised' but its layers show the aggregator 'plain'"
+    ):
         parse_protocol(data, "x.toml")
 
 
@@ -130,15 +139,24 @@ PLAN = RunPlan(rounds=5, fraction=1.0, training=TrainingConfig(batch_size=10, lr
 
 
 def _layer(cfg, tmp_path, **kw):
-    args = dict(weighting="uniform", plan=PLAN, site_sizes={"A": 100, "B": 50, "C": 80}, run_dir=tmp_path,
-                noise_rng=np.random.default_rng(0), protocol_name="p", spec_hash="h")
+    args = dict(
+        weighting="uniform",
+        plan=PLAN,
+        site_sizes={"A": 100, "B": 50, "C": 80},
+        run_dir=tmp_path,
+        noise_rng=np.random.default_rng(0),
+        protocol_name="p",
+        spec_hash="h",
+    )
     args.update(kw)
     return build_privacy_layer(cfg, **args)
 
 
 def test_build_refuses_example_weighting_for_update_level_dp(tmp_path):
     cfg = load_protocol("dp-fedavg-central").privacy
-    with pytest.raises(SpecError, match="update-level DP needs \\[aggregation\\].weighting = 'uniform'.*found 'examples'"):
+    with pytest.raises(
+        SpecError, match="update-level DP needs \\[aggregation\\].weighting = 'uniform'.*found 'examples'"
+    ):
         _layer(cfg, tmp_path, weighting="examples")
 
 
@@ -213,14 +231,24 @@ def _toy_mechanism_round(tmp_path):
             return gaussian_event(sigma / 2.0)
 
         def transform(self, site, delta, n_examples, round):
-            return delta + site.source.normal(site.noise_multiplier * self.config.scale, delta.shape[0]), 1.0, \
-                site.planned_event()
+            return (
+                delta + site.source.normal(site.noise_multiplier * self.config.scale, delta.shape[0]),
+                1.0,
+                site.planned_event(),
+            )
 
     register_mechanism(ToyLocalGaussian)
     with pytest.raises(ValueError, match="already registered"):
         register_mechanism(type("Other", (ToyLocalGaussian,), {}))
-    table = {"mechanism": "toy-local-gaussian", "noise": "local", "delta": 1e-5, "noise_multiplier": 2.0,
-             "max_grad_norm": 1.0, "scale": 0.5, "secure_noise": False}
+    table = {
+        "mechanism": "toy-local-gaussian",
+        "noise": "local",
+        "delta": 1e-5,
+        "noise_multiplier": 2.0,
+        "max_grad_norm": 1.0,
+        "scale": 0.5,
+        "secure_noise": False,
+    }
     cfg = parse_privacy(table, "[privacy]", PlainSum())
     assert cfg.scale == 0.5 and cfg.guarantee() == ["toy (noise multiplier σ=2, δ=1e-05)"]
     with pytest.raises(SpecError, match=r"\[privacy\]: key\(s\) \['min_sites'\] do not apply"):

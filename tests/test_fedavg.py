@@ -14,7 +14,10 @@ from secure_fl.protocol.plain import PlainSum, encode_plain
 
 def _inputs(deltas, counts, weighting="examples"):
     layer = NoPrivacy(weighting)
-    return {f"s{i}": layer.site(f"s{i}").transform(np.asarray(d, dtype=np.float32), n, 0) for i, (d, n) in enumerate(zip(deltas, counts))}
+    return {
+        f"s{i}": layer.site(f"s{i}").transform(np.asarray(d, dtype=np.float32), n, 0)
+        for i, (d, n) in enumerate(zip(deltas, counts))
+    }
 
 
 def test_fedavg_equals_hand_computed_weighted_mean():
@@ -32,7 +35,10 @@ def test_fedavg_equals_hand_computed_weighted_mean():
 def test_bytes_and_views_are_recorded():
     out = drive_round(PlainSum(), 3, _inputs([[1.0] * 5, [2.0] * 5], [1, 1]), 5)
     assert out.bytes_up == {"s0": 16 + 4 * 5, "s1": 16 + 4 * 5}  # round, weight, float32 values
-    assert [(v.sender, v.receiver, v.kind, v.round) for v in out.views] == [("s0", AGGREGATOR, "plain", 3), ("s1", AGGREGATOR, "plain", 3)]
+    assert [(v.sender, v.receiver, v.kind, v.round) for v in out.views] == [
+        ("s0", AGGREGATOR, "plain", 3),
+        ("s1", AGGREGATOR, "plain", 3),
+    ]
     assert set(out.stage_seconds) == {"submit", "release"}
 
 
@@ -57,7 +63,9 @@ def test_dropout_and_broken_site_do_not_cost_the_others():
 def test_aggregator_rejects_bad_and_duplicate_messages_and_keeps_the_rest():
     protocol = PlainSum()
     agg = protocol.aggregator(0, ["a", "b", "c"], 2)
-    good = lambda s, v: Message(0, "submit", s, AGGREGATOR, encode_plain(np.array(v, np.float32), 1.0), ViewKind.PLAIN)
+    def good(s, v):
+        return Message(0, "submit", s, AGGREGATOR, encode_plain(np.array(v, np.float32), 1.0), ViewKind.PLAIN)
+
     inbox = [
         good("a", [1.0, 1.0]),
         Message(0, "submit", "b", AGGREGATOR, b"\x00" * 5, ViewKind.PLAIN),  # truncated
@@ -76,7 +84,10 @@ def test_aggregator_rejects_bad_and_duplicate_messages_and_keeps_the_rest():
 
 def test_non_finite_update_is_rejected():
     agg = PlainSum().aggregator(0, ["a"], 1)
-    agg.step("release", [Message(0, "submit", "a", AGGREGATOR, encode_plain(np.array([np.nan], np.float32), 1.0), ViewKind.PLAIN)])
+    agg.step(
+        "release",
+        [Message(0, "submit", "a", AGGREGATOR, encode_plain(np.array([np.nan], np.float32), 1.0), ViewKind.PLAIN)],
+    )
     assert "non-finite" in agg.rejected["a"]
 
 

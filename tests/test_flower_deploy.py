@@ -32,7 +32,12 @@ import pytest
 from secure_fl.deploy.kit import load_kit
 from secure_fl.deploy.provision import provision
 from secure_fl.engine.flower.launch import (
-    free_port, register_sites, split_address, start_superlink, start_supernode, stop_process_group, wait_for_port,
+    free_port,
+    register_sites,
+    start_superlink,
+    start_supernode,
+    stop_process_group,
+    wait_for_port,
 )
 from secure_fl.protocol.spec import load_protocol
 from secure_fl.run.experiment import load_experiment
@@ -45,7 +50,12 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("flwr", reason="the Flower engine needs flwr==1.40.* (pip install secure-fl[flower])")
 
 REPO = Path(__file__).resolve().parents[1]
-HOSPITALS = {"cleveland": "Cleveland", "hungary": "Hungary", "va-long-beach": "VA Long Beach", "switzerland": "Switzerland"}
+HOSPITALS = {
+    "cleveland": "Cleveland",
+    "hungary": "Hungary",
+    "va-long-beach": "VA Long Beach",
+    "switzerland": "Switzerland",
+}
 ENV = {"PYTHONPATH": str(REPO), "SECURE_FL_THREADS": "1"}
 
 
@@ -59,9 +69,14 @@ def _fed_toml(path: Path, name: str, port: int, sites: dict[str, str]) -> Path:
 
 def _site_start(kit: Path, log: Path) -> subprocess.Popen:
     """``secure-fl site start KIT`` in the background (its output in ``log``)."""
-    return subprocess.Popen([sys.executable, "-m", "secure_fl.cli", "site", "start", str(kit), "--runtime-port",
-                             str(free_port())], stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-                            env={**os.environ, **ENV}, cwd=REPO, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "secure_fl.cli", "site", "start", str(kit), "--runtime-port", str(free_port())],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,  # noqa: SIM115
+        env={**os.environ, **ENV},
+        cwd=REPO,
+        start_new_session=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,16 +108,46 @@ def fed(tmp_path_factory):
             procs[s] = start_supernode(kit, free_port(), log=root / f"{s}.log", env=ENV)
         yield {"root": root, "kits": kits, "procs": procs, "port": port}
     finally:
-        for name, proc in procs.items():
+        for _name, proc in procs.items():
             stop_process_group(proc)
 
 
-def _deploy(fed, protocol: str, rounds: int, stage_timeout: float = 600, on_line=None, limit: float = 1200,
-            expect_summary: bool = True) -> tuple[dict, Path, list[str]]:
-    cmd = [sys.executable, "-m", "secure_fl.cli", "deploy", "run", "heart-protocols", "--federation", str(fed["kits"] / "aggregator"),
-           "--protocol", protocol, "--rounds", str(rounds), "--out", str(fed["root"] / "runs"), "--stage-timeout", str(stage_timeout)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **ENV},
-                            start_new_session=True, cwd=REPO)
+def _deploy(
+    fed,
+    protocol: str,
+    rounds: int,
+    stage_timeout: float = 600,
+    on_line=None,
+    limit: float = 1200,
+    expect_summary: bool = True,
+) -> tuple[dict, Path, list[str]]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "secure_fl.cli",
+        "deploy",
+        "run",
+        "heart-protocols",
+        "--federation",
+        str(fed["kits"] / "aggregator"),
+        "--protocol",
+        protocol,
+        "--rounds",
+        str(rounds),
+        "--out",
+        str(fed["root"] / "runs"),
+        "--stage-timeout",
+        str(stage_timeout),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **ENV},
+        start_new_session=True,
+        cwd=REPO,
+    )
     lines: list[str] = []
     end = time.monotonic() + limit
     try:
@@ -128,7 +173,7 @@ def _deploy(fed, protocol: str, rounds: int, stage_timeout: float = 600, on_line
 def _rounds(out: Path) -> list[dict]:
     import json
 
-    return [json.loads(l) for l in (out / "rounds.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
 
 
 def _local_federation(protocol: str, rounds: int = 1):

@@ -94,12 +94,24 @@ def test_charge_is_on_disk_before_the_update_leaves(tmp_path):
     from secure_fl.protocol.plain import PlainSum
     from secure_fl.training.config import RunPlan, TrainingConfig
 
-    table = {"mechanism": "dp-fedavg", "noise": "local", "delta": 1e-5, "noise_multiplier": 4.0,
-             "max_grad_norm": 1.0, "secure_noise": False, "accountant": "rdp"}
+    table = {
+        "mechanism": "dp-fedavg",
+        "noise": "local",
+        "delta": 1e-5,
+        "noise_multiplier": 4.0,
+        "max_grad_norm": 1.0,
+        "secure_noise": False,
+        "accountant": "rdp",
+    }
     layer = build_privacy_layer(
-        parse_privacy(table, "[privacy]", PlainSum()), weighting="uniform",
-        plan=RunPlan(rounds=2, fraction=1.0, training=TrainingConfig()), site_sizes={"A": 5}, run_dir=tmp_path,
-        noise_rng=np.random.default_rng(0), protocol_name="dp-fedavg-local", spec_hash="feed",
+        parse_privacy(table, "[privacy]", PlainSum()),
+        weighting="uniform",
+        plan=RunPlan(rounds=2, fraction=1.0, training=TrainingConfig()),
+        site_sizes={"A": 5},
+        run_dir=tmp_path,
+        noise_rng=np.random.default_rng(0),
+        protocol_name="dp-fedavg-local",
+        spec_hash="feed",
     )
     sp = layer.site("A")
     sp.before_round(0)
@@ -107,7 +119,9 @@ def test_charge_is_on_disk_before_the_update_leaves(tmp_path):
     returned = sp.charge(0)
     # "crash" here: nothing released yet, yet a fresh reader of the file sees the charge
     rows = PrivacyLedger(tmp_path / "sites" / "A" / "ledger.sqlite", "A").records()
-    assert [(r.round, r.protocol, r.spec_hash, r.mechanism) for r in rows] == [(0, "dp-fedavg-local", "feed", "dp-fedavg")]
+    assert [(r.round, r.protocol, r.spec_hash, r.mechanism) for r in rows] == [
+        (0, "dp-fedavg-local", "feed", "dp-fedavg")
+    ]
     # σ/2 for sensitivity 2C, a little less: the grid rounding's sensitivity Δγ >= C is what is charged
     assert 2.0 * (1 - 1e-5) < rows[0].event.noise_multiplier <= 2.0
     assert returned["epsilon"] == pytest.approx(rows[0].epsilon_rdp) and returned["delta"] == 1e-5

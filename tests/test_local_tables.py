@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
 from secure_fl.errors import DataError, SpecError
 from secure_fl.run.compare import run_experiment

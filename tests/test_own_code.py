@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 from torch import nn
 
 from secure_fl.errors import SpecError
@@ -113,8 +113,8 @@ def test_image_folder_example_builds(tmp_path):
 
 def test_predict_scores_an_image_folder(tmp_path, capsys):
     import csv
-    import tomllib as toml
 
+    import tomllib as toml
     from PIL import Image
 
     from secure_fl.cli import main

@@ -12,7 +12,9 @@ from secure_fl.privacy.person_level import clipped_person_sum, noisy_person_sum,
 
 
 @settings(max_examples=40, deadline=None)
-@given(n_photos=st.integers(1, 60), magnitude=st.floats(1e-3, 1e3), clip=st.floats(0.1, 10.0), seed=st.integers(0, 2**31))
+@given(
+    n_photos=st.integers(1, 60), magnitude=st.floats(1e-3, 1e3), clip=st.floats(0.1, 10.0), seed=st.integers(0, 2**31)
+)
 def test_a_person_with_many_photographs_moves_the_clipped_sum_by_at_most_C(n_photos, magnitude, clip, seed):
     rng = np.random.default_rng(seed)
     others = rng.normal(size=(30, 8))
@@ -45,7 +47,9 @@ def test_sampling_keeps_all_or_none_of_a_persons_photographs():
 
 def test_noise_has_std_sigma_times_C_and_bad_inputs_are_named():
     g = np.zeros((4, 20000))
-    out = noisy_person_sum(g, np.arange(4), clip=2.0, noise_multiplier=1.5, noise=NoiseSource.seeded(np.random.default_rng(1)))
+    out = noisy_person_sum(
+        g, np.arange(4), clip=2.0, noise_multiplier=1.5, noise=NoiseSource.seeded(np.random.default_rng(1))
+    )
     assert out.std() == pytest.approx(3.0, rel=0.03)
     with pytest.raises(ValueError, match="4 ids for 3 examples"):
         clipped_person_sum(np.zeros((3, 2)), np.arange(4), 1.0)

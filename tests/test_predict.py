@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 
 from secure_fl.cli import main
@@ -121,12 +121,12 @@ def test_predict_matches_the_task_on_a_sites_test_file(csv_run, tmp_path, capsys
 
 
 def test_flamby_preprocessing_saved_for_predict_reproduces_the_features():
+    import pandas as pd
+
     from secure_fl.tasks.flamby_heart import flamby_records, flamby_test_mask
     from secure_fl.tasks.heart import load_heart_frame
     from secure_fl.tasks.registry import build_task
     from secure_fl.tasks.tabular import Preprocessor
-
-    import pandas as pd
 
     task = build_task("heart-disease", {"split": "flamby"})
     pre = Preprocessor.from_json(task.info["preprocessing"])

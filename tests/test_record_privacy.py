@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import tomllib
 
 from secure_fl.run import federation
 from secure_fl.run.compare import run_experiment

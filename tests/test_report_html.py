@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from secure_fl.cli import main
 from secure_fl.report.browser import NO_BROWSER, find_chromium, load_page, print_pdf

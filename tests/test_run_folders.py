@@ -374,10 +374,10 @@ def test_a_library_warning_is_shown_once_even_when_filters_change_between_rounds
         _quiet_library_warnings()
         _quiet_library_warnings()  # idempotent: main() may run many times in one process
         for _ in range(4):
-            warnings.warn("Full backward hook is firing when gradients are computed", UserWarning)
+            warnings.warn("Full backward hook is firing when gradients are computed", UserWarning, stacklevel=1)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-        warnings.warn("another warning", UserWarning)
+        warnings.warn("another warning", UserWarning, stacklevel=1)
     shown = [str(w.message) for w in log]
     assert shown == ["Full backward hook is firing when gradients are computed", "another warning"]
 

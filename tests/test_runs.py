@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
 from secure_fl.cli import main
 from secure_fl.protocol.spec import list_protocols
@@ -40,7 +40,9 @@ def test_local_training_is_deterministic_under_a_seed():
 def test_local_steps_override_epochs():
     task = build_task("synthetic-tabular", {"n_sites": 1, "n_per_site": 40})
     s = task.sites[0]
-    res = train_local(task.make_model(0), s.x_train, s.y_train, TrainingConfig(local_steps=7, batch_size=4), task.loss_fn(), 0)
+    res = train_local(
+        task.make_model(0), s.x_train, s.y_train, TrainingConfig(local_steps=7, batch_size=4), task.loss_fn(), 0
+    )
     assert res.steps == 7
 
 
@@ -96,7 +98,9 @@ def test_same_seed_same_run(tmp_path, tiny_experiment_toml):
 
 
 def test_dropouts_and_min_sites_are_recorded(tmp_path, tiny_experiment_toml):
-    text = tiny_experiment_toml(protocols='["plain-fedavg"]', rounds=4, extra="[federation]\ndropout = 0.6\nmin_sites = 3")
+    text = tiny_experiment_toml(
+        protocols='["plain-fedavg"]', rounds=4, extra="[federation]\ndropout = 0.6\nmin_sites = 3"
+    )
     run = run_experiment(_exp(text), tmp_path, show_progress=False).runs[0]
     rounds = read_rounds(Path(run.path))
     assert any(r["dropped"] for r in rounds)
@@ -144,7 +148,9 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "missing.toml")]) == 2
     assert "experiment spec not found" in capsys.readouterr().err
     bad = tmp_path / "bad.toml"
-    bad.write_text('name = "x"\nprotocols = ["plain-fedavg"]\n[task]\nname = "synthetic-tabular"\n[training]\nlr = -1\n')
+    bad.write_text(
+        'name = "x"\nprotocols = ["plain-fedavg"]\n[task]\nname = "synthetic-tabular"\n[training]\nlr = -1\n'
+    )
     assert main(["compare", str(bad), "--quiet"]) == 2
     assert "[training].lr: must be > 0, found -1" in capsys.readouterr().err
 
@@ -158,7 +164,11 @@ def test_cli_protocols_lists_catalogue(capsys):
 @pytest.mark.parametrize("name", list_protocols())
 def test_aggregator_never_sees_a_plain_site_update_unless_the_spec_says_so(tmp_path, tiny_experiment_toml, name):
     """docs/architecture.md, "Rules" (views are explicit): checked for every protocol in protocols/."""
-    exp = _exp(tiny_experiment_toml(protocols=f'["{name}"]', rounds=1, task='name = "synthetic-tabular"\nn_sites = 3\nn_per_site = 40'))
+    exp = _exp(
+        tiny_experiment_toml(
+            protocols=f'["{name}"]', rounds=1, task='name = "synthetic-tabular"\nn_sites = 3\nn_per_site = 40'
+        )
+    )
     spec = exp.variants[0].spec
     run = run_experiment(exp, tmp_path, show_progress=False).runs[0]
     views = [json.loads(line) for line in (Path(run.path) / "views.jsonl").read_text().splitlines()]
@@ -166,7 +176,9 @@ def test_aggregator_never_sees_a_plain_site_update_unless_the_spec_says_so(tmp_p
     assert site_views, "the aggregator carried no site message"
     kinds = {v["kind"] for v in site_views}
     if spec.threat_model.aggregator_sees != "plain":
-        assert "plain" not in kinds, f"{name}: aggregator saw plain site messages but the spec says {spec.threat_model.aggregator_sees!r}"
+        assert "plain" not in kinds, (
+            f"{name}: aggregator saw plain site messages but the spec says {spec.threat_model.aggregator_sees!r}"
+        )
         assert spec.threat_model.aggregator_sees in kinds
 
 
@@ -183,7 +195,9 @@ def test_a_failing_site_is_dropped_and_the_round_goes_on(tmp_path, tiny_experime
 
     flaky.calls = 0
     monkeypatch.setattr(federation, "train_local", flaky)
-    run = run_experiment(_exp(tiny_experiment_toml(protocols='["plain-fedavg"]')), tmp_path, show_progress=False).runs[0]
+    run = run_experiment(_exp(tiny_experiment_toml(protocols='["plain-fedavg"]')), tmp_path, show_progress=False).runs[
+        0
+    ]
     first = read_rounds(Path(run.path))[0]
     assert first["applied"] and first["dropped"] == {"site1": "OSError in local training: site disk unreadable"}
     assert first["participants"] == ["site2", "site3", "site4"]
@@ -204,7 +218,9 @@ def test_protected_round_gives_the_plaintext_model(tmp_path, tiny_experiment_tom
     (stochastic rounding of each site's update to 16 bits over [-clip_range, clip_range])."""
     from secure_fl.run.federation import Federation
 
-    text = tiny_experiment_toml(protocols=f'["plain-fedavg", "{protected}"]', task='name = "synthetic-faces"\nn_sites = 3')
+    text = tiny_experiment_toml(
+        protocols=f'["plain-fedavg", "{protected}"]', task='name = "synthetic-faces"\nn_sites = 3'
+    )
     exp = _exp(text)
     task = build_task(exp.task_name, exp.task_params)
     plain = Federation(exp, task, exp.variants[0], 0, tmp_path / "a")

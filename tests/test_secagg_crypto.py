@@ -10,7 +10,6 @@ import pytest
 
 from secure_fl.crypto import aead, kdf, kex, prg, shamir
 
-
 # ----------------------------------------------------------------- X25519 (RFC 7748)
 
 
@@ -55,7 +54,10 @@ def test_x25519_refuses_bad_keys() -> None:
 
 def test_hkdf_rfc5869_test_case_1() -> None:
     okm = kdf.hkdf_sha256(
-        bytes.fromhex("0b" * 22), 42, salt=bytes.fromhex("000102030405060708090a0b0c"), info=bytes.fromhex("f0f1f2f3f4f5f6f7f8f9")
+        bytes.fromhex("0b" * 22),
+        42,
+        salt=bytes.fromhex("000102030405060708090a0b0c"),
+        info=bytes.fromhex("f0f1f2f3f4f5f6f7f8f9"),
     )
     assert okm.hex() == "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
 

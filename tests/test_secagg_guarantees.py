@@ -16,6 +16,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from scipy.stats import hypergeom
+from test_secagg_protocol import DIM, check_exact, drive, make_inputs, secagg, secagg_plus
 
 from secure_fl.crypto import aead, identity, kex, prg, shamir
 from secure_fl.crypto.quantize import from_wire
@@ -45,7 +46,6 @@ from secure_fl.protocol.secagg.params import (
     plus_failure,
 )
 from secure_fl.protocol.spec import load_protocol
-from test_secagg_protocol import DIM, check_exact, drive, make_inputs, secagg, secagg_plus
 
 HOSPITALS = ["Cleveland", "Hungary", "Switzerland", "VA Long Beach"]
 UNMASKING = {ANNOUNCE_SURVIVORS, SIGN_SURVIVORS, REQUEST_UNMASK, UNMASK}

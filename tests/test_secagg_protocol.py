@@ -119,15 +119,25 @@ def secagg(n: int, dim: int, seed: int = 1, **kw: object) -> SecAggSum:
 
 def secagg_plus(n: int, dim: int, seed: int = 1, **kw: object) -> SecAggPlusSum:
     """A small graph for speed: no colluders or dropouts assumed, so the security target holds trivially."""
-    params = {"bits": 12, "clip_range": 1.0, "max_weight": 20, "threshold": 3, "degree": 4, "rng": np.random.default_rng(seed),
-              "corrupt_fraction": 0.0, "dropout_fraction": 0.0}
+    params = {
+        "bits": 12,
+        "clip_range": 1.0,
+        "max_weight": 20,
+        "threshold": 3,
+        "degree": 4,
+        "rng": np.random.default_rng(seed),
+        "corrupt_fraction": 0.0,
+        "dropout_fraction": 0.0,
+    }
     params.update(kw)
     proto = SecAggPlusSum(**params)  # type: ignore[arg-type]
     proto.setup([f"site-{i:02d}" for i in range(n)], dim)
     return proto
 
 
-def expected_slots(proto: SecAggSum, seed: int, inputs: dict[str, tuple[np.ndarray, int]], keep: Sequence[str]) -> np.ndarray:
+def expected_slots(
+    proto: SecAggSum, seed: int, inputs: dict[str, tuple[np.ndarray, int]], keep: Sequence[str]
+) -> np.ndarray:
     """The quantized plaintext sum: the same generators the protocol's sites get, encoded in the clear."""
     twin = replace(proto, rng=np.random.default_rng(seed))
     twin.setup(list(proto.roster), proto.dim)
@@ -337,10 +347,17 @@ def _flip(payload: bytes, at: int = -5) -> bytes:
 
 
 def _relayed(m: Message, origin: str, receiver: str) -> bool:
-    return m.stage == ROUTE_SHARES and m.kind is ViewKind.CIPHERTEXT and m.receiver == receiver and wire.decode_relay(m.payload)[0] == origin
+    return (
+        m.stage == ROUTE_SHARES
+        and m.kind is ViewKind.CIPHERTEXT
+        and m.receiver == receiver
+        and wire.decode_relay(m.payload)[0] == origin
+    )
 
 
-def _assert_dropped_and_others_exact(proto: SecAggSum, seed: int, inputs: dict, r: Round, site: str, reason: str) -> None:
+def _assert_dropped_and_others_exact(
+    proto: SecAggSum, seed: int, inputs: dict, r: Round, site: str, reason: str
+) -> None:
     check_exact(proto, seed, inputs, r)
     assert site not in r.result.contributors
     assert set(r.result.contributors) == set(inputs) - {site}
@@ -349,7 +366,11 @@ def _assert_dropped_and_others_exact(proto: SecAggSum, seed: int, inputs: dict, 
 
 def test_tampered_share_ciphertext_drops_its_sender_only() -> None:
     inputs, proto = make_inputs(N, DIM, seed=20), secagg(N, DIM, seed=21)
-    r = drive(proto, inputs, transit=lambda m: replace(m, payload=_flip(m.payload)) if _relayed(m, "site-03", "site-05") else m)
+    r = drive(
+        proto,
+        inputs,
+        transit=lambda m: replace(m, payload=_flip(m.payload)) if _relayed(m, "site-03", "site-05") else m,
+    )
     _assert_dropped_and_others_exact(proto, 21, inputs, r, "site-03", "authentication tag mismatch")
     assert "refused by 'site-05'" in r.aggregator.rejected["site-03"]  # type: ignore[attr-defined]
 
@@ -379,7 +400,12 @@ def test_share_replayed_from_an_earlier_round_is_refused() -> None:
         return m
 
     drive(proto, inputs, round=0, transit=record)
-    r = drive(proto, inputs, round=1, transit=lambda m: replace(m, payload=old["p"]) if _relayed(m, "site-04", "site-00") else m)
+    r = drive(
+        proto,
+        inputs,
+        round=1,
+        transit=lambda m: replace(m, payload=old["p"]) if _relayed(m, "site-04", "site-00") else m,
+    )
     assert "site-04" not in r.result.contributors
     assert "authentication tag mismatch" in r.aggregator.rejected["site-04"]  # type: ignore[attr-defined]
 
@@ -404,7 +430,13 @@ def test_truncated_share_envelope_is_refused_by_the_aggregator() -> None:
 
 def test_truncated_masked_input_is_refused_and_its_masks_recovered() -> None:
     inputs, proto = make_inputs(N, DIM, seed=30), secagg(N, DIM, seed=31)
-    r = drive(proto, inputs, transit=lambda m: replace(m, payload=m.payload[:-1]) if m.stage == MASKED_INPUT and m.sender == "site-05" else m)
+    r = drive(
+        proto,
+        inputs,
+        transit=lambda m: (
+            replace(m, payload=m.payload[:-1]) if m.stage == MASKED_INPUT and m.sender == "site-05" else m
+        ),
+    )
     _assert_dropped_and_others_exact(proto, 31, inputs, r, "site-05", "malformed masked input")
 
 
@@ -416,7 +448,12 @@ def test_masked_input_sent_twice_is_refused() -> None:
 
 def test_message_from_another_round_is_ignored_with_a_note() -> None:
     inputs, proto = make_inputs(N, DIM, seed=34), secagg(N, DIM, seed=35)
-    r = drive(proto, inputs, round=3, transit=lambda m: replace(m, round=2) if m.stage == MASKED_INPUT and m.sender == "site-06" else m)
+    r = drive(
+        proto,
+        inputs,
+        round=3,
+        transit=lambda m: replace(m, round=2) if m.stage == MASKED_INPUT and m.sender == "site-06" else m,
+    )
     check_exact(proto, 35, inputs, r)
     assert "site-06" not in r.result.contributors
     assert any("round 2" in n and "replayed" in n for n in r.aggregator.notes)  # type: ignore[attr-defined]
@@ -492,7 +529,9 @@ def test_secagg_plus_spec_degree() -> None:
     assert plus.degree == 6 and plus.name == "secagg-plus"
     with pytest.raises(SpecError, match="degree: must be an even integer"):
         SecAggPlusSum.from_params({**BASE, "kind": "secagg-plus", "degree": 5}, where)
-    plus = SecAggPlusSum.from_params({k: v for k, v in BASE.items() if k != "threshold_fraction"} | {"kind": "secagg-plus"}, where)
+    plus = SecAggPlusSum.from_params(
+        {k: v for k, v in BASE.items() if k != "threshold_fraction"} | {"kind": "secagg-plus"}, where
+    )
     plus.setup([f"s{i}" for i in range(100)], 10)  # degree and t derived for corrupt 1/3, dropout 0.1, 2^-40
     assert (plus.effective_degree, plus.threshold_value, plus.colluders) == (40, 31, 33)
     assert plus.failure_probability <= 2**-40

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 
 from secure_fl.cli import main
 from secure_fl.errors import SpecError

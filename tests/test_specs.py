@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import tomllib
-
 import pytest
+import tomllib
 
 from secure_fl.errors import SpecError
 from secure_fl.protocol.spec import PROTOCOLS_DIR, list_protocols, load_protocol, parse_protocol
@@ -35,12 +34,24 @@ def test_every_catalogue_protocol_parses():
         ({"colour": "blue"}, r"unknown key\(s\) \['colour'\]"),
         ({"aggregation": {"server_lr": "fast"}}, r"\[aggregation\].server_lr: expected a number, found 'fast'"),
         ({"aggregation": {"server_lr": -1.0}}, r"\[aggregation\].server_lr: must be > 0, found -1.0"),
-        ({"aggregation": {"server": "fedsgd"}}, r"\[aggregation\].server: expected one of \['fedavg', 'fedadam'\], found 'fedsgd'"),
+        (
+            {"aggregation": {"server": "fedsgd"}},
+            r"\[aggregation\].server: expected one of \['fedavg', 'fedadam'\], found 'fedsgd'",
+        ),
         ({"aggregation": {"weigthing": "uniform"}}, r"\[aggregation\]: unknown key\(s\) \['weigthing'\]"),
         ({"secure_sum": {"kind": "quantum"}}, r"\[secure_sum\].kind: unknown secure sum 'quantum'"),
-        ({"threat_model": {**PLAIN["threat_model"], "aggregator_sees": "masked"}}, r"aggregator_sees: the spec says 'masked' but its layers show the aggregator 'plain'"),
-        ({"threat_model": {**PLAIN["threat_model"], "aggregator_sees": "nothing"}}, r"aggregator_sees: expected one of"),
-        ({"threat_model": {**PLAIN["threat_model"], "assumptions": [1]}}, r"assumptions\[0\]: expected a string, found 1"),
+        (
+            {"threat_model": {**PLAIN["threat_model"], "aggregator_sees": "masked"}},
+            r"aggregator_sees: the spec says 'masked' but its layers show the aggregator 'plain'",
+        ),
+        (
+            {"threat_model": {**PLAIN["threat_model"], "aggregator_sees": "nothing"}},
+            r"aggregator_sees: expected one of",
+        ),
+        (
+            {"threat_model": {**PLAIN["threat_model"], "assumptions": [1]}},
+            r"assumptions\[0\]: expected a string, found 1",
+        ),
     ],
 )
 def test_protocol_spec_errors(patch, message):

@@ -120,7 +120,9 @@ def test_image_folder_loader(tmp_path):
         for c, v in (("syndromeX", 30), ("syndromeY", 220)):
             for i in range(4):
                 _write_png(tmp_path / site / c / f"{i}.png", v + i)
-    task = build_task("image-folder", {"paths": [str(tmp_path / "hospA"), str(tmp_path / "hospB")], "image_size": [12, 12]})
+    task = build_task(
+        "image-folder", {"paths": [str(tmp_path / "hospA"), str(tmp_path / "hospB")], "image_size": [12, 12]}
+    )
     assert [s.name for s in task.sites] == ["hospA", "hospB"]
     assert task.info["classes"] == ["syndromeX", "syndromeY"]
     assert task.sites[0].x_train.shape[1:] == (1, 12, 12)

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from payload_audit import Promise, SiteInput, audit, label_check, quantizer_of
+
 from secure_fl.crypto.quantize import to_wire
 from secure_fl.engine.local import drive_round
 from secure_fl.privacy.noise import NoiseSource

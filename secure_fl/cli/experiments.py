@@ -59,7 +59,7 @@ def _print_table(result, as_json: bool = False) -> None:  # type: ignore[no-unty
     for label, guarantee in guarantee_lines(result):  # what each protected row buys (its spec's first guarantee)
         console.print(f"[bold]{escape(label)}[/bold]: {escape(guarantee)}")
     console.print(
-        f"seeds {result.experiment.seeds}, {result.experiment.rounds} rounds; metrics on the pooled test sets of all sites "
+        f"seeds {result.experiment.seeds}, {result.experiment.rounds} rounds; metrics on the pooled test sets of all sites "  # noqa: E501 (a table row or a translated phrase reads best whole)
         f"(mean ± sd over seeds); KB up/down = bytes per participating site per round; "
         f"run {result.run_id} in {result.out_dir}"
     )
@@ -71,8 +71,15 @@ def _print_table(result, as_json: bool = False) -> None:  # type: ignore[no-unty
 def _start(args: argparse.Namespace, chosen: list[str] | None, exp=None) -> int:  # type: ignore[no-untyped-def]
     from ..run.compare import run_experiment
 
-    result = run_experiment(exp or _load(args), Path(args.out), variants=chosen, show_progress=not args.quiet,
-                            threads=args.threads, run_id=args.run_id, overwrite=args.overwrite)
+    result = run_experiment(
+        exp or _load(args),
+        Path(args.out),
+        variants=chosen,
+        show_progress=not args.quiet,
+        threads=args.threads,
+        run_id=args.run_id,
+        overwrite=args.overwrite,
+    )
     _print_table(result, args.json)
     return 0
 
@@ -121,7 +128,14 @@ def cmd_protocols(args: argparse.Namespace) -> int:
         dp = "yes" if spec.privacy is not None else "no"
         table.add_row(spec.name, spec.secure_sum_kind, spec.threat_model.aggregator_sees, dp, spec.summary)
     for ref in REFERENCES:
-        table.add_row(ref, "–", "–", "–", "reference point (not a protocol): " + ("centralised training on all sites' data" if ref == "pooled" else "each site trains alone"))
+        table.add_row(
+            ref,
+            "–",
+            "–",
+            "–",
+            "reference point (not a protocol): "
+            + ("centralised training on all sites' data" if ref == "pooled" else "each site trains alone"),
+        )
     console = Console()  # rich fits the table to the terminal
     console.print(table)
     if args.sites:  # guarantees that depend on n (masking: threshold, collusion bound, failure probability)
@@ -139,7 +153,12 @@ def cmd_protocols(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     def experiment_args(p: argparse.ArgumentParser, optional: bool) -> None:
         if optional:
-            p.add_argument("experiment", nargs="?", default=DEFAULT_EXPERIMENT, help="experiment TOML or name in experiments/ (default: quickstart)")
+            p.add_argument(
+                "experiment",
+                nargs="?",
+                default=DEFAULT_EXPERIMENT,
+                help="experiment TOML or name in experiments/ (default: quickstart)",
+            )
         else:
             p.add_argument("experiment", nargs="?", help="experiment TOML or name in experiments/")
         p.add_argument("--protocol", action="append", help="only this protocol (repeatable)")
@@ -150,20 +169,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         p.add_argument("--overwrite", action="store_true", help="replace an existing run folder named by --run-id")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.add_argument("--json", action="store_true", help="print compare.json (strict JSON) instead of the tables")
-        p.add_argument("--threads", type=int, default=int(os.environ.get("SECURE_FL_THREADS", "1")), help="torch threads (default 1, or $SECURE_FL_THREADS)")
+        p.add_argument(
+            "--threads",
+            type=int,
+            default=int(os.environ.get("SECURE_FL_THREADS", "1")),
+            help="torch threads (default 1, or $SECURE_FL_THREADS)",
+        )
 
     p = sub.add_parser(
-        "compare", help="several protocols on the same task and seeds; prints the table",
+        "compare",
+        help="several protocols on the same task and seeds; prints the table",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  secure-fl compare                                   the quickstart (four hospitals)\n"
-               "  secure-fl compare heart-protocols --seeds 0 --protocol ckks-fedavg",
+        "  secure-fl compare heart-protocols --seeds 0 --protocol ckks-fedavg",
     )
     experiment_args(p, optional=True)
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("run", help="one protocol of an experiment (the first listed unless --protocol)")
     experiment_args(p, optional=False)
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue a crashed run (runs/<experiment>/<run-id>) from its last finished round")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a crashed run (runs/<experiment>/<run-id>) from its last finished round",
+    )
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("protocols", help="list the protocol catalogue")
     p.add_argument("--sites", type=int, help="also print each masking protocol's guarantee for this many sites")

@@ -41,7 +41,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--preset",
         default=DEFAULT_PRESET,
         choices=sorted(PRESETS),
-        help=f"CKKS parameters (default: {DEFAULT_PRESET}); " + "; ".join(f"{k}: {v.note}" for k, v in sorted(PRESETS.items())),
+        help=f"CKKS parameters (default: {DEFAULT_PRESET}); "
+        + "; ".join(f"{k}: {v.note}" for k, v in sorted(PRESETS.items())),
     )
     p.set_defaults(func=cmd_provision)
     p = sub.add_parser("show", help="check a key set and print fingerprints, kinds and preset")
@@ -58,8 +59,10 @@ def cmd_provision(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise SecureFLError(f"--out {out}: is a file, not a folder; give a new or empty folder for the key set")
     if out.is_dir() and any(out.iterdir()):
-        raise SecureFLError(f"--out {out}: the folder is not empty; give a new or empty folder (its files and "
-                            "permissions were left as they are)")
+        raise SecureFLError(
+            f"--out {out}: the folder is not empty; give a new or empty folder (its files and "
+            "permissions were left as they are)"
+        )
     manifest = provision(args.sites, out, args.preset)
     params = manifest["params"]
     print(f"key set {manifest['fingerprint']} written to {args.out}")
@@ -84,7 +87,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     for name, kind in files:
         ctx = load_context(directory / name, kind)  # type: ignore[arg-type]
         if ctx.fingerprint != manifest["fingerprint"]:
-            raise CkksKeyError(f"{directory / name}: fingerprint {ctx.fingerprint} differs from the manifest's {manifest['fingerprint']}")
+            raise CkksKeyError(
+                f"{directory / name}: fingerprint {ctx.fingerprint} differs from the manifest's {manifest['fingerprint']}"  # noqa: E501 (a table row or a translated phrase reads best whole)
+            )
         p = ctx.preset
-        print(f"  {name:<28} {ctx.kind:<7} {p.name:<8} N={p.poly_degree} moduli={list(p.coeff_mod_bit_sizes)} {ctx.fingerprint}")
+        print(
+            f"  {name:<28} {ctx.kind:<7} {p.name:<8} N={p.poly_degree} moduli={list(p.coeff_mod_bit_sizes)} {ctx.fingerprint}"  # noqa: E501 (a table row or a translated phrase reads best whole)
+        )
     return 0

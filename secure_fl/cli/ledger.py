@@ -54,7 +54,11 @@ def ledger_rows(
         for rec in ledger.records(include_superseded=include_superseded):
             row = rec.as_dict()
             row["event_text"] = describe_event(rec.event)
-            row["budget"] = None if ledger.budget is None else {"epsilon_max": ledger.budget.epsilon_max, "delta": ledger.budget.delta}
+            row["budget"] = (
+                None
+                if ledger.budget is None
+                else {"epsilon_max": ledger.budget.epsilon_max, "delta": ledger.budget.delta}
+            )
             if rec.superseded_by is None:
                 in_force.append(rec.event)
                 if delta is not None:
@@ -83,19 +87,37 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         mine = [r for r in rows if r["dataset"] == dataset]
         budget = mine[0]["budget"]
         specs = ", ".join(dict.fromkeys(f"{r['protocol']} (spec {r['spec_hash']})" for r in mine))
-        title = f"site {dataset}: " + (f"budget ε_max={budget['epsilon_max']:g} at δ={budget['delta']:g}" if budget else "no budget")
+        title = f"site {dataset}: " + (
+            f"budget ε_max={budget['epsilon_max']:g} at δ={budget['delta']:g}" if budget else "no budget"
+        )
         title += f"; {specs}"
         table = Table(title=title, title_justify="left")
         extra = ("ε Opacus RDP", "ε Opacus PRV") if args.opacus else ()
-        for h in ("round", "mechanism", "event", "δ", "ε total (RDP)", "ε total (PLD)", *extra, "charged (UTC)", "note"):
+        for h in (
+            "round",
+            "mechanism",
+            "event",
+            "δ",
+            "ε total (RDP)",
+            "ε total (PLD)",
+            *extra,
+            "charged (UTC)",
+            "note",
+        ):
             table.add_column(h, justify="right" if h.startswith(("ε", "round", "δ")) else "left", no_wrap=h == "event")
         for r in mine:
             style = "dim strike" if r["superseded_by"] is not None else None
             table.add_row(
-                str(r["round"]), r["mechanism"], r["event_text"], f"{r['delta']:g}", f"{r['epsilon_rdp']:.4f}",
+                str(r["round"]),
+                r["mechanism"],
+                r["event_text"],
+                f"{r['delta']:g}",
+                f"{r['epsilon_rdp']:.4f}",
                 f"{r['epsilon_pld']:.4f}",
                 *([f"{r[k]:.4f}" if k in r else "–" for k in ("opacus_rdp", "opacus_prv")] if args.opacus else []),
-                r["created_utc"][:19], r["note"], style=style,
+                r["created_utc"][:19],
+                r["note"],
+                style=style,
             )
         console.print(table)
     return 0
@@ -108,6 +130,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--delta", type=float, help="recompute the cumulative ε at this δ (default: the δ of each charge)")
     p.add_argument("--all", action="store_true", help="also show charges superseded by a weaker-noise amendment")
     p.add_argument("--json", action="store_true", help="one JSON object per charge instead of a table")
-    p.add_argument("--opacus", action="store_true", help="also ε of the same history by Opacus's RDP and PRV accountants")
+    p.add_argument(
+        "--opacus", action="store_true", help="also ε of the same history by Opacus's RDP and PRV accountants"
+    )
     p.set_defaults(func=cmd_ledger)
     return p

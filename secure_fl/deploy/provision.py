@@ -30,9 +30,10 @@ import json
 import os
 import re
 import secrets
-import tomllib
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from ..crypto.ckks import _pack, generate_keys
 from ..crypto.ckks_params import DEFAULT_PRESET, PRESETS, get_preset

@@ -46,37 +46,70 @@ _H: dict[str, tuple[str, str]] = {
     "views": ("What the aggregator carried", "集約者が運んだもの"),
     "refusals": ("Dropped or refused sites, aborted rounds", "脱落・拒否した施設、中止したラウンド"),
     "repro": ("Reproducibility", "再現性"),
-    "attacks": ("What an attacker gets: inversion, membership, ε audit", "攻撃者が得るもの: 逆算・メンバーシップ・ε 監査"),
-    "round_note": ("Rounds are numbered from 1 in this report; a reason quoted from the run counts from 0.",
-                   "この報告書ではラウンドを 1 から数える。実行記録から引用した理由では 0 から数える。"),
-    "no_dp": ("No run of this report has a DP layer: no ε is spent (see the statements above for what that means).",
-              "この報告書の実行には DP 層がないため、ε は消費されない (その意味は上の保証を参照)。"),
-    "none_dropped": ("No site dropped out or was refused, and every round released its result.",
-                     "脱落・拒否した施設はなく、すべてのラウンドが結果を公開した。"),
+    "attacks": (
+        "What an attacker gets: inversion, membership, ε audit",
+        "攻撃者が得るもの: 逆算・メンバーシップ・ε 監査",
+    ),
+    "round_note": (
+        "Rounds are numbered from 1 in this report; a reason quoted from the run counts from 0.",
+        "この報告書ではラウンドを 1 から数える。実行記録から引用した理由では 0 から数える。",
+    ),
+    "no_dp": (
+        "No run of this report has a DP layer: no ε is spent (see the statements above for what that means).",
+        "この報告書の実行には DP 層がないため、ε は消費されない (その意味は上の保証を参照)。",
+    ),
+    "none_dropped": (
+        "No site dropped out or was refused, and every round released its result.",
+        "脱落・拒否した施設はなく、すべてのラウンドが結果を公開した。",
+    ),
     "reference": ("reference point, not a protocol: no guarantee to state", "プロトコルではなく基準点: 保証はない"),
 }
 
 #: table headers and captions in Japanese (the figures' own labels stay in English)
 _JA: dict[str, str] = {
-    "run": "実行", "status": "状態", "rounds": "ラウンド数", "auc": "AUC", "accuracy": "正解率",
-    "ε max (site)": "ε 最大 (施設)", "aborted": "中止", "KB up": "送信 KB", "KB down": "受信 KB",
-    "s/round": "秒/ラウンド", "protocol": "プロトコル", "aggregator sees": "集約者が見るもの", "adversary": "攻撃者",
-    "colluding sites tolerated": "許容される共謀施設数", "min. contributors": "最少参加施設数",
-    "dropouts tolerated": "許容される脱落数", "ε per site (planned)": "施設ごとの ε (計画)",
-    "P(failure)/round": "失敗確率/ラウンド", "site": "施設", "ε spent": "消費した ε", "ε (RDP)": "ε (RDP)",
-    "ε for": "ε の単位", "budget": "予算", "ledger charges": "台帳の記録数", "rounds refused (budget)": "拒否したラウンド (予算)",
-    "messages (bytes)": "メッセージ数 (バイト)", "round": "ラウンド", "what": "内容", "reason as recorded": "記録された理由",
-    "run folder": "実行フォルダ", "variant": "バリアント", "seed": "シード", "protocol spec hash": "仕様書ハッシュ",
-    "overrides": "上書き設定", "run id": "実行 ID", "code commit": "コードのコミット", "versions": "バージョン",
+    "run": "実行",
+    "status": "状態",
+    "rounds": "ラウンド数",
+    "auc": "AUC",
+    "accuracy": "正解率",
+    "ε max (site)": "ε 最大 (施設)",
+    "aborted": "中止",
+    "KB up": "送信 KB",
+    "KB down": "受信 KB",
+    "s/round": "秒/ラウンド",
+    "protocol": "プロトコル",
+    "aggregator sees": "集約者が見るもの",
+    "adversary": "攻撃者",
+    "colluding sites tolerated": "許容される共謀施設数",
+    "min. contributors": "最少参加施設数",
+    "dropouts tolerated": "許容される脱落数",
+    "ε per site (planned)": "施設ごとの ε (計画)",
+    "P(failure)/round": "失敗確率/ラウンド",
+    "site": "施設",
+    "ε spent": "消費した ε",
+    "ε (RDP)": "ε (RDP)",
+    "ε for": "ε の単位",
+    "budget": "予算",
+    "ledger charges": "台帳の記録数",
+    "rounds refused (budget)": "拒否したラウンド (予算)",
+    "messages (bytes)": "メッセージ数 (バイト)",
+    "round": "ラウンド",
+    "what": "内容",
+    "reason as recorded": "記録された理由",
+    "run folder": "実行フォルダ",
+    "variant": "バリアント",
+    "seed": "シード",
+    "protocol spec hash": "仕様書ハッシュ",
+    "overrides": "上書き設定",
+    "run id": "実行 ID",
+    "code commit": "コードのコミット",
+    "versions": "バージョン",
     "data digest per site": "施設ごとのデータ要約 (sha256)",
-    "pooled test metrics after each round; a circled point is a round that released nothing":
-        "各ラウンド後の全施設テストデータでの指標。丸で囲んだ点は何も公開しなかったラウンド",
+    "pooled test metrics after each round; a circled point is a round that released nothing": "各ラウンド後の全施設テストデータでの指標。丸で囲んだ点は何も公開しなかったラウンド",  # noqa: E501 (a table row or a translated phrase reads best whole)
     "cumulative ε per site as charged to its ledger before each update left; ✕ = a round the site refused because "
-    "it would exceed its budget":
-        "各更新が施設を出る前に台帳へ記録された施設ごとの累積 ε。✕ は予算を超えるため施設が拒否したラウンド",
+    "it would exceed its budget": "各更新が施設を出る前に台帳へ記録された施設ごとの累積 ε。✕ は予算を超えるため施設が拒否したラウンド",  # noqa: E501 (a table row or a translated phrase reads best whole)
     "mean per round over the run (simulated in one process)": "実行全体のラウンドあたり平均 (1 プロセスでの模擬)",
-    "every message the aggregator received or relayed, by what it reveals (views.jsonl)":
-        "集約者が受け取った、または中継したすべてのメッセージ (明かす内容別、views.jsonl)",
+    "every message the aggregator received or relayed, by what it reveals (views.jsonl)": "集約者が受け取った、または中継したすべてのメッセージ (明かす内容別、views.jsonl)",  # noqa: E501 (a table row or a translated phrase reads best whole)
 }
 
 _CSS = """
@@ -129,14 +162,23 @@ def _plan(run: RunData) -> Plan:
         finished = str(run.summary.get("status", "")) == "finished"
         planned = run.summary.get("rounds_done") if finished else run.exp_value(None, "rounds", len(run.rounds))
     sizes = run_sizes(run)
-    sigmas = {round(float(v["noise_multiplier"]), 12) for rec in run.rounds[-1:]
-              for v in (rec.get("privacy_spent") or {}).values()
-              if isinstance(v, dict) and isinstance(v.get("noise_multiplier"), (int, float))}
-    return Plan(noise_multiplier=sigmas.pop() if len(sigmas) == 1 else None,
-                sites=len(sizes) or 1, rounds=int(planned or 1), site_sizes=sizes or None,
-                batch_size=int(training.get("batch_size", 32)), local_epochs=int(training.get("local_epochs", 1)),
-                local_steps=training.get("local_steps"), fraction=float(fed.get("fraction", 1.0)),
-                min_sites=int(fed.get("min_sites", 1)))
+    sigmas = {
+        round(float(v["noise_multiplier"]), 12)
+        for rec in run.rounds[-1:]
+        for v in (rec.get("privacy_spent") or {}).values()
+        if isinstance(v, dict) and isinstance(v.get("noise_multiplier"), (int, float))
+    }
+    return Plan(
+        noise_multiplier=sigmas.pop() if len(sigmas) == 1 else None,
+        sites=len(sizes) or 1,
+        rounds=int(planned or 1),
+        site_sizes=sizes or None,
+        batch_size=int(training.get("batch_size", 32)),
+        local_epochs=int(training.get("local_epochs", 1)),
+        local_steps=training.get("local_steps"),
+        fraction=float(fed.get("fraction", 1.0)),
+        min_sites=int(fed.get("min_sites", 1)),
+    )
 
 
 def run_sizes(run: RunData) -> dict[str, int]:
@@ -206,11 +248,20 @@ def _glance(runs: list[RunData], lang: str) -> str:
             f"<tr><td>{e(r.variant)}</td><td>{e(g.secure_sum['aggregator_sees'])}</td><td>{e(a.get('model') or '–')}"
             f"</td><td class='num'>{'–' if coll is None else coll}</td><td class='num'>{a.get('min_contributors')}</td>"
             f"<td class='num'>{a.get('dropout_tolerance')}</td><td>{e(eps)}</td>"
-            f"<td class='num'>{e(fmt_probability(a.get('failure_probability')))}</td></tr>")
+            f"<td class='num'>{e(fmt_probability(a.get('failure_probability')))}</td></tr>"
+        )
     if not rows:
         return ""
-    head = ["protocol", "aggregator sees", "adversary", "colluding sites tolerated", "min. contributors",
-            "dropouts tolerated", "ε per site (planned)", "P(failure)/round"]
+    head = [
+        "protocol",
+        "aggregator sees",
+        "adversary",
+        "colluding sites tolerated",
+        "min. contributors",
+        "dropouts tolerated",
+        "ε per site (planned)",
+        "P(failure)/round",
+    ]
     return f"<h3>{e(_h('glance', lang))}</h3>" + _table(head, rows, lang)
 
 
@@ -222,8 +273,17 @@ def _figure(name: str, svg: str | None, caption: str, lang: str) -> str:
 
 def _overview(runs: list[RunData], lang: str) -> str:
     keys = metric_key(runs)
-    head = ["run", "status", "rounds", *[k.replace("pooled/", "") for k in keys], "ε max (site)", "aborted",
-            "KB up", "KB down", "s/round"]
+    head = [
+        "run",
+        "status",
+        "rounds",
+        *[k.replace("pooled/", "") for k in keys],
+        "ε max (site)",
+        "aborted",
+        "KB up",
+        "KB down",
+        "s/round",
+    ]
     rows = []
     for r in runs:
         last = (r.rounds[-1].get("metrics") or {}) if r.rounds else {}
@@ -248,8 +308,13 @@ def _tr(text: str, lang: str) -> str:
 
 
 def _table(head: list[str], rows: list[str], lang: str = "en") -> str:
-    return ("<table><thead><tr>" + "".join(f"<th>{e(_tr(h, lang))}</th>" for h in head) + "</tr></thead><tbody>"
-            + "".join(rows) + "</tbody></table>")
+    return (
+        "<table><thead><tr>"
+        + "".join(f"<th>{e(_tr(h, lang))}</th>" for h in head)
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
 
 
 def _privacy_table(runs: list[RunData], lang: str) -> str:
@@ -273,8 +338,11 @@ def _privacy_table(runs: list[RunData], lang: str) -> str:
             )
     if not rows:
         return f"<p class='note'>{e(_h('no_dp', lang))}</p>"
-    return _table(["run", "site", "ε spent", "ε (RDP)", "δ", "ε for", "budget", "ledger charges",
-                   "rounds refused (budget)"], rows, lang)
+    return _table(
+        ["run", "site", "ε spent", "ε (RDP)", "δ", "ε for", "budget", "ledger charges", "rounds refused (budget)"],
+        rows,
+        lang,
+    )
 
 
 def _views_table(runs: list[RunData], lang: str) -> str:
@@ -285,7 +353,8 @@ def _views_table(runs: list[RunData], lang: str) -> str:
     for r in runs:
         cells = "".join(
             f"<td class='num'>{sum(r.view_counts.get(k, {}).values())} ({r.view_bytes.get(k, 0) / 1024:.1f} KB)</td>"
-            for k in kinds)
+            for k in kinds
+        )
         rows.append(f"<tr><td>{e(r.label)}</td>{cells}</tr>")
     return _table(["run", *[f"{k}: {_tr('messages (bytes)', lang)}" for k in kinds]], rows, lang)
 
@@ -304,11 +373,15 @@ def _refusals(runs: list[RunData], lang: str) -> str:
         for j, rec in enumerate(r.rounds):
             rnd = int(rec.get("round", j)) + 1
             for site, why in sorted((rec.get("dropped") or {}).items()):
-                rows.append(f"<tr><td>{e(r.label)}</td><td class='num'>{rnd}</td><td>{e(site)}</td>"
-                            f"<td>{e(_kind(str(why)))}</td><td>{e(str(why))}</td></tr>")
+                rows.append(
+                    f"<tr><td>{e(r.label)}</td><td class='num'>{rnd}</td><td>{e(site)}</td>"
+                    f"<td>{e(_kind(str(why)))}</td><td>{e(str(why))}</td></tr>"
+                )
             if rec.get("aborted"):
-                rows.append(f"<tr><td>{e(r.label)}</td><td class='num'>{rnd}</td><td>–</td>"
-                            f"<td class='bad'>round released nothing</td><td>{e(str(rec['aborted']))}</td></tr>")
+                rows.append(
+                    f"<tr><td>{e(r.label)}</td><td class='num'>{rnd}</td><td>–</td>"
+                    f"<td class='bad'>round released nothing</td><td>{e(str(rec['aborted']))}</td></tr>"
+                )
     if not rows:
         return f"<p class='note'>{e(_h('none_dropped', lang))}</p>"
     note = _h("round_note", lang)
@@ -324,20 +397,36 @@ def _repro(runs: list[RunData], lang: str) -> str:
         git = env.get("git") if isinstance(env, dict) else None
         data = r.run_level.get("data")
         items = [
-            ("run folder", str(r.path)), ("variant", r.variant), ("seed", str(r.seed)),
-            ("protocol spec hash", _spec_hash(r)), ("overrides", json.dumps(r.resolved.get("overrides") or {})),
+            ("run folder", str(r.path)),
+            ("variant", r.variant),
+            ("seed", str(r.seed)),
+            ("protocol spec hash", _spec_hash(r)),
+            ("overrides", json.dumps(r.resolved.get("overrides") or {})),
             ("run id", str(r.run_level.get("run_id") or nr)),
-            ("code commit", (f"{git.get('commit')}" + (" (uncommitted changes)" if git.get("dirty") else ""))
-             if isinstance(git, dict) and git.get("commit") else nr),
+            (
+                "code commit",
+                (f"{git.get('commit')}" + (" (uncommitted changes)" if git.get("dirty") else ""))
+                if isinstance(git, dict) and git.get("commit")
+                else nr,
+            ),
             ("versions", ", ".join(f"{k} {v}" for k, v in versions.items()) if isinstance(versions, dict) else nr),
-            ("data digest per site", "; ".join(f"{s}: sha256 {v.get('sha256', '?')[:16]}… (n={v.get('n_train')})"
-                                               for s, v in data.items() if isinstance(v, dict))
-             if isinstance(data, dict) and data else nr),
+            (
+                "data digest per site",
+                "; ".join(
+                    f"{s}: sha256 {v.get('sha256', '?')[:16]}… (n={v.get('n_train')})"
+                    for s, v in data.items()
+                    if isinstance(v, dict)
+                )
+                if isinstance(data, dict) and data
+                else nr,
+            ),
         ]
         rows = "".join(f"<tr><th scope='row'>{e(_tr(k, lang))}</th><td>{e(v)}</td></tr>" for k, v in items)
         resolved = {k: v for k, v in r.resolved.items() if k != "protocol"} or nr
-        out.append(f"<h3>{e(r.label)}</h3><table>{rows}</table><h4>resolved.json (effective configuration)</h4>"
-                   f"<pre>{e(json.dumps(resolved, indent=1, sort_keys=True, default=str))}</pre>")
+        out.append(
+            f"<h3>{e(r.label)}</h3><table>{rows}</table><h4>resolved.json (effective configuration)</h4>"
+            f"<pre>{e(json.dumps(resolved, indent=1, sort_keys=True, default=str))}</pre>"
+        )
     return "".join(out)
 
 
@@ -357,16 +446,48 @@ def build_html(runs: list[RunData], title: str, lang: str = "en", audit_folders:
     guarantees = _section("guarantees", lang, lambda: _guarantees(runs, lang))
     parts = [
         _section("overview", lang, lambda: _overview(runs, lang) + _glance(runs, lang)),
-        _section("accuracy", lang, lambda: _figure("accuracy", metrics_figure(runs),
-                 "pooled test metrics after each round; a circled point is a round that released nothing", lang)),
-        _section("privacy", lang, lambda: _figure("epsilon", epsilon_figure(runs),
-                 "cumulative ε per site as charged to its ledger before each update left; ✕ = a round the site "
-                 "refused because it would exceed its budget", lang) + _privacy_table(runs, lang)),
-        _section("cost", lang, lambda: _figure("cost", cost_figure(runs),
-                 "mean per round over the run (simulated in one process)", lang)),
-        _section("views", lang, lambda: _figure("views", views_figure(runs),
-                 "every message the aggregator received or relayed, by what it reveals (views.jsonl)", lang)
-                 + _views_table(runs, lang)),
+        _section(
+            "accuracy",
+            lang,
+            lambda: _figure(
+                "accuracy",
+                metrics_figure(runs),
+                "pooled test metrics after each round; a circled point is a round that released nothing",
+                lang,
+            ),
+        ),
+        _section(
+            "privacy",
+            lang,
+            lambda: (
+                _figure(
+                    "epsilon",
+                    epsilon_figure(runs),
+                    "cumulative ε per site as charged to its ledger before each update left; ✕ = a round the site "
+                    "refused because it would exceed its budget",
+                    lang,
+                )
+                + _privacy_table(runs, lang)
+            ),
+        ),
+        _section(
+            "cost",
+            lang,
+            lambda: _figure("cost", cost_figure(runs), "mean per round over the run (simulated in one process)", lang),
+        ),
+        _section(
+            "views",
+            lang,
+            lambda: (
+                _figure(
+                    "views",
+                    views_figure(runs),
+                    "every message the aggregator received or relayed, by what it reveals (views.jsonl)",
+                    lang,
+                )
+                + _views_table(runs, lang)
+            ),
+        ),
         _section("refusals", lang, lambda: _refusals(runs, lang)),
         _section("repro", lang, lambda: _repro(runs, lang)),
     ]
@@ -425,4 +546,3 @@ def compare_folder_report(out_dir: Path) -> Path | None:
     except (SecureFLError, OSError, ValueError) as exc:
         print(f"report: not written: {exc}", file=sys.stderr)
         return None
-

@@ -24,11 +24,19 @@ from ..tasks.registry import build_task
 from .experiment import Experiment, Variant, check_against_task, parse_experiment, select_variants
 from .federation import RunSummary, run_variant
 from .provenance import data_digests, environment
-from .records import (REFUSALS, RunLock, new_run_id, point_latest, run_status, strict_json, utc_now, write_json)
+from .records import REFUSALS, RunLock, new_run_id, point_latest, run_status, strict_json, utc_now, write_json
 
-__all__ = ["CompareResult", "prepare", "run_experiment", "resume_experiment", "format_markdown", "table_rows",
-           "site_rows", "site_table", "compare_json"]
-
+__all__ = [
+    "CompareResult",
+    "prepare",
+    "run_experiment",
+    "resume_experiment",
+    "format_markdown",
+    "table_rows",
+    "site_rows",
+    "site_table",
+    "compare_json",
+]
 
 
 @dataclass
@@ -47,8 +55,9 @@ def _safe(label: str) -> str:
 
 def _check_run_id(run_id: str) -> str:
     if not run_id or run_id in (".", "..", "latest") or _safe(run_id) != run_id:
-        raise SpecError(f"--run-id: expected a plain folder name (letters, digits, - _ . =), not 'latest', "
-                        f"found {run_id!r}")
+        raise SpecError(
+            f"--run-id: expected a plain folder name (letters, digits, - _ . =), not 'latest', found {run_id!r}"
+        )
     return run_id
 
 
@@ -62,8 +71,13 @@ def prepare(exp: Experiment, variants: list[str] | None = None) -> tuple[list[Va
 
 
 def run_experiment(
-    exp: Experiment, out_root: Path, variants: list[str] | None = None, show_progress: bool = True, threads: int = 1,
-    run_id: str | None = None, overwrite: bool = False,
+    exp: Experiment,
+    out_root: Path,
+    variants: list[str] | None = None,
+    show_progress: bool = True,
+    threads: int = 1,
+    run_id: str | None = None,
+    overwrite: bool = False,
 ) -> CompareResult:
     """Run every chosen variant under every seed in a new run folder; write ``compare.json`` and ``compare.md``.
 
@@ -85,15 +99,24 @@ def run_experiment(
     try:
         leftovers = [p for p in out_dir.iterdir() if p.name != "lock"]
         if leftovers and not overwrite:
-            raise SecureFLError(f"{out_dir} already holds a run ({run_status(out_dir)}); nothing was changed. "
-                                "Use another --run-id, --resume it, or --overwrite to delete it first")
+            raise SecureFLError(
+                f"{out_dir} already holds a run ({run_status(out_dir)}); nothing was changed. "
+                "Use another --run-id, --resume it, or --overwrite to delete it first"
+            )
         for p in leftovers:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-        write_json(out_dir / "resolved.json", {
-            "run_id": run_id, "experiment": exp.resolved(), "chosen": [v.label for v in chosen],
-            "environment": environment(), "data": data_digests(task), "task": task.describe(),
-            "created_utc": utc_now(),
-        })
+        write_json(
+            out_dir / "resolved.json",
+            {
+                "run_id": run_id,
+                "experiment": exp.resolved(),
+                "chosen": [v.label for v in chosen],
+                "environment": environment(),
+                "data": data_digests(task),
+                "task": task.describe(),
+                "created_utc": utc_now(),
+            },
+        )
         point_latest(exp_dir, run_id)
         return _execute(exp, task, chosen, out_dir, run_id, show_progress, resume=False)
     finally:
@@ -111,8 +134,9 @@ def resume_experiment(run_dir: Path, show_progress: bool = True, threads: int = 
         resolved = json.loads((run_dir / "resolved.json").read_text())
         spec = resolved["experiment"]
     except FileNotFoundError:
-        raise SecureFLError(f"--resume {run_dir}: no resolved.json there; give a run folder "
-                            "(runs/<experiment>/<run-id>)") from None
+        raise SecureFLError(
+            f"--resume {run_dir}: no resolved.json there; give a run folder (runs/<experiment>/<run-id>)"
+        ) from None
     except (json.JSONDecodeError, KeyError) as exc:
         raise SecureFLError(f"--resume {run_dir}: resolved.json is unreadable ({exc})") from exc
     raw = dict(spec["raw"])
@@ -121,8 +145,9 @@ def resume_experiment(run_dir: Path, show_progress: bool = True, threads: int = 
     then = {v["label"]: v["spec_hash"] for v in spec["variants"]}
     changed = [v.label for v in exp.variants if v.spec is not None and then.get(v.label) != v.spec.spec_hash]
     if changed:
-        raise SecureFLError(f"--resume {run_dir}: the protocol spec of {changed} changed since the run started; "
-                            "start a new run")
+        raise SecureFLError(
+            f"--resume {run_dir}: the protocol spec of {changed} changed since the run started; start a new run"
+        )
     chosen = select_variants(exp, resolved["chosen"])
     task = build_task(exp.task_name, exp.task_params, f"{exp.source} [task]")
     if data_digests(task) != resolved["data"]:
@@ -132,11 +157,19 @@ def resume_experiment(run_dir: Path, show_progress: bool = True, threads: int = 
         return _execute(exp, task, chosen, run_dir, run_id, show_progress, resume=True)
 
 
-def _execute(exp: Experiment, task: Task, chosen: list[Variant], out_dir: Path, run_id: str, show_progress: bool,
-             resume: bool) -> CompareResult:
+def _execute(
+    exp: Experiment, task: Task, chosen: list[Variant], out_dir: Path, run_id: str, show_progress: bool, resume: bool
+) -> CompareResult:
     runs: list[RunSummary] = []
-    top: dict[str, Any] = {"run_id": run_id, "experiment": exp.name, "status": "running", "pid": os.getpid(),
-                           "host": socket.gethostname(), "updated_utc": utc_now(), "runs": []}
+    top: dict[str, Any] = {
+        "run_id": run_id,
+        "experiment": exp.name,
+        "status": "running",
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "updated_utc": utc_now(),
+        "runs": [],
+    }
     write_json(out_dir / "summary.json", top)
     total = len(chosen) * len(exp.seeds) * exp.rounds
     try:
@@ -152,16 +185,20 @@ def _execute(exp: Experiment, task: Task, chosen: list[Variant], out_dir: Path, 
                             key = f"pooled/{task.primary_metric}"
                             val = m.get(key)
                             shown = f"{key}={val:.3f}" if isinstance(val, float) and not math.isnan(val) else ""
-                            bar.update(job, completed=done + r + 1,
-                                       description=f"{label} round {r + 1}/{exp.rounds} {shown}")
+                            bar.update(
+                                job,  # called during this run: done is this run's count
+                                completed=done + r + 1,  # noqa: B023
+                                description=f"{label} round {r + 1}/{exp.rounds} {shown}",
+                            )
 
                     done = len(runs) * exp.rounds
                     run = run_variant(exp, task, v, seed, out_dir / _safe(v.label) / f"seed{seed}", tick, resume=resume)
                     runs.append(run)
                     if bar is not None:
                         bar.update(job, completed=len(runs) * exp.rounds)
-                    top["runs"] = [{"variant": r.variant, "seed": r.seed, "status": r.status, "path": r.path}
-                                   for r in runs]
+                    top["runs"] = [
+                        {"variant": r.variant, "seed": r.seed, "status": r.status, "path": r.path} for r in runs
+                    ]
                     top["updated_utc"] = utc_now()
                     write_json(out_dir / "summary.json", top)
         top["status"] = "finished"
@@ -195,11 +232,25 @@ def _progress(show: bool) -> Any:
     if not show:
         return _NoBar()
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -220,8 +271,17 @@ def table_rows(result: CompareResult) -> tuple[list[str], list[list[str]]]:
     if any(k.endswith("/top5") and k.startswith("pooled") for r in result.runs for k in r.metrics):
         metric_keys.append("pooled/top5")
     metric_keys += extra
-    header = ["protocol", "aggregator sees", *[k.replace("pooled/", "") for k in metric_keys], "ε per site", "ε for",
-              "KB up", "KB down", "s/round", "aborted"]
+    header = [
+        "protocol",
+        "aggregator sees",
+        *[k.replace("pooled/", "") for k in metric_keys],
+        "ε per site",
+        "ε for",
+        "KB up",
+        "KB down",
+        "s/round",
+        "aborted",
+    ]
     rows = []
     for v in result.experiment.variants:
         runs = [r for r in result.runs if r.variant == v.label]
@@ -282,7 +342,6 @@ def _adjacency_cell(runs: list[RunSummary]) -> str:
     return ", ".join(found) or "–"
 
 
-
 def site_table(result: CompareResult) -> dict[str, dict[str, dict[str, Any]]]:
     """Per protocol and site, summed over seeds: rounds planned, taken part, released, refused by reason,
     not picked, and ε at the end (mean over seeds; ``None`` when the site was never charged)."""
@@ -294,9 +353,19 @@ def site_table(result: CompareResult) -> dict[str, dict[str, dict[str, Any]]]:
         per: dict[str, dict[str, Any]] = {}
         for r in runs:
             for site, st in r.sites.items():
-                acc = per.setdefault(site, {"rounds": 0, "took_part": 0, "released": 0, "not_picked": 0,
-                                            "round_aborted": 0, "refused": {k: 0 for k in REFUSALS},
-                                            "epsilon_per_seed": [], "last_refusal": None})
+                acc = per.setdefault(
+                    site,
+                    {
+                        "rounds": 0,
+                        "took_part": 0,
+                        "released": 0,
+                        "not_picked": 0,
+                        "round_aborted": 0,
+                        "refused": {k: 0 for k in REFUSALS},
+                        "epsilon_per_seed": [],
+                        "last_refusal": None,
+                    },
+                )
                 acc["rounds"] += r.rounds_done
                 for k in ("took_part", "released", "not_picked", "round_aborted"):
                     acc[k] += int(st.get(k, 0))
@@ -311,20 +380,42 @@ def site_table(result: CompareResult) -> dict[str, dict[str, dict[str, Any]]]:
     return out
 
 
-SITE_LEGEND = ("rounds taken part (of rounds run) and of those released; rounds refused because the site's "
-               "budget was exhausted, it dropped out, or its update was rejected; rounds not picked; rounds that "
-               "aborted before any sum; ε spent at the end (mean over seeds; – if never charged)")
+SITE_LEGEND = (
+    "rounds taken part (of rounds run) and of those released; rounds refused because the site's "
+    "budget was exhausted, it dropped out, or its update was rejected; rounds not picked; rounds that "
+    "aborted before any sum; ε spent at the end (mean over seeds; – if never charged)"
+)
 
 
 def site_rows(result: CompareResult) -> tuple[list[str], list[list[str]]]:
     """The per-site table: who took part, who was refused and why, and what each spent."""
-    header = ["protocol", "site", "took part", "released", "budget", "dropped", "rejected", "not picked", "aborted", "ε"]
+    header = [
+        "protocol",
+        "site",
+        "took part",
+        "released",
+        "budget",
+        "dropped",
+        "rejected",
+        "not picked",
+        "aborted",
+        "ε",
+    ]
     rows = []
     for label, per in site_table(result).items():
         for site, acc in per.items():
-            rows.append([label, site, f"{acc['took_part']}/{acc['rounds']}", str(acc["released"]),
-                         *[str(acc["refused"][k]) for k in REFUSALS], str(acc["not_picked"]), str(acc["round_aborted"]),
-                         "–" if acc["epsilon"] is None else f"{acc['epsilon']:.3f}"])
+            rows.append(
+                [
+                    label,
+                    site,
+                    f"{acc['took_part']}/{acc['rounds']}",
+                    str(acc["released"]),
+                    *[str(acc["refused"][k]) for k in REFUSALS],
+                    str(acc["not_picked"]),
+                    str(acc["round_aborted"]),
+                    "–" if acc["epsilon"] is None else f"{acc['epsilon']:.3f}",
+                ]
+            )
     return header, rows
 
 
@@ -332,14 +423,20 @@ def compare_json(result: CompareResult) -> str:
     """``compare.json``: strict JSON (NaN -> null) with the runs, the table as shown, and the per-site table."""
     header, rows = table_rows(result)
     site_header, srows = site_rows(result)
-    return strict_json({
-        "run_id": result.run_id, "experiment": result.experiment.name, "task": result.task.describe(),
-        "seeds": result.experiment.seeds, "rounds": result.experiment.rounds,
-        "runs": [r.to_json() for r in result.runs],
-        "table": {"header": header, "rows": rows},
-        "sites": site_table(result),
-        "site_table": {"header": site_header, "rows": srows},
-    }, indent=2)
+    return strict_json(
+        {
+            "run_id": result.run_id,
+            "experiment": result.experiment.name,
+            "task": result.task.describe(),
+            "seeds": result.experiment.seeds,
+            "rounds": result.experiment.rounds,
+            "runs": [r.to_json() for r in result.runs],
+            "table": {"header": header, "rows": rows},
+            "sites": site_table(result),
+            "site_table": {"header": site_header, "rows": srows},
+        },
+        indent=2,
+    )
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:

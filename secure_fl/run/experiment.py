@@ -21,22 +21,31 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 from ..catalogue import find_spec_file, search_dirs, shipped_dir, spec_names
 from ..errors import SpecError
 from ..protocol.spec import ProtocolSpec, parse_protocol
 from ..speccheck import check_keys, get, get_table, in_range
-from ..training.config import TrainingConfig
 from ..tasks.paths import resolve_task_paths
+from ..training.config import TrainingConfig
 
 __all__ = [
-    "REFERENCES", "FederationConfig", "Experiment", "Variant", "load_experiment", "parse_experiment", "EXPERIMENTS_DIR",
-    "with_overrides", "select_variants", "check_against_task",
+    "REFERENCES",
+    "FederationConfig",
+    "Experiment",
+    "Variant",
+    "load_experiment",
+    "parse_experiment",
+    "EXPERIMENTS_DIR",
+    "with_overrides",
+    "select_variants",
+    "check_against_task",
 ]
 
 REFERENCES = ("pooled", "local-only")
@@ -88,12 +97,23 @@ class Experiment:
     def resolved(self) -> dict[str, Any]:
         """The effective, validated config (after overrides) as plain data, for ``resolved.json``."""
         return {
-            "name": self.name, "summary": self.summary, "source": self.source, "base_dir": str(self.base_dir),
-            "task": {"name": self.task_name, **self.task_params}, "seeds": list(self.seeds), "rounds": self.rounds,
-            "federation": dataclasses.asdict(self.federation), "training": dataclasses.asdict(self.training),
+            "name": self.name,
+            "summary": self.summary,
+            "source": self.source,
+            "base_dir": str(self.base_dir),
+            "task": {"name": self.task_name, **self.task_params},
+            "seeds": list(self.seeds),
+            "rounds": self.rounds,
+            "federation": dataclasses.asdict(self.federation),
+            "training": dataclasses.asdict(self.training),
             "variants": [
-                {"label": v.label, "reference": v.reference, "overrides": dict(v.overrides),
-                 "protocol": v.spec.name if v.spec else None, "spec_hash": v.spec.spec_hash if v.spec else None}
+                {
+                    "label": v.label,
+                    "reference": v.reference,
+                    "overrides": dict(v.overrides),
+                    "protocol": v.spec.name if v.spec else None,
+                    "spec_hash": v.spec.spec_hash if v.spec else None,
+                }
                 for v in self.variants
             ],
             "raw": self.raw,
@@ -122,7 +142,9 @@ def _resolve_protocol(name: str, where: str, base_dir: Path) -> tuple[dict[str, 
     if path is None or not path.is_file():
         from ..protocol.spec import list_protocols
 
-        raise SpecError(f"{where}: unknown protocol {name!r}; the catalogue has {list_protocols()} plus references {list(REFERENCES)}")
+        raise SpecError(
+            f"{where}: unknown protocol {name!r}; the catalogue has {list_protocols()} plus references {list(REFERENCES)}"  # noqa: E501 (a table row or a translated phrase reads best whole)
+        )
     try:
         return tomllib.loads(path.read_text()), str(path.name)
     except tomllib.TOMLDecodeError as exc:
@@ -132,7 +154,9 @@ def _resolve_protocol(name: str, where: str, base_dir: Path) -> tuple[dict[str, 
 def parse_experiment(data: Mapping[str, Any], source: str = "<memory>", base_dir: Path | None = None) -> Experiment:
     where = source
     base_dir = base_dir or Path.cwd()
-    check_keys(data, ["name", "summary", "protocols", "seeds", "rounds", "task", "federation", "training", "sweep"], where)
+    check_keys(
+        data, ["name", "summary", "protocols", "seeds", "rounds", "task", "federation", "training", "sweep"], where
+    )
     name = get(data, "name", str, where)
     if not name or "/" in name or name.startswith("."):
         raise SpecError(f"{where}.name: must be a plain folder name, found {name!r}")
@@ -161,8 +185,9 @@ def parse_experiment(data: Mapping[str, Any], source: str = "<memory>", base_dir
             if isinstance(v, float) and not math.isfinite(v):
                 raise SpecError(f"{where} [sweep].{key}[{j}]: expected a finite number, found {v!r}")
         if "." not in key:
-            raise SpecError(f"{where} [sweep].{key}: expected a dotted key into a protocol table, "
-                            "e.g. 'privacy.target_epsilon'")
+            raise SpecError(
+                f"{where} [sweep].{key}: expected a dotted key into a protocol table, e.g. 'privacy.target_epsilon'"
+            )
     swept_tables: set[str] = set()
     variants: list[Variant] = []
     for i, p in enumerate(protocols):
@@ -184,8 +209,9 @@ def parse_experiment(data: Mapping[str, Any], source: str = "<memory>", base_dir
             variants.append(Variant(f"{spec.name}[{key.split('.')[-1]}={value}]", spec, overrides={key: value}))
     for key in sweep:
         if key.split(".")[0] not in swept_tables:
-            tables = sorted({t for v in variants if v.spec is not None
-                             for t, x in v.spec.raw.items() if isinstance(x, dict)})
+            tables = sorted(
+                {t for v in variants if v.spec is not None for t, x in v.spec.raw.items() if isinstance(x, dict)}
+            )
             raise SpecError(
                 f"{where} [sweep].{key}: no listed protocol has a table {key.split('.')[0]!r}, so the sweep would "
                 f"change nothing; the protocols' tables are {tables}"
@@ -194,7 +220,7 @@ def parse_experiment(data: Mapping[str, Any], source: str = "<memory>", base_dir
         _check_site_budget_values(v, where)
     labels = [v.label for v in variants]
     if len(set(labels)) != len(labels):
-        raise SpecError(f"{where}.protocols: listed twice: {sorted({l for l in labels if labels.count(l) > 1})}")
+        raise SpecError(f"{where}.protocols: listed twice: {sorted({x for x in labels if labels.count(x) > 1})}")
     return Experiment(
         name=name,
         summary=get(data, "summary", str, where, ""),
@@ -215,8 +241,10 @@ def _check_site_budget_values(v: Variant, where: str) -> None:
     privacy = getattr(v.spec, "privacy", None) if v.spec is not None else None
     for site, value in (getattr(privacy, "site_budgets", None) or {}).items():
         if not math.isfinite(value):
-            raise SpecError(f"{where}: protocol {v.label!r} [privacy].site_budgets.{site}: "
-                            f"expected a finite number > 0, found {value!r}")
+            raise SpecError(
+                f"{where}: protocol {v.label!r} [privacy].site_budgets.{site}: "
+                f"expected a finite number > 0, found {value!r}"
+            )
 
 
 def with_overrides(exp: Experiment, rounds: int | None = None, seeds: Sequence[int] | None = None) -> Experiment:
@@ -254,12 +282,16 @@ def check_against_task(exp: Experiment, task: Any, variants: Sequence[Variant] |
     fed = exp.federation
     where = f"{exp.source} [federation]"
     if fed.min_sites > len(names):
-        raise SpecError(f"{where}.min_sites: {fed.min_sites} exceeds the {len(names)} sites of task {exp.task_name!r}; "
-                        "every round would abort")
+        raise SpecError(
+            f"{where}.min_sites: {fed.min_sites} exceeds the {len(names)} sites of task {exp.task_name!r}; "
+            "every round would abort"
+        )
     picked = max(1, int(round(fed.fraction * len(names))))
     if fed.min_sites > picked:
-        raise SpecError(f"{where}.min_sites: {fed.min_sites} exceeds the {picked} site(s) picked per round "
-                        f"(fraction {fed.fraction:g} of {len(names)}); every round would abort")
+        raise SpecError(
+            f"{where}.min_sites: {fed.min_sites} exceeds the {picked} site(s) picked per round "
+            f"(fraction {fed.fraction:g} of {len(names)}); every round would abort"
+        )
     pre = getattr(task, "info", {}).get("preprocessing")
     federated = isinstance(pre, Mapping) and pre.get("standardise") == "federated"
     for v in variants if variants is not None else exp.variants:
@@ -268,8 +300,10 @@ def check_against_task(exp: Experiment, task: Any, variants: Sequence[Variant] |
             _check_federated_standardisation(exp, task, v, privacy)
         unknown = sorted(set(getattr(privacy, "site_budgets", None) or {}) - set(names))
         if unknown:
-            raise SpecError(f"protocol {v.label!r} [privacy].site_budgets: unknown site(s) {unknown}; "
-                            f"task {exp.task_name!r} has sites {names}")
+            raise SpecError(
+                f"protocol {v.label!r} [privacy].site_budgets: unknown site(s) {unknown}; "
+                f"task {exp.task_name!r} has sites {names}"
+            )
 
 
 def _check_federated_standardisation(exp: Experiment, task: Any, v: Variant, privacy: Any) -> None:
@@ -277,14 +311,18 @@ def _check_federated_standardisation(exp: Experiment, task: Any, v: Variant, pri
     assert v.spec is not None
     where = f'{exp.source} [task].standardise = "federated"'
     if privacy is not None:
-        raise SpecError(f"{where}: protocol {v.label!r} has a DP layer and the pooled feature moments are released "
-                        "without noise (not counted in ε); use standardise = \"site\" or \"none\" with it")
+        raise SpecError(
+            f"{where}: protocol {v.label!r} has a DP layer and the pooled feature moments are released "
+            'without noise (not counted in ε); use standardise = "site" or "none" with it'
+        )
     if v.spec.threat_model.aggregator_sees != "plain" and getattr(task, "federated", None) is None:
         cols = task.info["preprocessing"]
         missing = [c["name"] for c in cols["columns"] if c["type"] == "numeric" and c.get("range") is None]
-        raise SpecError(f"{where}: protocol {v.label!r} sums the sites' feature moments securely, which needs a public "
-                        f"range for every numeric column; give range = [lowest, highest] in [task.columns] for "
-                        f"{missing}")
+        raise SpecError(
+            f"{where}: protocol {v.label!r} sums the sites' feature moments securely, which needs a public "
+            f"range for every numeric column; give range = [lowest, highest] in [task.columns] for "
+            f"{missing}"
+        )
 
 
 def load_experiment(path_or_name: str | Path) -> Experiment:

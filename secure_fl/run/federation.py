@@ -31,10 +31,10 @@ from ..tasks.export import save_model
 from ..training.config import RunPlan
 from ..training.flat import flatten, load_flat
 from ..training.local import train_local
-from .experiment import Experiment, Variant
 from .checkpoint import federation_state, load_checkpoint, restore_federation, save_checkpoint
-from .standardise import standardise_through_protocol
+from .experiment import Experiment, Variant
 from .records import RunFolder, read_jsonl, read_rounds, run_status, site_stats, utc_now
+from .standardise import standardise_through_protocol
 from .units import server_update, site_update
 
 __all__ = ["RunSummary", "Federation", "run_variant", "derive_seed"]
@@ -115,7 +115,12 @@ def _privacy_layer(variant: Variant, exp: Experiment, task: Task, run_dir: Path,
 
 
 def run_variant(
-    exp: Experiment, task: Task, variant: Variant, seed: int, run_dir: Path, progress: ProgressFn | None = None,
+    exp: Experiment,
+    task: Task,
+    variant: Variant,
+    seed: int,
+    run_dir: Path,
+    progress: ProgressFn | None = None,
     resume: bool = False,
 ) -> RunSummary:
     """Run (or, with ``resume``, continue) one variant under one seed in ``run_dir``.
@@ -134,18 +139,30 @@ def run_variant(
     if previous is None or not (run_dir / "resolved.json").exists():
         folder.write_json(
             "resolved.json",
-            {"experiment": exp.resolved(), "variant": variant.label,
-             "protocol": variant.spec.raw if variant.spec else variant.reference,
-             "spec_hash": variant.spec.spec_hash if variant.spec else None,
-             "overrides": variant.overrides, "seed": seed, "task": task.describe()},
+            {
+                "experiment": exp.resolved(),
+                "variant": variant.label,
+                "protocol": variant.spec.raw if variant.spec else variant.reference,
+                "spec_hash": variant.spec.spec_hash if variant.spec else None,
+                "overrides": variant.overrides,
+                "seed": seed,
+                "task": task.describe(),
+            },
         )
     now = utc_now()
-    summary = RunSummary(variant.label, seed, "running", 0, path=str(run_dir), rounds_planned=exp.rounds,
-                         started_utc=now)
+    summary = RunSummary(
+        variant.label, seed, "running", 0, path=str(run_dir), rounds_planned=exp.rounds, started_utc=now
+    )
     if previous is not None:
         summary.started_utc, summary.resumed = previous.started_utc or now, list(previous.resumed)
-        summary.resumed.append({"at_utc": now, "from_round": ckpt["round"] + 1 if ckpt else 0,
-                                "previous_status": run_status(run_dir), "previous_pid": previous.pid})
+        summary.resumed.append(
+            {
+                "at_utc": now,
+                "from_round": ckpt["round"] + 1 if ckpt else 0,
+                "previous_status": run_status(run_dir),
+                "previous_pid": previous.pid,
+            }
+        )
     summary.pid, summary.host = os.getpid(), socket.gethostname()
     _write_summary(folder, summary)
     try:
@@ -229,7 +246,17 @@ class Federation:
     def _site_update(self, i: int, r: int) -> tuple[np.ndarray, float, dict[str, float]]:
         """What site ``i`` sends into the secure sum this round (raises SiteRejected on a budget refusal)."""
         site = self.task.sites[i]
-        return site_update(self.model, self.weights, site, self.privacy.site(site.name), self.exp.training, self.loss_fn, derive_seed(self.seed, r, i), r, train_local)
+        return site_update(
+            self.model,
+            self.weights,
+            site,
+            self.privacy.site(site.name),
+            self.exp.training,
+            self.loss_fn,
+            derive_seed(self.seed, r, i),
+            r,
+            train_local,
+        )
 
     def round(self, r: int) -> dict[str, Any]:
         t_round = time.perf_counter()
@@ -259,11 +286,13 @@ class Federation:
         applied, aborted = False, outcome.aborted
         if outcome.result is not None and aborted is None:
             if len(outcome.result.contributors) < self.exp.federation.min_sites:
-                aborted = f"only {len(outcome.result.contributors)} site(s) contributed; min_sites is {self.exp.federation.min_sites}"
+                aborted = f"only {len(outcome.result.contributors)} site(s) contributed; min_sites is {self.exp.federation.min_sites}"  # noqa: E501 (a table row or a translated phrase reads best whole)
             else:
                 t0 = time.perf_counter()
                 try:
-                    self.weights = server_update(self.privacy, self.server, self.weights, outcome.result, r, list(inputs))
+                    self.weights = server_update(
+                        self.privacy, self.server, self.weights, outcome.result, r, list(inputs)
+                    )
                     applied = True
                 except RoundAborted as exc:  # the privacy layer refuses the release, e.g. too few noise shares
                     aborted = f"{type(exc).__name__}: {exc}"
@@ -283,16 +312,21 @@ class Federation:
             self.site_records.setdefault(name, []).append(kept)
         protected = self.aggregator_sees != "plain"  # then un-noised per-site values stay at the site
         record: dict[str, Any] = {
-            "round": r, "applied": applied, "aborted": redact_reason(aborted) if protected and aborted else aborted,
+            "round": r,
+            "applied": applied,
+            "aborted": redact_reason(aborted) if protected and aborted else aborted,
             "participants": participants,
             "dropped": {s: redact_reason(why) for s, why in dropped.items()} if protected else dropped,
             "metrics": metrics,
             "bytes_up_per_site": float(np.mean([outcome.bytes_up[s] for s in participants] or [0])),
             "bytes_down_per_site": float(np.mean([outcome.bytes_down[s] + broadcast for s in participants] or [0])),
-            "seconds": time.perf_counter() - t_round, "stage_seconds": stage_seconds,
+            "seconds": time.perf_counter() - t_round,
+            "stage_seconds": stage_seconds,
             # the same round with sites working in parallel, as in a deployment (slowest site per stage)
-            "seconds_sites_parallel": slowest_site + sum(outcome.stage_critical_seconds.values())
-            + stage_seconds.get("release_and_server_step", 0.0) + stage_seconds["evaluation"],
+            "seconds_sites_parallel": slowest_site
+            + sum(outcome.stage_critical_seconds.values())
+            + stage_seconds.get("release_and_server_step", 0.0)
+            + stage_seconds["evaluation"],
             "privacy_spent": {k: v for k, v in spent.items() if v},
         }
         if not protected:
@@ -325,8 +359,15 @@ def _redo_round_charges(fed: "Federation", run_dir: Path, first: int) -> None:
                 ledger.redo_rounds = frozenset({first})
 
 
-def _finish_round(folder: RunFolder, summary: RunSummary, r: int, record: dict[str, Any], views: list[dict[str, Any]],
-                  state: dict[str, Any], progress: ProgressFn | None) -> None:
+def _finish_round(
+    folder: RunFolder,
+    summary: RunSummary,
+    r: int,
+    record: dict[str, Any],
+    views: list[dict[str, Any]],
+    state: dict[str, Any],
+    progress: ProgressFn | None,
+) -> None:
     save_checkpoint(folder.path, {"round": r, "state": state, "record": record, "views": views})
     folder.append("views.jsonl", *views)
     folder.append("rounds.jsonl", record)
@@ -338,8 +379,16 @@ def _finish_round(folder: RunFolder, summary: RunSummary, r: int, record: dict[s
         progress(r, record)
 
 
-def _run_protocol(exp: Experiment, task: Task, variant: Variant, seed: int, folder: RunFolder, summary: RunSummary,
-                  progress: ProgressFn | None, ckpt: dict[str, Any] | None = None) -> None:
+def _run_protocol(
+    exp: Experiment,
+    task: Task,
+    variant: Variant,
+    seed: int,
+    folder: RunFolder,
+    summary: RunSummary,
+    progress: ProgressFn | None,
+    ckpt: dict[str, Any] | None = None,
+) -> None:
     if variant.spec is not None:  # standardise = "federated": the pre-round sum through this protocol
         task = standardise_through_protocol(task, variant.spec, folder.path)
     fed = Federation(exp, task, variant, seed, folder.path)
@@ -367,8 +416,16 @@ def _run_protocol(exp: Experiment, task: Task, variant: Variant, seed: int, fold
     summary.stage_seconds = {k: sum(r["stage_seconds"].get(k, 0.0) for r in records) / len(records) for k in stages}
 
 
-def _run_reference(exp: Experiment, task: Task, reference: str, seed: int, folder: RunFolder, summary: RunSummary,
-                   progress: ProgressFn | None, ckpt: dict[str, Any] | None = None) -> None:
+def _run_reference(
+    exp: Experiment,
+    task: Task,
+    reference: str,
+    seed: int,
+    folder: RunFolder,
+    summary: RunSummary,
+    progress: ProgressFn | None,
+    ckpt: dict[str, Any] | None = None,
+) -> None:
     """``pooled``: one model on the union of the sites' data; ``local-only``: each site alone.
 
     Both train for the same number of local epochs per round as the federated sites do.
@@ -390,8 +447,14 @@ def _run_reference(exp: Experiment, task: Task, reference: str, seed: int, folde
         for i, (name, data) in enumerate(datasets.items()):
             train_local(models[name], data.x_train, data.y_train, exp.training, loss_fn, derive_seed(seed, r, i))
         metrics = task.evaluate(models["pooled"]) if reference == "pooled" else task.evaluate_local_models(models)
-        record = {"round": r, "applied": True, "metrics": metrics, "seconds": time.perf_counter() - t0,
-                  "bytes_up_per_site": 0, "bytes_down_per_site": 0}
+        record = {
+            "round": r,
+            "applied": True,
+            "metrics": metrics,
+            "seconds": time.perf_counter() - t0,
+            "bytes_up_per_site": 0,
+            "bytes_down_per_site": 0,
+        }
         state = {"models": {name: copy.deepcopy(m.state_dict()) for name, m in models.items()}}
         _finish_round(folder, summary, r, record, [], state, progress)
     save_model(task, models["pooled"] if reference == "pooled" else models, folder.path)

@@ -14,7 +14,6 @@ release the sum to the sites only, at every site).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 from torch import nn

@@ -23,8 +23,20 @@ from ..speccheck import get, one_of
 from .base import SiteData
 from .heart import HeartTask, tabular_params
 from .sites import SiteSource, fraction_split, parse_sites
-from .tabular import (LINE, MISSING, STANDARDISE, ColumnSpec, LabelSpec, Preprocessor, _sort_key, canon, line_of,
-                      parse_columns, parse_labels, read_table)
+from .tabular import (
+    LINE,
+    MISSING,
+    STANDARDISE,
+    ColumnSpec,
+    LabelSpec,
+    Preprocessor,
+    _sort_key,
+    canon,
+    line_of,
+    parse_columns,
+    parse_labels,
+    read_table,
+)
 
 __all__ = ["CSV_KEYS", "build_csv"]
 

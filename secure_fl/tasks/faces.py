@@ -86,20 +86,40 @@ class FacesTask(Task):
         return {"gallery/top1": scores[1], "gallery/top5": scores[5]}
 
 
-_KEYS = ["n_sites", "partition", "alpha", "image_size", "heldout_identities", "test_per_identity", "embedding_dim", "split_seed"]
+_KEYS = [
+    "n_sites",
+    "partition",
+    "alpha",
+    "image_size",
+    "heldout_identities",
+    "test_per_identity",
+    "embedding_dim",
+    "split_seed",
+]
 
 
-def faces_params(params: Mapping[str, Any], where: str, n_ids: int, per_id: int, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+def faces_params(
+    params: Mapping[str, Any], where: str, n_ids: int, per_id: int, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
     check_keys(params, _KEYS + list(extra), where)
     size = get(params, "image_size", list, where, [56, 46])
     if len(size) != 2 or not all(isinstance(v, int) and v >= 8 for v in size):
         raise DataError(f"{where}.image_size: expected [height, width] with integers >= 8, found {size!r}")
     p = {
         "n_sites": get(params, "n_sites", int, where, 4, in_range(1)),
-        "partition": get(params, "partition", str, where, "iid", lambda v: None if v in SCHEMES else f"expected one of {list(SCHEMES)}"),
+        "partition": get(
+            params,
+            "partition",
+            str,
+            where,
+            "iid",
+            lambda v: None if v in SCHEMES else f"expected one of {list(SCHEMES)}",
+        ),
         "alpha": get(params, "alpha", float, where, 0.5, in_range(0, lo_open=True)),
         "image_size": (size[0], size[1]),
-        "heldout_identities": get(params, "heldout_identities", int, where, min(10, n_ids // 4), in_range(0, n_ids - 2)),
+        "heldout_identities": get(
+            params, "heldout_identities", int, where, min(10, n_ids // 4), in_range(0, n_ids - 2)
+        ),
         "test_per_identity": get(params, "test_per_identity", int, where, min(3, per_id - 1), in_range(1, per_id - 1)),
         "embedding_dim": get(params, "embedding_dim", int, where, 64, in_range(2)),
         "split_seed": get(params, "split_seed", int, where, 0),
@@ -126,19 +146,33 @@ def build_faces_from_arrays(name: str, x: np.ndarray, ids: np.ndarray, p: Mappin
     te_parts = split_by_proportions(y_te, P, rng)
     t = torch.tensor
     sites = [
-        SiteData(f"site{s + 1}", t(x[tr_idx_a[a]], dtype=torch.float32), t(y_tr[a]),
-                 t(x[te_idx_a[b]], dtype=torch.float32), t(y_te[b]), persons=t(ids[tr_idx_a[a]]))  # the ORL subject of each photograph
+        SiteData(
+            f"site{s + 1}",
+            t(x[tr_idx_a[a]], dtype=torch.float32),
+            t(y_tr[a]),
+            t(x[te_idx_a[b]], dtype=torch.float32),
+            t(y_te[b]),
+            persons=t(ids[tr_idx_a[a]]),
+        )  # the ORL subject of each photograph
         for s, (a, b) in enumerate(zip(tr_parts, te_parts))
     ]
     empty = [s.name for s in sites if s.n_train == 0]
     if empty:
-        raise DataError(f"partition {p['partition']!r} left site(s) {empty} without training data; use fewer sites or a larger alpha")
+        raise DataError(
+            f"partition {p['partition']!r} left site(s) {empty} without training data; use fewer sites or a larger alpha"  # noqa: E501 (a table row or a translated phrase reads best whole)
+        )
     g_idx, pr_idx = [], []
     for pid in heldout:
         idx = rng.permutation(np.flatnonzero(ids == pid))
         g_idx.append(int(idx[0]))
         pr_idx.extend(idx[1:].tolist())
-    task = FacesTask(name, len(train_people), sites, {"heldout_identities": [int(h) for h in heldout]}, embedding_dim=p["embedding_dim"])
+    task = FacesTask(
+        name,
+        len(train_people),
+        sites,
+        {"heldout_identities": [int(h) for h in heldout]},
+        embedding_dim=p["embedding_dim"],
+    )
     if len(heldout):
         task.gallery_x, task.gallery_y = t(x[g_idx], dtype=torch.float32), t(ids[g_idx])
         task.probe_x, task.probe_y = t(x[pr_idx], dtype=torch.float32), t(ids[pr_idx])

@@ -112,8 +112,9 @@ class HeartTask(Task):
         torch.manual_seed(seed)
         n_features = int(self.sites[0].x_train.shape[1])
         if is_import_path(self.model):
-            model = load_callable(self.model, "[task].model")(n_features=n_features, num_classes=self.num_classes,
-                                                               **self.model_args)
+            model = load_callable(self.model, "[task].model")(
+                n_features=n_features, num_classes=self.num_classes, **self.model_args
+            )
             if not isinstance(model, nn.Module):
                 raise SpecError(f"[task].model: {self.model!r} returned {type(model).__name__}, not a torch.nn.Module")
             return model  # type: ignore[no-any-return]
@@ -140,8 +141,9 @@ def tabular_params(params: Mapping[str, Any], where: str, extra: tuple[str, ...]
     check_keys(params, ["model", "model_args", "hidden", "test_fraction", "split_seed", *extra], where)
     model = get(params, "model", str, where, "logreg")
     if not is_import_path(model) and model not in ("logreg", "sigmoid", "mlp"):
-        raise SpecError(f"{where}.model: expected one of ['logreg', 'sigmoid', 'mlp'] or \"module:function\", "
-                        f"found {model!r}")
+        raise SpecError(
+            f"{where}.model: expected one of ['logreg', 'sigmoid', 'mlp'] or \"module:function\", found {model!r}"
+        )
     return {
         "model": model,
         "model_args": get(params, "model_args", dict, where, {}),
@@ -164,17 +166,26 @@ def build_heart(params: Mapping[str, Any], where: str) -> HeartTask:
     hospitals = get(params, "hospitals", list, where, list(HOSPITALS))
     unknown = [h for h in hospitals if h not in HOSPITALS]
     if unknown or not hospitals:
-        raise DataError(f"{where}.hospitals: unknown hospital(s) {unknown or hospitals}; the cohort has {list(HOSPITALS)}")
+        raise DataError(
+            f"{where}.hospitals: unknown hospital(s) {unknown or hospitals}; the cohort has {list(HOSPITALS)}"
+        )
     if split == "flamby":
         fixed = sorted({"test_fraction", "split_seed"} & set(params))
         if fixed:
-            raise SpecError(f"{where}: {fixed} do not apply with split = \"flamby\" (FLamby's split is fixed)")
+            raise SpecError(f'{where}: {fixed} do not apply with split = "flamby" (FLamby\'s split is fixed)')
         return _build_flamby(hospitals, p)
     x, y, site = heart_features(load_heart_frame())
     rng = np.random.default_rng(p["split_seed"])
     sites = [split_site(h, x[site == h], y[site == h], p["test_fraction"], rng) for h in hospitals]
-    return HeartTask("heart-disease", 2, sites, {"features": FEATURES}, model=p["model"], hidden=p["hidden"],
-                     model_args=p["model_args"])
+    return HeartTask(
+        "heart-disease",
+        2,
+        sites,
+        {"features": FEATURES},
+        model=p["model"],
+        hidden=p["hidden"],
+        model_args=p["model_args"],
+    )
 
 
 def _build_flamby(hospitals: list[str], p: Mapping[str, Any]) -> HeartTask:
@@ -189,7 +200,14 @@ def _build_flamby(hospitals: list[str], p: Mapping[str, Any]) -> HeartTask:
         ColumnSpec("restecg", "categorical", ("0", "1", "2"), "0"),
     ]
     pre = Preprocessor(cols, "site", {h: {"impute": {}, **s} for h, s in stats.items()})
-    info = {"features": FLAMBY_FEATURES, "labels": ["0", "1"], "positive": "1", "split": "flamby",
-            "preprocessing": pre.to_json(), "notes": ["FLamby Fed-Heart-Disease split and preprocessing"]}
-    return FlambyHeartTask("heart-disease", 2, sites, info, model=p["model"], hidden=p["hidden"],
-                           model_args=p["model_args"], raw=raw)
+    info = {
+        "features": FLAMBY_FEATURES,
+        "labels": ["0", "1"],
+        "positive": "1",
+        "split": "flamby",
+        "preprocessing": pre.to_json(),
+        "notes": ["FLamby Fed-Heart-Disease split and preprocessing"],
+    }
+    return FlambyHeartTask(
+        "heart-disease", 2, sites, info, model=p["model"], hidden=p["hidden"], model_args=p["model_args"], raw=raw
+    )

@@ -25,7 +25,10 @@ def load_image(path: Path, size: tuple[int, int], channels: int = 1) -> np.ndarr
     try:
         with Image.open(path) as img:
             mode = "L" if channels == 1 else "RGB"
-            arr = np.asarray(img.convert(mode).resize((size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+            arr = (
+                np.asarray(img.convert(mode).resize((size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.float32)
+                / 255.0
+            )
             return arr if channels == 1 else arr.transpose(2, 0, 1)
     except FileNotFoundError as exc:
         raise DataError(f"image not found: {path}") from exc

@@ -21,10 +21,10 @@ from ..speccheck import check_keys, get, in_range, one_of
 from .base import SiteData, Task
 from .csv_task import _collect, _per_site, _raise
 from .heart import HeartTask
-from .sites import fraction_split, parse_sites
 from .images import IMAGE_SUFFIXES, ImageFiles, load_image
 from .models import FaceEncoder
 from .plugins import is_import_path, load_callable
+from .sites import fraction_split, parse_sites
 
 __all__ = ["ImageFolderTask", "build_image_folder", "build_csv", "read_image_folder", "list_image_folder"]
 

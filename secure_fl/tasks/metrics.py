@@ -41,13 +41,18 @@ def roc_auc(scores: np.ndarray, y: np.ndarray) -> float:
 
 
 def gallery_topk(
-    gallery: np.ndarray, gallery_ids: np.ndarray, probes: np.ndarray, probe_ids: np.ndarray, ks: tuple[int, ...] = (1, 5)
+    gallery: np.ndarray,
+    gallery_ids: np.ndarray,
+    probes: np.ndarray,
+    probe_ids: np.ndarray,
+    ks: tuple[int, ...] = (1, 5),
 ) -> dict[int, float]:
     """Identify each probe embedding among gallery embeddings by cosine similarity.
 
     Returns, for each k, the fraction of probes whose identity is among the k nearest gallery
     identities (GestaltMatcher-style matching of identities unseen in training).
     """
+
     def normalise(a: np.ndarray) -> np.ndarray:
         return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
 

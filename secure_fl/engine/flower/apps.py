@@ -92,7 +92,7 @@ class FlowerTransport:
                     self.node_of[name] = nid
                 else:
                     self.refused_nodes[nid] = f"node {nid} says it is {name!r}, not a provisioned site (or a duplicate)"
-        for nid, why in self.refused_nodes.items():
+        for _nid, why in self.refused_nodes.items():
             self.log(f"refusing node: {why}")
         return sorted(self.node_of)
 

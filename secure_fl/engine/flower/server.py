@@ -397,8 +397,9 @@ class DeployedRun:
                         self._aggregator_stage(rd, stage.name)
                         continue
                     first, last = stage.name == site_stages[0], stage.name == site_stages[-1]
-                    step_op = lambda s: {"op": "step", "round": r, "stage": stage.name, "last": last,  # noqa: E731
-                                         "inbox": [message_to_dict(m) for m in rd.inbox_site.pop(s, [])]}
+                    # called within this iteration only: the loop variables it reads are this stage's
+                    step_op = lambda s: {"op": "step", "round": r, "stage": stage.name, "last": last,  # noqa: E731,B023
+                                         "inbox": [message_to_dict(m) for m in rd.inbox_site.pop(s, [])]}  # noqa: B023
                     if last and fuse:
                         carry = {s: [step_op(s)] for s in sorted(rd.alive)}
                         break
