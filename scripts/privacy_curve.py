@@ -26,6 +26,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from secure_fl.report.sweep_figures import mean_sd
+
 _LABEL = re.compile(r"^(?P<name>.+)\[target_epsilon=(?P<eps>[0-9.eE+-]+)\]$")
 
 
@@ -62,15 +64,6 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         w.writerows(rows)
 
 
-def _stats(vals: list[float]) -> tuple[float, float]:
-    vals = [v for v in vals if not math.isnan(v)]
-    if not vals:
-        return math.nan, math.nan
-    mean = sum(vals) / len(vals)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-    return mean, sd
-
-
 def plot(rows: list[dict[str, Any]], metrics: list[str], path: Path, title: str, chance: float | None) -> None:
     import matplotlib
 
@@ -88,13 +81,13 @@ def plot(rows: list[dict[str, Any]], metrics: list[str], path: Path, title: str,
             for r in mine:
                 by_eps[r["target_epsilon"]].append(float(r[metric]))
             if list(by_eps) == [math.inf]:
-                mean, sd = _stats(by_eps[math.inf])
+                mean, sd = mean_sd(by_eps[math.inf])
                 ax.axhline(mean, color=colours[proto], ls="--", label=f"{proto} (no DP)")
                 if sd > 0 and finite:
                     ax.axhspan(mean - sd, mean + sd, color=colours[proto], alpha=0.12)
                 continue
             eps = sorted(e for e in by_eps if math.isfinite(e))
-            stats = [_stats(by_eps[e]) for e in eps]
+            stats = [mean_sd(by_eps[e]) for e in eps]
             means = [s[0] for s in stats]
             ax.plot(eps, means, "o-", color=colours[proto], label=proto)
             ax.fill_between(eps, [m - s for m, s in stats], [m + s for m, s in stats], color=colours[proto], alpha=0.18)

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["sweep_figures", "x_key", "series"]
+__all__ = ["sweep_figures", "x_key", "series", "mean_sd"]
 
 _COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
 _FIXED = {"cell", "protocol", "seed", "status", "rounds", "primary_metric", "epsilon_spent_max", "adjacency",
@@ -61,7 +61,8 @@ def series(rows: Sequence[Mapping[str, Any]], x: str, metric: str) -> dict[str, 
     return {k: dict(v) for k, v in out.items()}
 
 
-def _stats(vals: list[float]) -> tuple[float, float]:
+def mean_sd(vals: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of the non-NaN values (0 for one value, NaN for none)."""
     vals = [v for v in vals if not math.isnan(v)]
     if not vals:
         return math.nan, math.nan
@@ -92,12 +93,12 @@ def metric_figure(rows: Sequence[Mapping[str, Any]], x: str, metric: str, path: 
         colour = _COLOURS[i % len(_COLOURS)]
         xs = sorted(v for v in by_x if math.isfinite(v))
         if not xs:
-            mean, sd = _stats(by_x.get(math.inf, []))
+            mean, sd = mean_sd(by_x.get(math.inf, []))
             ax.axhline(mean, color=colour, ls="--", label=f"{label} (no DP)")
             if sd > 0:
                 ax.axhspan(mean - sd, mean + sd, color=colour, alpha=0.1)
             continue
-        stats = [_stats(by_x[v]) for v in xs]
+        stats = [mean_sd(by_x[v]) for v in xs]
         ax.plot(xs, [s[0] for s in stats], "o-", color=colour, label=label)
         ax.fill_between(xs, [s[0] - s[1] for s in stats], [s[0] + s[1] for s in stats], color=colour, alpha=0.18)
         for v in xs:
@@ -122,8 +123,8 @@ def cost_figure(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> No
     for r in rows:
         by[str(r["protocol"])].append(r)
     names = list(by)
-    kb = [_stats([_num(r["bytes_up_per_site_round"]) / 1024 for r in by[n]])[0] for n in names]
-    sec = [_stats([_num(r["seconds_per_round"]) for r in by[n]])[0] for n in names]
+    kb = [mean_sd([_num(r["bytes_up_per_site_round"]) / 1024 for r in by[n]])[0] for n in names]
+    sec = [mean_sd([_num(r["seconds_per_round"]) for r in by[n]])[0] for n in names]
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6))
     for ax, vals, label in ((axes[0], kb, "KB up per site and round"), (axes[1], sec, "seconds per round")):
         ax.barh(names, vals, color=[_COLOURS[i % len(_COLOURS)] for i in range(len(names))])
