@@ -142,3 +142,22 @@ def test_unit_person_on_a_task_without_person_ids_fails_instead_of_degrading_to_
     assert run.aborted_rounds == 1 and run.epsilon == {}  # nothing trained, nothing released, nothing charged
     for site in run.sites.values():  # every site refuses with the reason (not a second error from a half-wrapped model)
         assert "unit = 'person': the task gives no person id" in site["last_refusal"]
+
+
+def test_example_level_dp_on_faces_reports_epsilon_per_photograph(tmp_path: Path) -> None:
+    """Example-level DP-SGD on a faces task protects one photograph, and the reported ε says so (a person
+    with several photographs gets only group privacy); a tabular task's example is a patient."""
+    from secure_fl.run.experiment import parse_experiment
+    from secure_fl.run.federation import run_variant
+    from secure_fl.tasks.registry import build_task
+
+    for task_table, unit in (({"name": "synthetic-faces", "n_sites": 2}, "photograph"),
+                             ({"name": "synthetic-tabular", "n_sites": 2, "n_per_site": 40}, "patient")):
+        exp = parse_experiment({
+            "name": "example", "protocols": ["dp-sgd-local"], "seeds": [0], "rounds": 1, "task": task_table,
+            "training": {"local_steps": 1, "batch_size": 8, "lr": 0.1},
+        }, "example.toml")
+        task = build_task(exp.task_name, exp.task_params)
+        run = run_variant(exp, task, exp.variants[0], 0, tmp_path / unit)
+        assert run.status == "finished"
+        assert {v["adjacency"] for v in run.epsilon.values()} == {f"add/remove one {unit}"}

@@ -111,6 +111,7 @@ def _privacy_layer(variant: Variant, exp: Experiment, task: Task, run_dir: Path,
         noise_rng=np.random.default_rng(derive_seed(seed, 0xD9)),
         protocol_name=spec.name,
         spec_hash=spec.spec_hash,
+        record=task.record,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -53,6 +53,9 @@ class Task(ABC):
     num_classes: int
     sites: list[SiteData]
     info: dict[str, Any] = field(default_factory=dict)  # JSON-like metadata (labels, notes, preprocessing)
+    #: what one training example is ("patient" for a row per patient, "photograph" on faces): the unit that
+    #: example-level DP protects, named in the reported ε ("add/remove one photograph")
+    record: ClassVar[str] = "patient"
 
     @abstractmethod
     def make_model(self, seed: int) -> nn.Module:

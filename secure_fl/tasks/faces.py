@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -61,6 +61,7 @@ def load_orl(image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class FacesTask(Task):
+    record: ClassVar[str] = "photograph"  # ORL holds 10 photographs per person: example-level DP protects one
     embedding_dim: int = 64
     gallery_x: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     gallery_y: torch.Tensor = field(default_factory=lambda: torch.empty(0))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -88,6 +88,8 @@ class ImageFolderTask(Task):
     """Images per class. ``model``: "cnn" (the small NormFace CNN of tasks/models.py) or the user's
     ``"module:make_model"``, called as ``make_model(num_classes=..., in_channels=..., image_size=[h, w],
     **model_args)``."""
+
+    record: ClassVar[str] = "image"  # a patient may have several images: example-level DP protects one
 
     embedding_dim: int = 64
     in_channels: int = 1

@@ -64,6 +64,13 @@ class PrivacyConfig:
         """The neighbouring relation the ε is for, e.g. "add/remove one patient"."""
         return f"{self.spec.adjacency(self)} {self.unit}"
 
+    def adjacency_for(self, record: str) -> str:
+        """:attr:`adjacency` naming what one training example is in the task (``Task.record``): example-level
+        DP on ORL faces protects one *photograph* ("add/remove one photograph"), not a patient with all of
+        their photographs; person- and site-level units are unchanged."""
+        unit = record if self.unit == "patient" else self.unit
+        return f"{self.spec.adjacency(self)} {unit}"
+
     def constrain(self, secure_sum: SecureSum) -> None:
         """Push this mechanism's requirements into ``secure_sum`` (e.g. its minimum contributors),
         which enforces them where the data flows. Called for every secure sum a spec builds."""

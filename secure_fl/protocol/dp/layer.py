@@ -113,7 +113,7 @@ class DpSite:
         out: dict[str, Any] = {
             "epsilon": eps_pld if cfg.accountant == "pld" else eps_rdp,
             "epsilon_rdp": eps_rdp, "epsilon_pld": eps_pld, "delta": cfg.delta, "unit": cfg.unit,
-            "adjacency": cfg.adjacency,
+            "adjacency": cfg.adjacency_for(self.layer.record),
             "noise_multiplier": self.noise_multiplier,
         }
         hook = getattr(self, "_hook", None)
@@ -128,8 +128,10 @@ class DpPrivacyLayer:
     def __init__(self, config: PrivacyConfig, *, weighting: str, plan: Any, site_sizes: Mapping[str, int],
                  run_dir: pathlib.Path, noise_rng: np.random.Generator, protocol_name: str, spec_hash: str,
                  ledger_for: Callable[[str], PrivacyLedger] | None = None,
-                 noise_multipliers: Mapping[str, float] | None = None) -> None:
+                 noise_multipliers: Mapping[str, float] | None = None, record: str = "patient") -> None:
         self.config, self.weighting, self.plan = config, weighting, plan
+        #: what one training example is in the task ("patient", "photograph"): named in the reported adjacency
+        self.record = record
         #: the ledger of a site (default: ``run_dir/sites/SITE/ledger.sqlite`` with the spec's budget)
         self.ledger_for = ledger_for
         self.site_sizes = dict(site_sizes)
@@ -229,6 +231,7 @@ def build_privacy_layer(
     spec_hash: str,
     ledger_for: Callable[[str], PrivacyLedger] | None = None,
     noise_multipliers: Mapping[str, float] | None = None,
+    record: str = "patient",
 ) -> DpPrivacyLayer:
     """The engine's entry point: a privacy layer for one run (``plan`` is a ``training.config.RunPlan``).
 
@@ -242,4 +245,4 @@ def build_privacy_layer(
         raise TypeError(f"expected a PrivacyConfig from parse_privacy, found {type(config).__name__}")
     return DpPrivacyLayer(config, weighting=weighting, plan=plan, site_sizes=site_sizes, run_dir=run_dir,
                           noise_rng=noise_rng, protocol_name=protocol_name, spec_hash=spec_hash, ledger_for=ledger_for,
-                          noise_multipliers=noise_multipliers)
+                          noise_multipliers=noise_multipliers, record=record)
