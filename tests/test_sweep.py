@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from pathlib import Path
 
@@ -140,3 +141,26 @@ def test_sweep_command_runs_real_cells(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(args) == 0
     assert "0 run now, 4 already finished" in capsys.readouterr().out
     assert main(["sweep", str(spec), "--out", str(tmp_path / "runs"), "--set", "training.lrr=0.1"]) == 2
+
+
+def test_metric_over_rounds_is_read_from_each_cells_round_record_and_drawn(tmp_path: Path) -> None:
+    from secure_fl.report.sweep_figures import round_curves
+
+    inner = _fake([])
+
+    def run_cell(cell, task, run_dir):  # type: ignore[no-untyped-def]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        base = cell.settings.get("privacy.target_epsilon", 10) / 10 + cell.seed
+        lines = [json.dumps({"round": i, "metrics": {"pooled/auc": base + i}}) for i in range(3)]
+        lines.insert(1, json.dumps({"round": 9, "aborted": "x", "metrics": {}}))  # a round that released nothing
+        (run_dir / "rounds.jsonl").write_text("\n".join(lines) + "\n")
+        return inner(cell, task, run_dir)
+
+    exp = _exp()
+    res = run_sweep(exp, grid_from(exp), tmp_path / "s", log=None, figures=True, run_cell=run_cell)
+    assert "rounds.png" in {p.name for p in res.figures}
+    curves = round_curves(res.rows, tmp_path / "s", "privacy.target_epsilon", "pooled/auc")
+    assert set(curves) == {1.0, 4.0, math.inf}
+    seeds = sorted(curves[4.0]["dp-sgd-local"])
+    assert seeds[0][0] == pytest.approx(0.4) and math.isnan(seeds[0][1]) and seeds[1][3] == pytest.approx(3.4)
+    assert sorted(c[0] for c in curves[math.inf]["plain-fedavg"]) == pytest.approx([1.0, 2.0])

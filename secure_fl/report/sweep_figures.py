@@ -5,17 +5,20 @@
   a band of ±1 sd and every seed as a dot; a protocol without that key (plain FedAvg, the
   references) is a dashed horizontal line (its mean over seeds, ε = ∞).
 - ``cost.png``: KB sent up per site and round, and seconds per round, per protocol (mean over cells).
+- ``rounds.png``: the primary metric over rounds (from each cell's ``run/rounds.jsonl``), one panel per
+  value of the x key (no-DP protocols dashed in every panel), mean over seeds with a ±1 sd band.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["sweep_figures", "x_key", "series", "mean_sd"]
+__all__ = ["sweep_figures", "x_key", "series", "mean_sd", "round_curves"]
 
 _COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
 _FIXED = {"cell", "protocol", "seed", "status", "rounds", "primary_metric", "epsilon_spent_max", "adjacency",
@@ -139,6 +142,62 @@ def cost_figure(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> No
     plt.close(fig)
 
 
+def round_curves(rows: Sequence[Mapping[str, Any]], folder: Path, x: str | None,
+                 metric: str) -> dict[float, dict[str, list[list[float]]]]:
+    """x value -> label -> one list per seed of ``metric`` after each round (NaN where a round released
+    nothing), read from ``folder/cells/<cell>/run/rounds.jsonl``; cells without x are under ``inf``."""
+    xk = x or ""
+    others = [k for k in _swept(rows) if k != xk]
+    out: dict[float, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        path = folder / "cells" / str(r["cell"]) / "run" / "rounds.jsonl"
+        if not path.is_file():
+            continue
+        curve = []
+        for line in path.read_text().splitlines():
+            if line.strip():
+                curve.append(_num((json.loads(line).get("metrics") or {}).get(metric)))
+        extra = " ".join(f"{k.split('.')[-1]}={r[k]}" for k in others if r.get(k, "") != "")
+        xv = _num(r.get(xk, "")) if x and r.get(xk, "") != "" else math.inf
+        out[xv][f"{r['protocol']} {extra}".strip()].append(curve)
+    return {k: dict(v) for k, v in out.items()}
+
+
+def rounds_figure(rows: Sequence[Mapping[str, Any]], folder: Path, x: str | None, metric: str, path: Path,
+                  title: str) -> bool:
+    """Draw :func:`round_curves` (one panel per x value); ``False`` when no cell has a round record."""
+    curves = round_curves(rows, folder, x, metric)
+    if not curves:
+        return False
+    plt = _plt()
+    xs = sorted(v for v in curves if math.isfinite(v)) or [math.inf]
+    fig, axes = plt.subplots(1, len(xs), figsize=(3.2 * len(xs) + 0.8, 3.4), sharey=True, squeeze=False)
+    labels = sorted({label for by in curves.values() for label in by})
+    colour = {label: _COLOURS[i % len(_COLOURS)] for i, label in enumerate(labels)}
+    for ax, xv in zip(axes[0], xs):
+        panels = [(curves.get(xv, {}), "-")] + ([(curves[math.inf], "--")] if math.isfinite(xv) else [])
+        for by_label, style in panels:
+            for label, seeds in by_label.items():
+                n = max(len(c) for c in seeds)
+                stats = [mean_sd([c[i] for c in seeds if i < len(c)]) for i in range(n)]
+                rounds = list(range(1, n + 1))
+                ax.plot(rounds, [m for m, _ in stats], style, color=colour[label],
+                        label=label if style == "-" else f"{label} (no DP)")
+                ax.fill_between(rounds, [m - sd for m, sd in stats], [m + sd for m, sd in stats],
+                                color=colour[label], alpha=0.15)
+        name = "ε" if x == "privacy.target_epsilon" else (x or "").split(".")[-1]
+        ax.set_title(f"{name} = {xv:g}" if math.isfinite(xv) else "no swept value", fontsize=8)
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(metric)
+    axes[0][-1].legend(fontsize=6, loc="best")
+    fig.suptitle(f"{title}: {metric} over rounds (mean ± sd over seeds)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return True
+
+
 def sweep_figures(rows: Sequence[Mapping[str, Any]], folder: Path, title: str) -> list[Path]:
     """Write the sweep's figures into ``folder``; returns their paths."""
     finished = [r for r in rows if r.get("status") == "finished"]
@@ -154,4 +213,7 @@ def sweep_figures(rows: Sequence[Mapping[str, Any]], folder: Path, title: str) -
     path = folder / "cost.png"
     cost_figure(finished, path, title)
     out.append(path)
+    path = folder / "rounds.png"
+    if rounds_figure(finished, folder, x, metric, path, title):
+        out.append(path)
     return out
