@@ -164,3 +164,7 @@ def test_metric_over_rounds_is_read_from_each_cells_round_record_and_drawn(tmp_p
     seeds = sorted(curves[4.0]["dp-sgd-local"])
     assert seeds[0][0] == pytest.approx(0.4) and math.isnan(seeds[0][1]) and seeds[1][3] == pytest.approx(3.4)
     assert sorted(c[0] for c in curves[math.inf]["plain-fedavg"]) == pytest.approx([1.0, 2.0])
+    from secure_fl.report.sweep_figures import rounds_figure
+
+    only_dp = [r for r in res.rows if r["protocol"] == "dp-sgd-local"]  # a sweep without a no-DP protocol
+    assert rounds_figure(only_dp, tmp_path / "s", "privacy.target_epsilon", "pooled/auc", tmp_path / "r.png", "t")

@@ -175,7 +175,8 @@ def rounds_figure(rows: Sequence[Mapping[str, Any]], folder: Path, x: str | None
     labels = sorted({label for by in curves.values() for label in by})
     colour = {label: _COLOURS[i % len(_COLOURS)] for i, label in enumerate(labels)}
     for ax, xv in zip(axes[0], xs):
-        panels = [(curves.get(xv, {}), "-")] + ([(curves[math.inf], "--")] if math.isfinite(xv) else [])
+        panels = [(curves.get(xv, {}), "-")] + ([(curves[math.inf], "--")] if math.isfinite(xv) and math.inf in curves
+                                                else [])
         for by_label, style in panels:
             for label, seeds in by_label.items():
                 n = max(len(c) for c in seeds)
