@@ -72,8 +72,11 @@ def table(rows: list[dict[str, Any]], metric: str) -> list[str]:
     units: dict[str, str] = {}
     for r in rows:
         x = float(r[X]) if r.get(X, "") != "" else math.inf
-        by[r["protocol"]][x].append(float(r[metric]) if r.get(metric, "") != "" else math.nan)
-        units.setdefault(r["protocol"], r.get("adjacency", "") or "–")
+        # other swept settings (e.g. privacy.unit = person) make their own row, as in the figure's legend
+        extra = " ".join(f"{k.split('.')[-1]}={v}" for k, v in r.items() if "." in k and "/" not in k and k != X and v)
+        label = f"{r['protocol']} {extra}".strip()
+        by[label][x].append(float(r[metric]) if r.get(metric, "") != "" else math.nan)
+        units.setdefault(label, r.get("adjacency", "") or "–")
     eps = sorted({x for d in by.values() for x in d if math.isfinite(x)})
     lines = ["| protocol | ε for | " + " | ".join(f"ε = {e:g}" for e in eps) + " | no DP |",
              "|---|---|" + "---|" * (len(eps) + 1)]

@@ -26,6 +26,17 @@ _FIXED = {"cell", "protocol", "seed", "status", "rounds", "primary_metric", "eps
           "wall_seconds"}
 
 
+#: fixed colours for the catalogue's protocols, so one protocol has one colour in every panel and figure
+_KNOWN = {"plain-fedavg": "#7f7f7f", "dp-sgd-local": "#2ca02c", "dp-fedavg-central": "#d62728",
+          "dp-distributed-ckks": "#1f77b4", "dp-distributed-ckks-head": "#1f77b4", "dp-fedavg-secagg": "#ff7f0e",
+          "dp-distributed-secagg": "#9467bd", "pooled": "#000000", "local-only": "#8c564b"}
+
+
+def _colour(label: str, i: int) -> str:
+    """A protocol's fixed colour (other settings in the label, e.g. ``unit=person``, get a palette colour)."""
+    return _KNOWN.get(label, _COLOURS[(i + 3) % len(_COLOURS)])
+
+
 def _num(v: Any) -> float:
     try:
         return float(v)
@@ -92,8 +103,8 @@ def metric_figure(rows: Sequence[Mapping[str, Any]], x: str, metric: str, path: 
         fig, ax = plt.subplots(figsize=(6.0, 4.2))
     data = series(rows, x, metric)
     finite = sorted({v for s in data.values() for v in s if math.isfinite(v)})
-    for i, (label, by_x) in enumerate(data.items()):
-        colour = _COLOURS[i % len(_COLOURS)]
+    for i, (label, by_x) in enumerate(sorted(data.items())):
+        colour = _colour(label, i)
         xs = sorted(v for v in by_x if math.isfinite(v))
         if not xs:
             mean, sd = mean_sd(by_x.get(math.inf, []))
@@ -173,7 +184,7 @@ def rounds_figure(rows: Sequence[Mapping[str, Any]], folder: Path, x: str | None
     xs = sorted(v for v in curves if math.isfinite(v)) or [math.inf]
     fig, axes = plt.subplots(1, len(xs), figsize=(3.2 * len(xs) + 0.8, 3.4), sharey=True, squeeze=False)
     labels = sorted({label for by in curves.values() for label in by})
-    colour = {label: _COLOURS[i % len(_COLOURS)] for i, label in enumerate(labels)}
+    colour = {label: _colour(label, i) for i, label in enumerate(labels)}
     for ax, xv in zip(axes[0], xs):
         panels = [(curves.get(xv, {}), "-")] + ([(curves[math.inf], "--")] if math.isfinite(xv) and math.inf in curves
                                                 else [])
