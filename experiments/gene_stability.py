@@ -1,11 +1,12 @@
 """Stability of the selected genes: Jaccard overlap of each protocol's top-k genes with pooled training.
 
-Reads one ``secure-fl compare`` folder of a feature-selection task (e.g. golub-genes), ranks the
+Reads one ``secure-fl compare`` folder of a feature-selection task (golub-genes, bladder-batch), ranks the
 genes of every run's final model by ``|w_j|`` of its feature-selection layer, and compares the
 top-k set with the pooled model's of the same seed. local-only has one model per site: its row is
 the mean over the sites' models. Writes a markdown table (mean ± sd over seeds) and a JSON file.
 
     PYTHONPATH=. python experiments/gene_stability.py runs/golub-genes/latest --out experiments/results/golub-genes
+    PYTHONPATH=. python experiments/gene_stability.py runs/bladder-batch/latest --out experiments/results/bladder-batch
 """
 
 from __future__ import annotations

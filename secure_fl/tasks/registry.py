@@ -20,6 +20,7 @@ TASKS: dict[str, str] = {
     "heart-disease": "secure_fl.tasks.heart:build_heart",
     "heart-failure": "secure_fl.tasks.heart_failure:build_heart_failure",
     "golub-genes": "secure_fl.tasks.genes:build_golub_genes",
+    "bladder-batch": "secure_fl.tasks.bladderbatch:build_bladder_batch",
     "faces": "secure_fl.tasks.faces:build_faces",
     "faces-pretrained": "secure_fl.tasks.pretrained:build_faces_pretrained",
     "image-folder": "secure_fl.tasks.local_data:build_image_folder",
