@@ -54,7 +54,6 @@ import re
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +172,7 @@ def site_asset(site: Any, kit_name: str, mock_seed: int = 0) -> tuple[dict[str, 
             hi = int(value.max()) + 1 if value.size else 1
             mock[key] = rng.integers(0, max(hi, 1), size=value.shape).astype(value.dtype)
         else:
-            mock[key] = rng.standard_normal(value.shape).astype(value.dtype)
+            mock[key] = np.asarray(rng.standard_normal(value.shape), dtype=value.dtype)
     return private, mock
 
 
@@ -305,7 +304,7 @@ def submit_site_step(client: Any, asset: Any, spec: ProtocolSpec, rounds: int) -
     name = site_step_name(spec.spec_hash)
     namespace: dict[str, Any] = {}
     filename = f"<secure-fl site step {spec.spec_hash}>"
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 (our own fixed source; syft reads it back)
+    exec(compile(source, filename, "exec"), namespace)  # our own fixed source (above); syft reads it back
     import linecache
 
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)  # syft reads the source
