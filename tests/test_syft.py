@@ -201,6 +201,8 @@ def test_an_approved_run_sends_only_protected_bytes_and_gives_the_local_engines_
                 res.pop("weights", None) if res["op"] == "final" else None
             blobs.append(Message(0, "syft-job", s, AGGREGATOR, encode(reply), ViewKind.MASKED))
     assert len(blobs) >= 3 * (ROUNDS + 1)
+    leak = encode({"site": "alpha", "results": [{"op": "step", "out": [plain[0]["alpha"].values]}]})
+    assert audit([Message(0, "syft-job", "alpha", AGGREGATOR, leak, ViewKind.MASKED)], plain[0], Promise("masked"))
     for r in range(ROUNDS):
         assert audit(blobs, plain[r], Promise("masked")) == []
         for s, inp in plain[r].items():  # the plain update's bytes, checked directly too
