@@ -267,6 +267,8 @@ def run_site_job(data: Mapping[str, Any], request: str, *, spec_hash: str, versi
         if kit_path is None:
             raise SyftApprovalError(f"no kit registered for site {site!r} in this datasite's process "
                                     "(the steward calls secure_fl.engine.syft.register_kit)")
+        if not isinstance(request, str):
+            raise SyftApprovalError(f"the request argument must be a base64 string, found {type(request).__name__}")
         try:
             raw = base64.b64decode(request.encode("ascii"), validate=True)
         except (ValueError, UnicodeEncodeError) as exc:
