@@ -31,6 +31,7 @@ from secure_fl.protocol.secagg import (
     wire,
 )
 from secure_fl.protocol.secagg.graph import harary_graph
+from secure_fl.protocol.secagg.sums import _spawn
 
 SITE_STAGES = [ADVERTISE_KEYS, SHARE_KEYS, MASKED_INPUT, SIGN_SURVIVORS, UNMASK]
 Transit = Callable[[Message], "Message | list[Message] | None"]
@@ -144,7 +145,7 @@ def expected_slots(
     assert twin.rng is not None and twin.quantizer is not None
     total = np.zeros(proto.dim + 1, dtype=twin.quantizer.dtype)
     for site, (values, weight) in inputs.items():
-        rng = twin.rng.spawn(1)[0]
+        rng = _spawn(twin.rng)  # rng.spawn(1)[0], also on numpy 1.24
         if site in keep:
             total += twin.quantizer.encode(values, weight, rng)
     return total & twin.quantizer.dtype.type(twin.quantizer.modulus_mask)

@@ -102,7 +102,9 @@ def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     fpr, tpr = roc_curve(scores, labels)
-    return float(np.trapezoid(tpr, fpr))
+    # np.trapezoid from numpy 2.0; np.trapz before it (the core supports numpy >= 1.24)
+    trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # noqa: B009 (removed in numpy 2.4)
+    return float(trapezoid(tpr, fpr))
 
 
 def tpr_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr_max: float) -> float:

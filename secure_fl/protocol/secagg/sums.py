@@ -28,6 +28,13 @@ if TYPE_CHECKING:
 __all__ = ["SecAggSum", "SecAggPlusSum", "InvalidParameter"]
 
 
+def _spawn(rng: np.random.Generator) -> np.random.Generator:
+    """``rng.spawn(1)[0]`` (numpy >= 1.25) for numpy >= 1.24 too: the same child seed sequence, the same stream."""
+    bits = rng.bit_generator
+    seq = getattr(bits, "seed_seq", None) or bits._seed_seq  # type: ignore[attr-defined]
+    return np.random.Generator(type(bits)(seq.spawn(1)[0]))
+
+
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -320,7 +327,7 @@ class SecAggSum(SecureSum):
         if key is None:
             raise ProtocolError(f"{self.name}: this process holds no identity signing key for site {site_id!r}")
         assert self.rng is not None
-        return SecAggSite(self, site_id, round, values, weight, self.rng.spawn(1)[0], key)
+        return SecAggSite(self, site_id, round, values, weight, _spawn(self.rng), key)
 
     def aggregator(self, round: int, site_ids: Sequence[str], dim: int) -> "SecAggAggregator":
         from .aggregator import SecAggAggregator
