@@ -458,3 +458,32 @@ def test_streaming_refuses_a_message_handed_over_under_another_name() -> None:
     res = sites["site-01"].result()
     assert "site-00" not in res.contributors
     assert rel_err(res.mean, plain_mean(values, weights, only=res.contributors)) < TOL
+
+
+def test_the_local_engine_hands_each_ciphertext_to_the_aggregator_on_arrival(monkeypatch) -> None:
+    """drive_round streams: when the aggregator's summing stages run, every site's ciphertext is already in
+    the running sum (its step gets an empty inbox), and the time spent adding counts in those stages."""
+    from secure_fl.engine.local import drive_round
+
+    dim = 3000
+    proto, values, weights = make(4, dim)
+    inboxes: dict[str, int] = {}
+    make_aggregator = proto.aggregator
+
+    def aggregator(*args: Any, **kwargs: Any) -> Any:
+        agg = make_aggregator(*args, **kwargs)
+        step = agg.step
+
+        def recording(stage: str, inbox: Any) -> list[Message]:
+            inboxes[stage] = len(inbox)
+            return step(stage, inbox)
+
+        agg.step = recording
+        return agg
+
+    monkeypatch.setattr(proto, "aggregator", aggregator)
+    out = drive_round(proto, 0, {s: (values[s], weights[s]) for s in values}, dim)
+    assert out.aborted is None and out.result is not None
+    assert rel_err(out.result.mean, plain_mean(values, weights)) < TOL
+    assert inboxes == {"bounds_sum": 0, "sum": 0}
+    assert out.stage_seconds["sum"] > 0
