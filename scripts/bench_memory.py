@@ -13,9 +13,11 @@ returns float32), runs one round through the real parties and the in-process car
 * ``inputs_mb``: the sites' updates themselves (``sites x params x 4`` bytes), which the caller
   of the in-process engine holds (in a deployment each site holds only its own);
 * ``round_mb = peak - base - inputs``: what the secure sum and the carrier add;
-* ``seconds`` (all sites one after another), ``seconds_sites_parallel`` (the slowest site of each
+* ``seconds`` (all sites one after another; ``cpu_seconds``: the CPU time of the same, steadier on a
+  shared machine), ``seconds_sites_parallel`` (the slowest site of each
   site stage plus the aggregator, as in a deployment), ``site_s_per_1M`` (that slowest site's
-  seconds per million parameters: the portable number), ``aggregator_s``;
+  seconds per million parameters), ``aggregator_s``; ``site_cpu_s_per_1M`` and ``aggregator_cpu_s``:
+  the same as CPU time of the parties' steps (the portable number on a shared machine);
 * ``up_B_per_param`` / ``down_B_per_param``: bytes one site sends / receives per parameter.
 
 ``--lazy`` creates each site's update only when the carrier first asks for it (a mapping that
@@ -32,8 +34,9 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +66,38 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+def _cpu_meter(proto: Any) -> dict[str, float]:
+    """Count the CPU seconds of every party's steps (sites by name, the aggregator's steps and receives under
+    ``"aggregator"``): steadier than wall-clock time on a shared machine. Wraps the protocol's party factories."""
+    cpu: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            t = time.process_time()
+            try:
+                return fn(*args)
+            finally:
+                cpu[name] = cpu.get(name, 0.0) + time.process_time() - t
+
+        return run
+
+    make_site, make_aggregator = proto.site, proto.aggregator
+
+    def site(site_id: str, *args: Any) -> Any:
+        party = make_site(site_id, *args)
+        party.step = timed(site_id, party.step)
+        return party
+
+    def aggregator(*args: Any) -> Any:
+        party = make_aggregator(*args)
+        party.step = timed("aggregator", party.step)
+        party.receive = timed("aggregator", party.receive)
+        return party
+
+    proto.site, proto.aggregator = site, aggregator
+    return cpu
+
+
 def point(protocol: str, sites: int, params: int, lazy: bool) -> dict[str, object]:
     """One round in this process; returns the measurements."""
     from secure_fl.engine.local import drive_round
@@ -71,12 +106,13 @@ def point(protocol: str, sites: int, params: int, lazy: bool) -> dict[str, objec
     names = [f"site-{i:03d}" for i in range(sites)]
     proto = load_protocol(protocol).build_secure_sum()
     proto.setup(names, params)
+    cpu_by_party = _cpu_meter(proto)
     base = _rss_mb()
     inputs: Mapping[str, tuple[np.ndarray, float]]
     inputs = LazyInputs(names, params) if lazy else {n: LazyInputs(names, params)[n] for n in names}
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     out = drive_round(proto, 0, inputs, params)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     if out.aborted or out.result is None:
         raise SystemExit(f"round aborted: {out.aborted} (dropped: {out.dropped})")
     expected = sum(float(10 + i) for i in range(sites))
@@ -92,12 +128,15 @@ def point(protocol: str, sites: int, params: int, lazy: bool) -> dict[str, objec
     return {
         "protocol": protocol, "sites": sites, "params": params, "lazy": lazy,
         "peak_mb": round(peak, 1), "base_mb": round(base, 1), "inputs_mb": round(inputs_mb, 1),
-        "round_mb": round(peak - base - inputs_mb, 1), "seconds": round(seconds, 2),
+        "round_mb": round(peak - base - inputs_mb, 1), "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
         # with the sites in parallel (as deployed): the slowest site per site stage, plus the aggregator
         "seconds_sites_parallel": round(site_s + agg_s, 2),
         "site_s_per_1M": round(site_s / params * 1e6, 3), "aggregator_s": round(agg_s, 2),
         "up_B_per_param": round(up / params, 3), "down_B_per_param": round(down / params, 3),
         "stage_seconds": {k: round(v, 2) for k, v in out.stage_seconds.items()},
+        # CPU seconds of the busiest site's steps per million parameters, and of the aggregator
+        "site_cpu_s_per_1M": round(max(v for k, v in cpu_by_party.items() if k != "aggregator") / params * 1e6, 3),
+        "aggregator_cpu_s": round(cpu_by_party.get("aggregator", 0.0), 2),
     }
 
 
