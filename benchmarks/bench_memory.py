@@ -23,8 +23,6 @@ from secure_fl.engine.local import drive_round
 from secure_fl.protocol.spec import load_protocol
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_memory.py"
-sys.path.insert(0, str(SCRIPT.parent))
-from bench_memory import LazyInputs  # noqa: E402
 
 PARAMS = 100_000
 
@@ -35,8 +33,10 @@ def test_round_memory(benchmark, protocol: str, sites: int) -> None:
     names = [f"site-{i:03d}" for i in range(sites)]
     proto = load_protocol(protocol).build_secure_sum()
     proto.setup(names, PARAMS)
-    lazy = LazyInputs(names, PARAMS)
-    inputs = {n: lazy[n] for n in names}
+    inputs = {  # the synthetic updates of scripts/bench_memory.py
+        n: (np.random.default_rng(i).uniform(-0.01, 0.01, PARAMS).astype(np.float32), float(10 + i))
+        for i, n in enumerate(names)
+    }
     counter = iter(range(10**6))
     benchmark.group = f"round-memory:{protocol}"
     out = benchmark.pedantic(lambda: drive_round(proto, next(counter), inputs, PARAMS), rounds=2, iterations=1)
