@@ -37,12 +37,14 @@ def run_round(
     views: list[Message] | None = None,
     tamper_down: Tamper | None = None,
     agg_proto: CkksSum | None = None,
+    streaming: bool = False,
 ) -> tuple[dict[str, Any], Any, list[Message], dict[str, str]]:
     """Drive one round: stages in order, messages delivered for the receiver's next step.
 
     ``views`` (if given) collects every message, also when the round aborts; ``tamper`` rewrites
     what sites send, ``tamper_down`` what the aggregator sends; ``agg_proto`` makes the aggregator
-    party (a deployment where the aggregator holds its own, public-context CkksSum).
+    party (a deployment where the aggregator holds its own, public-context CkksSum); ``streaming`` hands
+    each site's outbox to the aggregator's ``receive`` as soon as the site has stepped.
     """
     ids = list(values)
     dim = dim if dim is not None else len(next(iter(values.values())))
@@ -63,10 +65,9 @@ def run_round(
                     dropped[s] = exc.reason
                     continue
                 inbox[s] = []
-                for msg in out:
-                    for m in tamper(msg) if tamper else [msg]:
-                        views.append(m)
-                        agg_inbox.append(m)
+                sent = [m for msg in out for m in (tamper(msg) if tamper else [msg])]
+                views.extend(sent)
+                agg_inbox.extend(agg.receive(s, sent) if streaming and sent else sent)
         else:
             out = agg.step(stage.name, agg_inbox)
             agg_inbox = []
@@ -378,3 +379,111 @@ def test_spec_cannot_claim_the_aggregator_sees_less() -> None:
     data = {**spec, "threat_model": {**spec["threat_model"], "aggregator_sees": "masked"}}
     with pytest.raises(SpecError, match="aggregator_sees"):
         parse_protocol(data, "x.toml")
+
+
+# --- streaming: the aggregator adds each input on arrival -------------------------------------
+
+
+@pytest.mark.parametrize("bounds", ["histogram", "public"])
+def test_streaming_aggregator_takes_each_input_on_arrival_and_releases_the_same_sum(bounds: str) -> None:
+    dim = 3000  # two chunks of the small preset (2048 slots)
+    kw = {"bounds": "public", "value_bound": 5000.0, "weight_bound": 2000.0} if bounds == "public" else {}
+    proto, values, weights = make(4, dim, **kw)
+    sites, agg, _, dropped = run_round(proto, values, weights, streaming=True)
+    assert not dropped and not agg.rejected
+    want = plain_mean(values, weights)
+    for party in sites.values():
+        assert rel_err(party.result().mean, want) < TOL
+    # the aggregator kept no site's message for its step: every one was consumed by receive
+    proto2, values2, weights2 = make(4, dim, seed=1, **kw)
+    agg2 = proto2.aggregator(0, list(values2), dim)
+    parties = {s: proto2.site(s, 0, values2[s], weights2[s]) for s in values2}
+    inbox: dict[str, list[Message]] = {s: [] for s in values2}
+    taken: list[int] = []  # messages receive() left for the aggregator's step
+    for stage in proto2.stages:
+        if stage.actor == "sites":
+            for s, party in parties.items():
+                left = agg2.receive(s, party.step(stage.name, inbox.pop(s, [])))
+                taken.append(len(left))
+                inbox.setdefault(AGGREGATOR, []).extend(left)
+        else:
+            for m in agg2.step(stage.name, inbox.pop(AGGREGATOR, [])):
+                inbox.setdefault(m.receiver, []).append(m)
+    # bounds and submit messages are consumed on arrival; the decrypt stage sends nothing to it
+    assert taken and all(n == 0 for n in taken)
+    assert rel_err(parties["site-00"].result().mean, plain_mean(values2, weights2)) < TOL
+
+
+def test_a_ciphertext_failing_midway_is_taken_out_of_the_running_sum() -> None:
+    """site-02's second chunk is not a ciphertext: its first chunk was already added on arrival and must be
+    subtracted again, so the released sum is exactly the other sites' (rolled back, not poisoned)."""
+    dim = 3000
+    proto, values, weights = make(4, dim)
+    state = {"i": 0}
+
+    def break_second(c: bytes) -> bytes:
+        state["i"] += 1
+        return c if state["i"] == 1 else c[: len(c) // 2]
+
+    tamper = _retarget("site-02", SUBMIT, _reframe(proto, break_second))
+    sites, agg, _, dropped = run_round(proto, values, weights, tamper=tamper, streaming=True)
+    assert "chunk 1 is not a valid ciphertext" in agg.rejected["site-02"]
+    others = [s for s in values if s != "site-02"]
+    res = sites["site-00"].result()
+    assert sorted(res.contributors) == others
+    assert rel_err(res.mean, plain_mean(values, weights, only=others)) < TOL
+
+
+def test_a_carrier_delivering_a_site_twice_is_a_protocol_error() -> None:
+    from secure_fl.errors import ProtocolError
+
+    proto, values, weights = make(3, 50, bounds="public", value_bound=5000.0, weight_bound=2000.0)
+    agg = proto.aggregator(0, list(values), 50)
+    sent = proto.site("site-00", 0, values["site-00"], weights["site-00"]).step(SUBMIT, [])
+    assert agg.receive("site-00", sent) == []
+    with pytest.raises(ProtocolError, match="delivered twice"):
+        agg.receive("site-00", sent)
+
+
+def test_streaming_refuses_a_message_handed_over_under_another_name() -> None:
+    proto, values, weights = make(4, 50)
+
+    def spoof(m: Message) -> list[Message]:
+        if m.sender == "site-00" and m.stage == SUBMIT:
+            return [Message(m.round, m.stage, "site-01", m.receiver, m.payload, m.kind)]
+        return [m]
+
+    sites, agg, _, _ = run_round(proto, values, weights, tamper=spoof, streaming=True)
+    assert "labelled" in agg.rejected["site-00"]
+    res = sites["site-01"].result()
+    assert "site-00" not in res.contributors
+    assert rel_err(res.mean, plain_mean(values, weights, only=res.contributors)) < TOL
+
+
+def test_the_local_engine_hands_each_ciphertext_to_the_aggregator_on_arrival(monkeypatch) -> None:
+    """drive_round streams: when the aggregator's summing stages run, every site's ciphertext is already in
+    the running sum (its step gets an empty inbox), and the time spent adding counts in those stages."""
+    from secure_fl.engine.local import drive_round
+
+    dim = 3000
+    proto, values, weights = make(4, dim)
+    inboxes: dict[str, int] = {}
+    make_aggregator = proto.aggregator
+
+    def aggregator(*args: Any, **kwargs: Any) -> Any:
+        agg = make_aggregator(*args, **kwargs)
+        step = agg.step
+
+        def recording(stage: str, inbox: Any) -> list[Message]:
+            inboxes[stage] = len(inbox)
+            return step(stage, inbox)
+
+        agg.step = recording
+        return agg
+
+    monkeypatch.setattr(proto, "aggregator", aggregator)
+    out = drive_round(proto, 0, {s: (values[s], weights[s]) for s in values}, dim)
+    assert out.aborted is None and out.result is not None
+    assert rel_err(out.result.mean, plain_mean(values, weights)) < TOL
+    assert inboxes == {"bounds_sum": 0, "sum": 0}
+    assert out.stage_seconds["sum"] > 0

@@ -26,15 +26,18 @@ import enum
 import hashlib
 import json
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import tenseal as ts
 
-from .ckks import TENSEAL_ERRORS, CkksContext
+from .ckks import TENSEAL_ERRORS, CkksContext, decrypt_chunks
 
-__all__ = ["FrameKind", "FrameError", "Frame", "pack_frame", "unpack_frame", "load_vectors"]
+__all__ = [
+    "FrameKind", "FrameError", "Frame", "pack_frame", "unpack_frame", "load_vector", "load_vectors", "iter_vectors",
+    "decrypt_frame",
+]
 
 _MAGIC = b"SFC1"
 _FIXED = struct.Struct("<4sB16sIII")
@@ -53,13 +56,42 @@ class FrameError(ValueError):
     """A frame or one of its ciphertexts is malformed; the message says what and where."""
 
 
-@dataclass
 class Frame:
-    kind: FrameKind
-    fingerprint: str
-    round: int
-    chunks: list[bytes]
-    meta: dict[str, Any] = field(default_factory=dict)
+    """A validated frame. The chunks stay in the payload until asked for (:meth:`chunk`,
+    :meth:`iter_chunks`), so a frame of many chunks is never held twice."""
+
+    def __init__(
+        self, kind: FrameKind, fingerprint: str, round: int, chunks: Sequence[bytes] | None = None,
+        meta: dict[str, Any] | None = None, *, payload: bytes = b"", spans: Sequence[tuple[int, int]] = (),
+    ) -> None:
+        self.kind, self.fingerprint, self.round = kind, fingerprint, round
+        self.meta: dict[str, Any] = dict(meta or {})
+        if chunks is not None:  # built from chunks in memory
+            self._payload = b"".join(chunks)
+            spans, pos = [], 0
+            for c in chunks:
+                spans.append((pos, pos + len(c)))
+                pos += len(c)
+        else:
+            self._payload = payload
+        self._spans = list(spans)
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def chunk(self, i: int) -> bytes:
+        """The serialised ciphertext ``i`` (a copy of its bytes: TenSEAL loads only ``bytes``)."""
+        start, end = self._spans[i]
+        return self._payload[start:end]
+
+    def iter_chunks(self) -> Iterator[bytes]:
+        for i in range(len(self._spans)):
+            yield self.chunk(i)
+
+    @property
+    def chunks(self) -> list[bytes]:
+        """All chunks at once (copies); prefer :meth:`iter_chunks` for large frames."""
+        return list(self.iter_chunks())
 
 
 def _fp_bytes(fingerprint: str) -> bytes:
@@ -69,11 +101,14 @@ def _fp_bytes(fingerprint: str) -> bytes:
 def pack_frame(
     kind: FrameKind, fingerprint: str, round: int, chunks: Sequence[bytes], meta: dict[str, Any] | None = None
 ) -> bytes:
+    """The frame around ``chunks`` (layout above), built with one copy of the chunks."""
     meta_b = json.dumps(meta or {}, sort_keys=True).encode()
-    body = meta_b + b"".join(chunks)
+    digest = hashlib.blake2b(meta_b, digest_size=16)
+    for c in chunks:
+        digest.update(c)
     head = _FIXED.pack(_MAGIC, int(kind), _fp_bytes(fingerprint), round, len(chunks), len(meta_b))
     lens = struct.pack(f"<{len(chunks)}I", *(len(c) for c in chunks))
-    return head + lens + hashlib.blake2b(body, digest_size=16).digest() + body
+    return b"".join([head, lens, digest.digest(), meta_b, *chunks])
 
 
 def unpack_frame(
@@ -105,40 +140,58 @@ def unpack_frame(
     pos += 4 * n
     digest = payload[pos : pos + 16]
     pos += 16
-    body = payload[pos:]
+    body = memoryview(payload)[pos:]  # no copy of the ciphertexts
     expected = mlen + sum(lens)
     if len(body) != expected:
         raise FrameError(f"truncated or padded frame: body has {len(body)} bytes, header declares {expected}")
     if hashlib.blake2b(body, digest_size=16).digest() != digest:
         raise FrameError("corrupted frame: body digest does not match")
     try:
-        meta = json.loads(body[:mlen]) if mlen else {}
+        meta = json.loads(bytes(body[:mlen])) if mlen else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FrameError(f"corrupted frame meta ({exc})") from exc
     if not isinstance(meta, dict):
         raise FrameError("frame meta is not a JSON object")
-    chunks = []
-    off = mlen
+    spans = []
+    off = pos + mlen
     for ln in lens:
-        chunks.append(bytes(body[off : off + ln]))
+        spans.append((off, off + ln))
         off += ln
-    return Frame(FrameKind(k), fingerprint, rnd, chunks, meta)
+    return Frame(FrameKind(k), fingerprint, rnd, meta=meta, payload=payload, spans=spans)
 
 
-def load_vectors(ctx: CkksContext, chunks: Sequence[bytes], sizes: Sequence[int]) -> list[ts.CKKSVector]:
-    """Deserialise chunks under ``ctx``; each must hold exactly ``sizes[i]`` slots."""
+def load_vector(ctx: CkksContext, blob: bytes, size: int, i: int = 0) -> ts.CKKSVector:
+    """Deserialise chunk ``i`` under ``ctx``; it must hold exactly ``size`` slots."""
+    try:
+        vec = ts.ckks_vector_from(ctx.context, blob)
+        got = vec.size()
+    except TENSEAL_ERRORS as exc:  # TenSEAL raises assorted built-in types on bad bytes
+        raise FrameError(f"chunk {i} is not a valid ciphertext for this context ({type(exc).__name__}: {exc})") from exc
+    if got != size:
+        raise FrameError(f"chunk {i} holds {got} values, the layout needs {size}")
+    return vec
+
+
+def load_vectors(ctx: CkksContext, chunks: Sequence[bytes] | Frame, sizes: Sequence[int]) -> list[ts.CKKSVector]:
+    """Deserialise all chunks under ``ctx``; each must hold exactly ``sizes[i]`` slots."""
+    return list(iter_vectors(ctx, chunks, sizes))
+
+
+def iter_vectors(ctx: CkksContext, chunks: Sequence[bytes] | Frame, sizes: Sequence[int]) -> Iterator[ts.CKKSVector]:
+    """:func:`load_vectors` one chunk at a time: a frame of many chunks is never loaded whole."""
     if len(chunks) != len(sizes):
         raise FrameError(f"{len(chunks)} chunks for a layout of {len(sizes)}")
-    out = []
-    for i, (blob, size) in enumerate(zip(chunks, sizes)):
-        try:
-            vec = ts.ckks_vector_from(ctx.context, blob)
-            got = vec.size()
-        except TENSEAL_ERRORS as exc:  # TenSEAL raises assorted built-in types on bad bytes
-            raise FrameError(
-                f"chunk {i} is not a valid ciphertext for this context ({type(exc).__name__}: {exc})"
-            ) from exc
-        if got != size:
-            raise FrameError(f"chunk {i} holds {got} values, the layout needs {size}")
-        out.append(vec)
+    blobs = chunks.iter_chunks() if isinstance(chunks, Frame) else iter(chunks)
+    for i, (blob, size) in enumerate(zip(blobs, sizes)):
+        yield load_vector(ctx, blob, size, i)
+
+
+def decrypt_frame(ctx: CkksContext, frame: Frame, sizes: Sequence[int]) -> np.ndarray:
+    """Load and decrypt a frame's chunks one at a time into one flat float64 vector."""
+    out = np.empty(int(sum(sizes)), dtype=np.float64)
+    pos = 0
+    for vec in iter_vectors(ctx, frame, sizes):
+        part = decrypt_chunks(ctx, [vec])
+        out[pos : pos + part.size] = part
+        pos += part.size
     return out

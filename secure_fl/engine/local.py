@@ -2,7 +2,11 @@
 
 It follows the routing contract of :mod:`secure_fl.protocol.base`: stages in order; a message
 reaches its receiver's inbox for the receiver's next step; everything travels through the
-aggregator, so every message is recorded as an aggregator *view*. A site whose step fails is
+aggregator, so every message is recorded as an aggregator *view*. It streams: each site's outbox
+goes to the aggregator (:meth:`~secure_fl.protocol.base.AggregatorParty.receive`) as soon as the
+site has stepped, so a protocol that folds inputs on arrival never has every site's message in
+memory at once (the views keep only sizes). The time the aggregator spends on them counts in its
+next stage, as it would if it had received them all there. A site whose step fails is
 dropped for the round with its reason; the others carry on. A site whose message the aggregator
 refused is recorded with the aggregator's reason (the cause), not with what the site met later.
 """
@@ -17,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import RoundAborted, SiteRejected
-from ..protocol.base import AGGREGATOR, Message, SecureSum, SumResult
+from ..protocol.base import AGGREGATOR, Message, SecureSum, SiteParty, SumResult
 
 __all__ = ["View", "RoundOutcome", "Tap", "drive_round"]
 
@@ -76,32 +80,56 @@ def drive_round(
     out = RoundOutcome(result=None, aborted=None)
     out.bytes_up = {s: 0 for s in site_ids}
     out.bytes_down = {s: 0 for s in site_ids}
-    parties = {}
-    for s in site_ids:
-        values, weight = inputs[s]
-        parties[s] = protocol.site(s, round, values, weight)
+    parties: dict[str, SiteParty] = {}  # made at each site's first step: an input is read only when needed
     aggregator = protocol.aggregator(round, site_ids, dim)
+
+    def party(s: str) -> SiteParty:
+        if s not in parties:
+            values, weight = inputs[s]
+            parties[s] = protocol.site(s, round, values, weight)
+        return parties[s]
     inbox: dict[str, list[Message]] = defaultdict(list)
     alive = set(site_ids)
 
-    def deliver(messages: Sequence[Message], sender: str) -> None:
+    def record(messages: Sequence[Message], sender: str) -> None:
+        """Tap and meter what ``sender`` handed over; refuse the whole outbox if one message claims another sender."""
         for m in messages:
             if tap is not None:
                 tap(m)
+        for m in messages:
             if m.sender != sender:
                 raise SiteRejected(sender, f"message claims sender {m.sender!r}")
+        for m in messages:
             out.views.append(View(m.round, m.stage, m.sender, m.receiver, m.kind.value, m.nbytes))
             if m.sender in out.bytes_up:
                 out.bytes_up[m.sender] += m.nbytes
             if m.receiver in out.bytes_down:
                 out.bytes_down[m.receiver] += m.nbytes
-            inbox[m.receiver].append(m)
+
+    last_site_stage = [st.name for st in protocol.stages if st.actor == "sites"][-1]
+    released: SumResult | None = None  # a key holder's sum, taken when it finishes (its party is then dropped)
+    folding = 0.0  # seconds the aggregator spent on messages it took on arrival, counted in its next stage
+
+    def route(messages: Sequence[Message], sender: str) -> None:
+        """Deliver a party's checked outbox: a site's messages to the aggregator go to it at once (streaming)."""
+        nonlocal folding
+        to_agg = [m for m in messages if m.receiver == AGGREGATOR]
+        for m in messages:
+            if m.receiver != AGGREGATOR:
+                inbox[m.receiver].append(m)
+        if to_agg and sender != AGGREGATOR:
+            t = time.perf_counter()
+            inbox[AGGREGATOR].extend(aggregator.receive(sender, to_agg))  # RoundAborted ends the round
+            folding += time.perf_counter() - t
+        elif to_agg:
+            inbox[AGGREGATOR].extend(to_agg)
 
     try:
         for stage in protocol.stages:
             t0 = time.perf_counter()
             slowest = 0.0
             if stage.actor == "sites":
+                folded_before = folding
                 for s in site_ids:
                     if s not in alive:
                         continue
@@ -109,22 +137,39 @@ def drive_round(
                         alive.discard(s)
                         out.dropped[s] = f"dropped out before stage {stage.name!r} (simulated)"
                         continue
+                    site = party(s)
                     messages = inbox.pop(s, [])
                     t_site = time.perf_counter()
                     try:
-                        sent = parties[s].step(stage.name, messages)
+                        sent = site.step(stage.name, messages)
                         slowest = max(slowest, time.perf_counter() - t_site)
-                        deliver(sent, s)
+                        del messages
+                        record(sent, s)
                     except SiteRejected as exc:
                         alive.discard(s)
                         out.dropped[s] = exc.reason
+                        continue
                     except Exception as exc:  # one broken site never costs the others their round
                         alive.discard(s)
                         out.dropped[s] = f"{type(exc).__name__} at stage {stage.name!r}: {exc}"
+                        continue
+                    route(sent, s)
+                    del sent
+                    if stage.name == last_site_stage:  # done: keep the first released sum, let the party go
+                        res = parties.pop(s).result()
+                        if released is None and res is not None:
+                            released = res
+                elapsed = time.perf_counter() - t0 - (folding - folded_before)
             else:
+                t_agg = time.perf_counter()
                 messages = inbox.pop(AGGREGATOR, [])
-                deliver(aggregator.step(stage.name, messages), AGGREGATOR)
-            elapsed = time.perf_counter() - t0
+                sent = aggregator.step(stage.name, messages)
+                del messages
+                record(sent, AGGREGATOR)
+                route(sent, AGGREGATOR)
+                del sent
+                elapsed = time.perf_counter() - t_agg + folding
+                folding = 0.0
             out.stage_seconds[stage.name] = out.stage_seconds.get(stage.name, 0.0) + elapsed
             critical = slowest if stage.actor == "sites" else elapsed
             out.stage_critical_seconds[stage.name] = out.stage_critical_seconds.get(stage.name, 0.0) + critical
@@ -135,15 +180,8 @@ def drive_round(
     # the aggregator's reason for refusing a site's message is the cause; what the site met afterwards
     # (e.g. "expected one 'sum' message ..., got 0") is only its symptom
     out.dropped.update(aggregator.rejected)
-    # key holders decrypt/unmask at their last step; take the released sum from them, else from the aggregator
-    for s in site_ids:
-        if s in alive:
-            res = parties[s].result()
-            if res is not None:
-                out.result = res
-                break
-    if out.result is None:
-        out.result = aggregator.result()
+    # key holders decrypt/unmask at their last step: the released sum is the first one's, else the aggregator's
+    out.result = released if released is not None else aggregator.result()
     if out.result is None:
         out.aborted = "the protocol released no result"
     return out

@@ -14,6 +14,13 @@ Routing contract, shared by every engine:
 * A message is delivered into its receiver's inbox for the receiver's *next* step.
   Every message passes through the aggregator (sites have no direct channel), so the engine
   records each one as an aggregator *view* with its :class:`ViewKind`.
+* Streaming: a carrier may hand each site's outbox to the aggregator as soon as the site has
+  stepped, with :meth:`AggregatorParty.receive` (the sender already checked by the carrier), instead
+  of collecting the whole stage first. What ``receive`` returns is delivered with the aggregator's
+  next :meth:`~AggregatorParty.step` as usual; what it consumed is gone, so a protocol that folds
+  inputs into a running sum holds one sum, not every site's message. A carrier delivers a site's
+  outbox of one step once; every protocol gives the same result whether its messages come through
+  ``receive`` or all in the inbox of ``step``.
 * A site that drops out simply stops stepping; protocols must tolerate missing messages.
 * A site's step may raise :class:`~secure_fl.errors.SiteRejected` (or any error): the engine
   drops that site for the round and records why. The aggregator reports refused inputs in
@@ -202,6 +209,15 @@ class AggregatorParty(ABC):
     @abstractmethod
     def step(self, stage: str, inbox: Sequence[Message]) -> list[Message]:
         """Consume the messages sent to the aggregator; return messages for sites."""
+
+    def receive(self, sender: str, messages: Sequence[Message]) -> list[Message]:
+        """Take ``messages``, the whole outbox of one step of site ``sender``, as it arrives (streaming).
+
+        Returns the messages not consumed here; the carrier hands them over in the inbox of the next
+        :meth:`step`. A protocol that can fold an input into a running sum on arrival does it here and
+        drops the message (see the routing contract above). Default: consumes nothing.
+        """
+        return list(messages)
 
     def result(self) -> SumResult | None:
         """The sum, when the protocol releases it to the aggregator; ``None`` otherwise."""

@@ -98,11 +98,19 @@ from ..crypto.ckks import (
     CkksContext,
     CkksKeys,
     chunk_count,
-    decrypt_chunks,
     encrypt_chunks,
     generate_keys,
 )
-from ..crypto.ckks_frame import FrameError, FrameKind, load_vectors, pack_frame, unpack_frame
+from ..crypto.ckks_frame import (
+    Frame,
+    FrameError,
+    FrameKind,
+    decrypt_frame,
+    iter_vectors,
+    load_vector,
+    pack_frame,
+    unpack_frame,
+)
 from ..crypto.ckks_params import DEFAULT_PRESET, PRESETS, CkksPreset, flooding_std, get_preset, noise_std
 from ..errors import InvalidParameter, ProtocolError, RoundAborted, SiteRejected, SpecError
 from ..privacy.noise import NoiseSource
@@ -195,7 +203,9 @@ class _CkksSite(StagedParty, SiteParty):
     ) -> None:
         self.site_id, self.round = site_id, round
         self._p, self._ctx = proto, ctx
-        self._values = np.asarray(values, dtype=np.float64).ravel()
+        arr = np.asarray(values).ravel()  # no copy: the input is read chunk by chunk at ``submit``, then let go
+        self._values: np.ndarray | None = arr if np.issubdtype(arr.dtype, np.floating) else arr.astype(np.float64)
+        self._dim = int(arr.size)
         self._weight = float(weight)
         self._lv = self._lw = 0
         self._bounds_from: tuple[str, ...] | None = None
@@ -226,8 +236,13 @@ class _CkksSite(StagedParty, SiteParty):
         tags[self._p.roster.index(self.site_id)] = _TAG
         return tags
 
+    def _input(self) -> np.ndarray:
+        if self._values is None:
+            raise ProtocolError(f"CKKS site {self.site_id!r}: its input was already encrypted and let go")
+        return self._values
+
     def _check_input(self) -> None:
-        v, w = self._values, self._weight
+        v, w = self._input(), self._weight
         if not np.all(np.isfinite(v)):
             raise self._reject("update contains non-finite values")
         if not math.isfinite(w) or w < 0:
@@ -273,7 +288,7 @@ class _CkksSite(StagedParty, SiteParty):
     @handles(BOUNDS)
     def _bounds(self, inbox: Sequence[Message]) -> list[Message]:
         self._check_input()
-        v, w = self._values, self._weight
+        v, w = self._input(), self._weight
         ev = _exponent(float(np.max(np.abs(v))) if v.size else 0.0)
         ew = _exponent(w)
         if max(ev, ew) > MAX_EXP:
@@ -290,10 +305,9 @@ class _CkksSite(StagedParty, SiteParty):
         frame = self._frame_from(inbox, BOUNDS_SUM, FrameKind.BOUNDS_SUM, len(layout))
         listed = self._contributors(frame.meta, "bounds sum")
         try:
-            vecs = load_vectors(self._ctx, frame.chunks, layout)
+            flat = decrypt_frame(self._ctx, frame, layout)
         except FrameError as exc:
             raise self._reject(f"bad bounds sum: {exc}") from exc
-        flat = decrypt_chunks(self._ctx, vecs)
         self._check_tags(flat[2 * _HIST:], listed, "bounds sum")
         counts_f = flat[: 2 * _HIST] * 2.0**self._p._h
         counts = np.rint(counts_f)
@@ -316,20 +330,26 @@ class _CkksSite(StagedParty, SiteParty):
         else:
             self._check_input()
             assert self._p.value_bound is not None and self._p.weight_bound is not None  # set with bounds = "public"
-            peak = float(np.max(np.abs(self._values))) if self._values.size else 0.0
+            values = self._input()
+            peak = float(np.max(np.abs(values))) if values.size else 0.0
             if peak > self._p.value_bound or self._weight > self._p.weight_bound:
                 raise self._reject(
                     f"input exceeds the public bounds (value_bound = {self._p.value_bound:g}, "
                     f"weight_bound = {self._p.weight_bound:g}): not sent"
                 )
             self._lv, self._lw = self._p._public_exponents
-        flat = np.concatenate([np.ldexp(self._values, -self._lv), [math.ldexp(self._weight, -self._lw)], self._tag()])
+        values, self._values = self._input(), None  # encrypted below; not held for the rest of the round
+        scaled = np.ldexp(values.astype(np.float64), -self._lv)
+        del values
+        flat = np.concatenate([scaled, [math.ldexp(self._weight, -self._lw)], self._tag()])
+        del scaled
         chunks = encrypt_chunks(self._ctx, flat)
+        del flat
         return [self._msg(SUBMIT, pack_frame(FrameKind.UPDATE, self._ctx.fingerprint, self.round, chunks))]
 
     @handles(DECRYPT)
     def _decrypt(self, inbox: Sequence[Message]) -> list[Message]:
-        dim, p = self._values.size, self._p
+        dim, p = self._dim, self._p
         layout = update_layout(dim, self._ctx.preset.slots, len(p.roster))
         frame = self._frame_from(inbox, SUM, FrameKind.SUM, len(layout))
         listed = self._contributors(frame.meta, "sum")
@@ -339,10 +359,9 @@ class _CkksSite(StagedParty, SiteParty):
                 f"the sum names releaser {releaser!r}, which this protocol (release = {p.release!r}) does not allow"
             )
         try:
-            vecs = load_vectors(self._ctx, frame.chunks, layout)
+            flat = decrypt_frame(self._ctx, frame, layout)
         except FrameError as exc:
             raise self._reject(f"bad sum: {exc}") from exc
-        flat = decrypt_chunks(self._ctx, vecs)
         self._check_tags(flat[dim + 1:], listed, "sum")
         total = np.ldexp(flat[:dim], self._lv)
         weight = math.ldexp(float(flat[dim]), self._lw)
@@ -368,6 +387,24 @@ class _CkksSite(StagedParty, SiteParty):
 
 # --- aggregator -------------------------------------------------------------------------
 
+#: aggregator stage -> (the site stage whose ciphertexts it adds up, their frame kind)
+_FOLDS = {BOUNDS_SUM: (BOUNDS, FrameKind.BOUNDS), SUM: (SUBMIT, FrameKind.UPDATE)}
+
+
+#: what loading or adding one chunk may raise (the frame's check, or TenSEAL's)
+_ADD_ERRORS: tuple[type[Exception], ...] = (FrameError, *TENSEAL_ERRORS)
+
+
+@dataclass
+class _Fold:
+    """The running sum of one stage: the ciphertext chunks added so far and who they came from."""
+
+    kind: FrameKind
+    layout: list[int]
+    total: list[Any] | None = None
+    accepted: list[str] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
 
 class _CkksAggregator(StagedParty, AggregatorParty):
     def __init__(self, proto: CkksSum, ctx: CkksContext, round: int, site_ids: Sequence[str], dim: int) -> None:
@@ -387,6 +424,12 @@ class _CkksAggregator(StagedParty, AggregatorParty):
         self._contributors: list[str] = []
         self._releaser: str | None = None
         self._result: SumResult | None = None
+        slots, n_tags = ctx.preset.slots, len(proto.roster)
+        #: the running sums, one per summing stage: each site's ciphertext is added on arrival, then dropped
+        self._folds = {
+            BOUNDS_SUM: _Fold(FrameKind.BOUNDS, bounds_layout(slots, n_tags)),
+            SUM: _Fold(FrameKind.UPDATE, update_layout(dim, slots, n_tags)),
+        }
         self._sequence(proto.stages, "aggregator", f"CKKS aggregator (round {round})")
 
     @property
@@ -399,57 +442,90 @@ class _CkksAggregator(StagedParty, AggregatorParty):
             raise RoundAborted(f"round {self.round}: site {site!r} sent a bad input ({reason}); on_bad_input = 'abort'")
         self.rejected[site] = reason
 
-    def _by_sender(self, inbox: Sequence[Message], stage: str, allowed: Sequence[str]) -> dict[str, Message]:
+    def receive(self, sender: str, messages: Sequence[Message]) -> list[Message]:
+        """Streaming: add ``sender``'s bounds or update ciphertext to the running sum now and drop it."""
+        stage = self.next_stage
+        if stage not in _FOLDS:
+            return list(messages)
+        self._take(stage, sender, messages)
+        return []
+
+    def _take(self, stage: str, sender: str, msgs: Sequence[Message]) -> None:
+        """Check one site's messages for aggregator stage ``stage`` and add its ciphertext to that stage's sum."""
+        fold = self._folds[stage]
+        site_stage = _FOLDS[stage][0]
+        if sender in fold.seen:
+            raise ProtocolError(
+                f"CKKS aggregator (round {self.round}): the messages of site {sender!r} at stage {site_stage!r} were "
+                "delivered twice; a carrier delivers the outbox of one step once (routing contract, protocol/base.py)"
+            )
+        fold.seen.add(sender)
+        allowed = self.site_ids if stage == BOUNDS_SUM else self._bounds_from
+        if sender in self.rejected:
+            return
+        if sender not in allowed:
+            why = (
+                "not a participant of this round" if sender not in self.site_ids
+                else f"sent a {site_stage!r} message without taking part in the earlier stage"
+            )
+            self._refuse(sender, why)
+        elif any(m.sender != sender for m in msgs):
+            self._refuse(sender, f"handed over a message labelled as sent by {[m.sender for m in msgs]}")
+        elif len(msgs) != 1:
+            self._refuse(sender, f"sent {len(msgs)} messages at stage {site_stage!r} (one expected)")
+        elif msgs[0].stage != site_stage:
+            self._refuse(sender, f"sent a {msgs[0].stage!r} message at stage {site_stage!r}")
+        else:
+            try:
+                frame = unpack_frame(
+                    msgs[0].payload, kind=fold.kind, fingerprint=self._ctx.fingerprint, round=self.round,
+                    n_chunks=len(fold.layout),
+                )
+                self._add(fold, frame)
+            except FrameError as exc:
+                self._refuse(sender, str(exc))
+            except TENSEAL_ERRORS as exc:  # one site's ciphertext TenSEAL cannot add (mismatched scales/levels)
+                self._refuse(sender, f"ciphertext cannot be added to the others ({type(exc).__name__}: {exc})")
+            else:
+                fold.accepted.append(sender)
+
+    def _add(self, fold: _Fold, frame: Frame) -> None:
+        """Add a frame's chunks to the running sum one at a time; all or nothing: if a chunk fails to load or
+        add, the chunks already added are subtracted again (CKKS addition is exact modulo q) and the error raised."""
+        if fold.total is None:
+            fold.total = list(iter_vectors(self._ctx, frame, fold.layout))
+            return
+        added = 0
+        try:
+            for vec in iter_vectors(self._ctx, frame, fold.layout):
+                fold.total[added].add_(vec)
+                added += 1
+        except _ADD_ERRORS:
+            for i in range(added):
+                fold.total[i].sub_(load_vector(self._ctx, frame.chunk(i), fold.layout[i], i))
+            raise
+
+    def _finish(self, stage: str, inbox: Sequence[Message]) -> tuple[list[Any], list[str]]:
+        """Add what came in the inbox (a carrier that does not stream), then release the stage's sum."""
         groups: dict[str, list[Message]] = {}
         for msg in inbox:
             groups.setdefault(msg.sender, []).append(msg)
-        out: dict[str, Message] = {}
         for sender, msgs in sorted(groups.items()):
-            if sender in self.rejected:
-                continue
-            if sender not in allowed:
-                why = (
-                    "not a participant of this round" if sender not in self.site_ids
-                    else f"sent a {stage!r} message without taking part in the earlier stage"
-                )
-                self._refuse(sender, why)
-            elif len(msgs) > 1:
-                self._refuse(sender, f"sent {len(msgs)} messages at stage {stage!r} (one expected)")
-            elif msgs[0].stage != stage:
-                self._refuse(sender, f"sent a {msgs[0].stage!r} message at stage {stage!r}")
-            else:
-                out[sender] = msgs[0]
-        return out
-
-    def _sum(self, msgs: dict[str, Message], kind: FrameKind, layout: list[int]) -> tuple[list[Any], list[str]]:
-        total: list[Any] | None = None
-        accepted: list[str] = []
-        for site, msg in msgs.items():
-            try:
-                fp = self._ctx.fingerprint
-                frame = unpack_frame(msg.payload, kind=kind, fingerprint=fp, round=self.round, n_chunks=len(layout))
-                vecs = load_vectors(self._ctx, frame.chunks, layout)
-                new = vecs if total is None else [t + v for t, v in zip(total, vecs)]
-            except FrameError as exc:
-                self._refuse(site, str(exc))
-                continue
-            except TENSEAL_ERRORS as exc:  # one site's ciphertext TenSEAL cannot add (mismatched scales/levels)
-                self._refuse(site, f"ciphertext cannot be added to the others ({type(exc).__name__}: {exc})")
-                continue
-            total = new
-            accepted.append(site)
-        if total is None:
+            self._take(stage, sender, msgs)
+        fold = self._folds.pop(stage)
+        if fold.total is None:
             raise RoundAborted(
-                f"round {self.round}: no valid {kind.name.lower()} ciphertext received; refused: {self.rejected}"
+                f"round {self.round}: no valid {fold.kind.name.lower()} ciphertext received; refused: {self.rejected}"
             )
+        accepted = sorted(fold.accepted)
         minimum = self._p.min_contributors
         if len(accepted) < minimum:
             raise RoundAborted(
-                f"round {self.round}: only {len(accepted)} site(s) {accepted} remain for the {kind.name.lower()} sum, "
-                "fewer than "
+                f"round {self.round}: only {len(accepted)} site(s) {accepted} remain for the "
+                f"{fold.kind.name.lower()} sum, fewer than "
                 f"min_contributors = {minimum}: the aggregator withholds it (a sum of so few sites exposes them)"
             )
-        return total, accepted
+        return fold.total, accepted
 
     def _send(
         self, stage: str, kind: FrameKind, total: list[Any], meta: dict[str, Any], to: Sequence[str]
@@ -459,17 +535,13 @@ class _CkksAggregator(StagedParty, AggregatorParty):
 
     @handles(BOUNDS_SUM)
     def _bounds_sum(self, inbox: Sequence[Message]) -> list[Message]:
-        msgs = self._by_sender(inbox, BOUNDS, self.site_ids)
-        layout = bounds_layout(self._ctx.preset.slots, len(self._p.roster))
-        total, self._bounds_from = self._sum(msgs, FrameKind.BOUNDS, layout)
+        total, self._bounds_from = self._finish(BOUNDS_SUM, inbox)
         meta = {"contributors": self._bounds_from}
         return self._send(BOUNDS_SUM, FrameKind.BOUNDS_SUM, total, meta, self._bounds_from)
 
     @handles(SUM)
     def _sum_stage(self, inbox: Sequence[Message]) -> list[Message]:
-        msgs = self._by_sender(inbox, SUBMIT, self._bounds_from)
-        layout = update_layout(self.dim, self._ctx.preset.slots, len(self._p.roster))
-        total, self._contributors = self._sum(msgs, FrameKind.UPDATE, layout)
+        total, self._contributors = self._finish(SUM, inbox)
         self._releaser = min(self._contributors) if self._p.release == "aggregator" else None
         meta = {"contributors": self._contributors, "releaser": self._releaser}
         return self._send(SUM, FrameKind.SUM, total, meta, self._contributors)

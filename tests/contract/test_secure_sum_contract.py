@@ -146,22 +146,29 @@ class Outcome:
 
 
 def drive(proto: SecureSum, round: int, inputs: Mapping[str, tuple[np.ndarray, float]], *,
-          drop_before: Mapping[str, str] | None = None, tamper: Tamper | None = None) -> Outcome:
+          drop_before: Mapping[str, str] | None = None, tamper: Tamper | None = None,
+          streaming: bool = False) -> Outcome:
     """One round by the routing contract: stages in order, a message reaches its receiver's next step.
 
-    Only the project's refusals are caught (SiteRejected drops a site, RoundAborted ends the round):
-    any other exception is a bug and fails the test.
+    ``streaming``: each site's (tampered) messages to the aggregator go to its ``receive`` as soon as the
+    site has stepped, as the local and Flower engines deliver them. Only the project's refusals are caught
+    (SiteRejected drops a site, RoundAborted ends the round): any other exception is a bug and fails the test.
     """
     drop_before = dict(drop_before or {})
     ids = list(inputs)
     out = Outcome({s: proto.site(s, round, *inputs[s]) for s in ids}, proto.aggregator(round, ids, DIM))
     inbox: dict[str, list[Message]] = defaultdict(list)
 
-    def send(messages: Sequence[Message]) -> None:
-        for m in messages:
-            for mm in tamper(m) if tamper is not None else [m]:
-                out.messages.append(mm)
-                inbox[mm.receiver].append(mm)
+    def send(messages: Sequence[Message], sender: str | None = None) -> None:
+        sent = [mm for m in messages for mm in (tamper(m) if tamper is not None else [m])]
+        out.messages.extend(sent)
+        to_agg = [m for m in sent if m.receiver == AGGREGATOR]
+        for m in sent:
+            if m.receiver != AGGREGATOR:
+                inbox[m.receiver].append(m)
+        if streaming and sender is not None and to_agg:
+            to_agg = out.aggregator.receive(sender, to_agg)
+        inbox[AGGREGATOR].extend(to_agg)
 
     try:
         for stage in proto.stages:
@@ -173,7 +180,7 @@ def drive(proto: SecureSum, round: int, inputs: Mapping[str, tuple[np.ndarray, f
                         out.dropped[s] = f"dropped before {stage.name!r}"
                         continue
                     try:
-                        send(out.sites[s].step(stage.name, inbox.pop(s, [])))
+                        send(out.sites[s].step(stage.name, inbox.pop(s, [])), s)
                     except SiteRejected as exc:
                         out.dropped[s] = exc.reason
             else:
@@ -415,6 +422,33 @@ def test_a_message_spoofing_another_site_is_ignored_or_refused(cid: str, table: 
         return [m]
 
     outcome = drive(proto, 0, inputs, tamper=spoof)
+    results = assert_correct(proto, outcome, inputs)
+    assert outcome.aborted is not None or results
+
+
+@pytest.mark.parametrize(("cid", "table"), params("streaming"))
+def test_streaming_delivery_gives_the_plaintext_sum(cid: str, table: dict[str, Any]) -> None:
+    """Messages handed to ``receive`` as each site steps (the engines' way) give the same sum as a whole inbox."""
+    proto = protocol(cid, table)
+    inputs = inputs_for(proto, 14)
+    outcome = drive(proto, 0, inputs, streaming=True)
+    assert outcome.aborted is None and not outcome.dropped, (outcome.aborted, outcome.dropped)
+    results = assert_correct(proto, outcome, inputs)
+    assert results and all(sorted(r.contributors) == SITES for r in results.values())
+
+
+@pytest.mark.parametrize(("cid", "table"), params("streaming-spoof"))
+def test_streaming_refuses_a_message_handed_over_under_another_name(cid: str, table: dict[str, Any]) -> None:
+    """s0's outbox also carries a message labelled s1: with streaming, nobody's input counts twice either."""
+    proto = protocol(cid, table)
+    inputs = inputs_for(proto, 15)
+
+    def spoof(m: Message) -> list[Message]:
+        if m.sender == SITES[0]:
+            return [m, Message(m.round, m.stage, SITES[1], m.receiver, m.payload, m.kind)]
+        return [m]
+
+    outcome = drive(proto, 0, inputs, tamper=spoof, streaming=True)
     results = assert_correct(proto, outcome, inputs)
     assert outcome.aborted is not None or results
 

@@ -90,6 +90,10 @@ class _Round:
     alive: set[str] = field(default_factory=set)
     dropped: dict[str, str] = field(default_factory=dict)
     inbox_agg: list[Message] = field(default_factory=list)
+    #: (site, stage) of the step results already taken: one per site and stage (routing contract)
+    stepped: set[tuple[str, str]] = field(default_factory=set)
+    #: seconds the aggregator spent on messages it took on arrival, counted in its next stage
+    folding: float = 0.0
     inbox_site: dict[str, list[Message]] = field(default_factory=lambda: defaultdict(list))
     views: list[View] = field(default_factory=list)
     bytes_up: dict[str, int] = field(default_factory=dict)
@@ -348,19 +352,37 @@ class DeployedRun:
         self.log(f"round {rd.r}: site {site!r} dropped: {reason}")
 
     def _take_step(self, rd: _Round, site: str, res: dict[str, Any]) -> None:
-        for d in res.get("out", []):
-            m = message_from_dict(d)
+        """Check and carry one step's outbox of ``site``, then hand it to the aggregator at once (streaming,
+        :meth:`~secure_fl.protocol.base.AggregatorParty.receive`). A second result for one stage is ignored: the
+        routing contract delivers one step's outbox per site and stage, and the first may already be in a sum."""
+        step = (site, str(res.get("stage")))
+        if step in rd.stepped:
+            self.log(f"round {rd.r}: ignored a second result of site {site!r} for stage {step[1]!r}")
+            return
+        rd.stepped.add(step)
+        sent = [message_from_dict(d) for d in res.get("out", [])]
+        for m in sent:
             if m.sender != site or m.receiver != AGGREGATOR or m.round != rd.r:
                 self._drop(rd, site, f"sent a message labelled {m.sender!r} -> {m.receiver!r}, round {m.round}")
                 return
+        for m in sent:
             self._carry(rd, m, site)
-            rd.inbox_agg.append(m)
+        if sent and rd.agg is not None and not rd.aborted:
+            t0 = time.perf_counter()
+            try:
+                rd.inbox_agg.extend(rd.agg.receive(site, sent))
+            except RoundAborted as exc:  # e.g. on_bad_input = "abort": the other replies of this trip are still read
+                rd.aborted = str(exc)
+            rd.folding += time.perf_counter() - t0
+        else:
+            rd.inbox_agg.extend(sent)
         if "released" in res:
             rd.contributors = [str(c) for c in res["released"]["contributors"]]
             rd.model_digests[site] = str(res["released"]["model_sha256"])
 
     def _aggregator_stage(self, rd: _Round, stage: str) -> None:
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() - rd.folding  # the messages it took on arrival count in this stage
+        rd.folding = 0.0
         out = rd.agg.step(stage, rd.inbox_agg)
         rd.inbox_agg = []
         for m in out:

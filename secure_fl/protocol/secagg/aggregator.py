@@ -66,7 +66,8 @@ class SecAggAggregator(StagedParty, AggregatorParty):
         self._graph: dict[str, frozenset[str]] = {}
         self._relay: dict[str, dict[str, bytes]] = {}
         self._peers: dict[str, frozenset[str]] = {}
-        self._masked: dict[str, np.ndarray] = {}
+        #: the sites whose masked input passed its checks this round (decoded again only when folded)
+        self._masked: set[str] = set()
         self._total: np.ndarray | None = None
         self._result: SumResult | None = None
         #: the unmasked slot sum modulo 2^k (quantized values then the weight), after release
@@ -211,13 +212,14 @@ class SecAggAggregator(StagedParty, AggregatorParty):
         got = self._collect(inbox, MASKED_INPUT, self.u2)
         q = self.quantizer
         reported: dict[str, str] = {}
-        for v in sorted(got):
+        for v in sorted(got):  # check every input and read its reports; decoded again below, one at a time
             try:
                 refused, vector = wire.decode_masked(got[v][0].payload)
-                self._masked[v] = from_wire(vector, q.modulus_bits, self.dim)
+                from_wire(vector, q.modulus_bits, self.dim)
             except ValueError as exc:
                 self._drop(v, f"malformed masked input: {exc}")
                 continue
+            self._masked.add(v)
             for peer, reason in refused:
                 if peer in self._peers[v]:
                     reported.setdefault(peer, f"its share ciphertext was refused by {v!r}: {reason}")
@@ -225,13 +227,14 @@ class SecAggAggregator(StagedParty, AggregatorParty):
                     self.notes.append(f"{v!r} refused {peer!r}, not its peer this round: {reason}")
         for peer, reason in reported.items():
             self._drop(peer, reason)
-            self._masked.pop(peer, None)
+            self._masked.discard(peer)
         self.u3 = sorted(self._masked)
         self._require(len(self.u3), "sites with an accepted masked input")
         self._check_release_set()
         self._total = np.zeros(self.dim, dtype=q.dtype)  # fold the inputs now: keep one vector, not n
         for v in self.u3:
-            self._total += self._masked.pop(v)
+            self._masked.discard(v)
+            self._total += from_wire(wire.decode_masked(got[v][0].payload)[1], q.modulus_bits, self.dim)
         if self.proto.consistency_check:
             ids = wire.encode_ids(self.u3)
             return [self._send(ANNOUNCE_SURVIVORS, v, ids, ViewKind.PUBLIC) for v in self.u3]
