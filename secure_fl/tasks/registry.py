@@ -19,6 +19,7 @@ __all__ = ["TASKS", "build_task"]
 TASKS: dict[str, str] = {
     "heart-disease": "secure_fl.tasks.heart:build_heart",
     "heart-failure": "secure_fl.tasks.heart_failure:build_heart_failure",
+    "covid-testing": "secure_fl.tasks.covid_testing:build_covid_testing",
     "golub-genes": "secure_fl.tasks.genes:build_golub_genes",
     "bladder-batch": "secure_fl.tasks.bladderbatch:build_bladder_batch",
     "faces": "secure_fl.tasks.faces:build_faces",
