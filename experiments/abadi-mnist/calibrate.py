@@ -46,7 +46,8 @@ def main() -> None:
     print("point   target ε  σ_p   σ (ours)  ε(ours, PLD)  ε(ours, RDP)  ε(PCA alone)  ε(paper σ, same steps)")
     for name, target, pca_sigma, paper_sigma in POINTS:
         s = calibrate(target, pca_sigma, args.rate, args.steps)
-        print(f"{name:7s} {target:8g}  {pca_sigma:4g}  {s:8.3f}  {total_epsilon(s, pca_sigma, args.rate, args.steps):12.3f}"
+        ours = total_epsilon(s, pca_sigma, args.rate, args.steps)
+        print(f"{name:7s} {target:8g}  {pca_sigma:4g}  {s:8.3f}  {ours:12.3f}"
               f"  {total_epsilon(s, pca_sigma, args.rate, args.steps, 'rdp'):12.3f}"
               f"  {epsilon(gaussian_event(pca_sigma), DELTA, 'pld'):12.3f}"
               f"  {total_epsilon(paper_sigma, pca_sigma, args.rate, args.steps):10.3f} (σ = {paper_sigma:g})")

@@ -42,13 +42,15 @@ def normalise_rows(x: np.ndarray) -> np.ndarray:
     if x.ndim != 2:
         raise ValueError(f"expected a 2-d matrix of rows, found shape {x.shape}")
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    out: np.ndarray = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    return out
 
 
 def second_moment(x: np.ndarray) -> np.ndarray:
     """``AᵀA`` [d, d] of the unit-norm rows ``A`` of ``x``: what one site contributes to the sum."""
     a = normalise_rows(x)
-    return a.T @ a
+    out: np.ndarray = a.T @ a
+    return out
 
 
 def symmetric_noise(d: int, sigma: float, source: NoiseSource) -> np.ndarray:
@@ -66,7 +68,8 @@ def symmetric_noise(d: int, sigma: float, source: NoiseSource) -> np.ndarray:
 def noisy_second_moment(x: np.ndarray, sigma: float, source: NoiseSource) -> np.ndarray:
     """``AᵀA + E`` with ``E`` from :func:`symmetric_noise`: the Gaussian mechanism of :func:`pca_event`."""
     m = second_moment(x)
-    return m + symmetric_noise(m.shape[0], sigma, source)
+    out: np.ndarray = m + symmetric_noise(m.shape[0], sigma, source)
+    return out
 
 
 def principal_directions(matrix: np.ndarray, k: int) -> np.ndarray:
@@ -77,10 +80,14 @@ def principal_directions(matrix: np.ndarray, k: int) -> np.ndarray:
         raise ValueError(f"expected a square matrix, found shape {m.shape}")
     if not 1 <= k <= m.shape[0]:
         raise ValueError(f"number of components must be in [1, {m.shape[0]}], found {k}")
-    vals, vecs = np.linalg.eigh((m + m.T) / 2)
-    top = vecs[:, np.argsort(vals)[::-1][:k]]
+    from scipy.linalg import eigh  # a dependency of Opacus; computes only the k eigenpairs asked for
+
+    d = m.shape[0]
+    vals, vecs = eigh((m + m.T) / 2, subset_by_index=[d - k, d - 1], driver="evr")
+    top = vecs[:, np.argsort(vals)[::-1]]
     signs = np.sign(top[np.abs(top).argmax(axis=0), np.arange(k)])
-    return top * np.where(signs == 0, 1.0, signs)
+    out: np.ndarray = top * np.where(signs == 0, 1.0, signs)
+    return out
 
 
 def pca_event(sigma: float) -> dp_event.DpEvent:

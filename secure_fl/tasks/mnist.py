@@ -121,11 +121,11 @@ def _projection(train_parts: list[np.ndarray], mode: str, dims: int, sigma: floa
     if mode == "none":
         return None, {"mode": "none", "note": "raw pixels, no projection"}
     if mode == "plain":
-        total = sum(second_moment(x) for x in train_parts)
+        total = np.sum([second_moment(x) for x in train_parts], axis=0)
         return principal_directions(total, dims), {
             "mode": "plain", "dims": dims,
             "note": "NOT private: principal directions of the sites' summed second moments, without noise"}
-    total = sum(noisy_second_moment(x, sigma, source) for x in train_parts)
+    total = np.sum([noisy_second_moment(x, sigma, source) for x in train_parts], axis=0)
     event = pca_event(sigma)
     return principal_directions(total, dims), {
         "mode": "dp", "dims": dims, "noise_multiplier": sigma, "event": event_to_json(event),
