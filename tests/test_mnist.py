@@ -112,3 +112,29 @@ def test_task_on_a_tiny_file(tmp_path):
         build_task("mnist", {"data_file": path, "pca": "plain", "pca_noise": 2.0}, "[task]")
     with pytest.raises(SpecError, match="pca"):
         build_task("mnist", {"data_file": path, "pca": "sketch"}, "[task]")
+
+
+ABADI = Path(__file__).resolve().parents[1] / "experiments" / "abadi-mnist"
+# file -> (target ε in all, Poisson rate, DP-SGD steps): the plan each file's comments state
+ABADI_PLANS = {"large-noise": (0.5, 0.01, 600), "medium-noise": (2.0, 0.01, 600), "small-noise": (8.0, 0.01, 600),
+               "sites-local": (2.0, 0.04, 150), "sites-distributed": (2.0, 0.05, 120)}
+
+
+@pytest.mark.parametrize("name", sorted(ABADI_PLANS))
+def test_abadi_experiments_parse_and_stay_within_their_epsilon(name):
+    """Each reproduction file's σ keeps DP-PCA + DP-SGD within the target ε it states (PLD, δ = 1e-5)."""
+    import tomllib
+
+    from secure_fl.privacy.accounting import compose, dp_sgd_event, epsilon
+    from secure_fl.privacy.pca import pca_event
+    from secure_fl.run.experiment import load_experiment
+
+    path = ABADI / f"{name}.toml"
+    exp = load_experiment(path)
+    raw = tomllib.loads(path.read_text())
+    (sigma,) = raw["sweep"]["privacy.noise_multiplier"]
+    target, rate, steps = ABADI_PLANS[name]
+    per_round = {"sites-distributed": 1}.get(name, round(1 / rate))
+    assert exp.rounds * per_round == steps and exp.task_name == "mnist"
+    total = epsilon(compose([pca_event(raw["task"]["pca_noise"]), dp_sgd_event(sigma, rate, steps)]), 1e-5, "pld")
+    assert target * 0.98 <= total <= target
