@@ -24,7 +24,8 @@ DELTA = 1e-5
 TOLERANCE = 1.5  # points
 
 
-def cell_rows(sweep: Path) -> list[dict[str, object]]:
+def cell_rows(sweep: Path, curve: list[dict[str, object]] | None = None) -> list[dict[str, object]]:
+    """One row per finished cell; ``curve`` (if given) gets one row per round (test accuracy, training ε)."""
     rows = []
     with open(sweep / "results.csv") as f:
         for r in csv.DictReader(f):
@@ -43,6 +44,11 @@ def cell_rows(sweep: Path) -> list[dict[str, object]]:
                 train.append(epsilon(training, DELTA, "pld"))
                 totals_pld.append(epsilon(both, DELTA, "pld"))
                 totals_rdp.append(epsilon(both, DELTA, "rdp"))
+            for line in (run / "rounds.jsonl").read_text().splitlines() if curve is not None else []:
+                rec = json.loads(line)
+                spent = max(v.get("epsilon", 0.0) for v in rec.get("privacy_spent", {}).values())
+                curve.append({"experiment": resolved["experiment"]["name"], "round": rec["round"],
+                              "accuracy": rec["metrics"].get("pooled/accuracy"), "epsilon_training_pld": spent})
             rows.append({
                 "experiment": resolved["experiment"]["name"], "protocol": r["protocol"], "sites": len(sites),
                 "noise_multiplier": float(r["privacy.noise_multiplier"]), "pca_noise": params.get("pca_noise", 4.0),
@@ -66,8 +72,13 @@ def main() -> None:
     ap.add_argument("sweeps", nargs="+", type=Path, help="sweep folders (runs/EXPERIMENT/sweep)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    rows = [row for s in args.sweeps for row in cell_rows(s)]
+    curve: list[dict[str, object]] = []
+    rows = [row for s in args.sweeps for row in cell_rows(s, curve)]
     args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "rounds.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(curve[0]))
+        w.writeheader()
+        w.writerows(curve)
     with open(args.out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -104,6 +115,7 @@ def _figure(rows: list[dict[str, object]], path: Path) -> None:
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(eps, [str(e) for e in eps])
     ax.set_xlabel("ε in all (DP-PCA + DP-SGD), δ = 1e-5")
     ax.set_ylabel("MNIST test accuracy (%)")
