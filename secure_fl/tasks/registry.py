@@ -29,6 +29,7 @@ TASKS: dict[str, str] = {
     "synthetic-tabular": "secure_fl.tasks.synthetic:build_synthetic_tabular",
     "synthetic-faces": "secure_fl.tasks.synthetic:build_synthetic_faces",
     "synthetic-genes": "secure_fl.tasks.genes:build_synthetic_genes",
+    "mnist": "secure_fl.tasks.mnist:build_mnist",
 }
 
 
