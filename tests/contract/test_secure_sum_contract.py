@@ -410,18 +410,20 @@ def test_a_message_from_a_non_participant_is_ignored_or_refused(cid: str, table:
     assert outcome.aborted is not None or results
 
 
+def _spoof_s0_as_s1(m: Message) -> list[Message]:
+    """Carrier tampering: s0's messages also arrive under s1's name."""
+    if m.sender == SITES[0]:
+        return [m, Message(m.round, m.stage, SITES[1], m.receiver, m.payload, m.kind)]
+    return [m]
+
+
 @pytest.mark.parametrize(("cid", "table"), params("spoof"))
 def test_a_message_spoofing_another_site_is_ignored_or_refused(cid: str, table: dict[str, Any]) -> None:
     """s0 also sends its messages under s1's name: nobody's input may count twice or under another name."""
     proto = protocol(cid, table)
     inputs = inputs_for(proto, 11)
 
-    def spoof(m: Message) -> list[Message]:
-        if m.sender == SITES[0]:
-            return [m, Message(m.round, m.stage, SITES[1], m.receiver, m.payload, m.kind)]
-        return [m]
-
-    outcome = drive(proto, 0, inputs, tamper=spoof)
+    outcome = drive(proto, 0, inputs, tamper=_spoof_s0_as_s1)
     results = assert_correct(proto, outcome, inputs)
     assert outcome.aborted is not None or results
 
@@ -443,12 +445,7 @@ def test_streaming_refuses_a_message_handed_over_under_another_name(cid: str, ta
     proto = protocol(cid, table)
     inputs = inputs_for(proto, 15)
 
-    def spoof(m: Message) -> list[Message]:
-        if m.sender == SITES[0]:
-            return [m, Message(m.round, m.stage, SITES[1], m.receiver, m.payload, m.kind)]
-        return [m]
-
-    outcome = drive(proto, 0, inputs, tamper=spoof, streaming=True)
+    outcome = drive(proto, 0, inputs, tamper=_spoof_s0_as_s1, streaming=True)
     results = assert_correct(proto, outcome, inputs)
     assert outcome.aborted is not None or results
 
