@@ -212,10 +212,13 @@ class SecAggAggregator(StagedParty, AggregatorParty):
         got = self._collect(inbox, MASKED_INPUT, self.u2)
         q = self.quantizer
         reported: dict[str, str] = {}
-        for v in sorted(got):  # check every input and read its reports; decoded again below, one at a time
+        # fold each input as it is checked (one running vector, not n); addition modulo 2^k is exact, so an
+        # input a later peer report drops is subtracted again (decoded a second time only in that case)
+        total = np.zeros(self.dim, dtype=q.dtype)
+        for v in sorted(got):
             try:
                 refused, vector = wire.decode_masked(got[v][0].payload)
-                from_wire(vector, q.modulus_bits, self.dim)
+                total += from_wire(vector, q.modulus_bits, self.dim)
             except ValueError as exc:
                 self._drop(v, f"malformed masked input: {exc}")
                 continue
@@ -227,14 +230,14 @@ class SecAggAggregator(StagedParty, AggregatorParty):
                     self.notes.append(f"{v!r} refused {peer!r}, not its peer this round: {reason}")
         for peer, reason in reported.items():
             self._drop(peer, reason)
-            self._masked.discard(peer)
+            if peer in self._masked:
+                self._masked.discard(peer)
+                total -= from_wire(wire.decode_masked(got[peer][0].payload)[1], q.modulus_bits, self.dim)
         self.u3 = sorted(self._masked)
+        self._masked.clear()
         self._require(len(self.u3), "sites with an accepted masked input")
         self._check_release_set()
-        self._total = np.zeros(self.dim, dtype=q.dtype)  # fold the inputs now: keep one vector, not n
-        for v in self.u3:
-            self._masked.discard(v)
-            self._total += from_wire(wire.decode_masked(got[v][0].payload)[1], q.modulus_bits, self.dim)
+        self._total = total
         if self.proto.consistency_check:
             ids = wire.encode_ids(self.u3)
             return [self._send(ANNOUNCE_SURVIVORS, v, ids, ViewKind.PUBLIC) for v in self.u3]
