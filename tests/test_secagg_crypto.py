@@ -252,3 +252,25 @@ def test_shamir_tampered_share_changes_the_secret_and_bad_bytes_are_refused() ->
         shamir.Share.from_bytes(shares[0].to_bytes()[:-1])
     with pytest.raises(ValueError, match="x = 0"):
         shamir.Share.from_bytes(b"\x00\x00" + bytes(33))
+
+
+@pytest.mark.parametrize("bits", [7, 32, 40])
+def test_add_mask_streams_the_same_keystream_across_blocks(bits: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 5 words (20 or 40 bytes: not AES-block aligned) give the AES-256-CTR keystream read whole."""
+    monkeypatch.setattr(prg, "MASK_BLOCK", 5)
+    seed, dim = os.urandom(32), 23
+    dtype = prg.mask_dtype(bits)
+    stream = np.frombuffer(prg.keystream(seed, dim * dtype.itemsize), dtype=dtype.newbyteorder("<")).astype(dtype)
+    expected = stream & dtype.type((1 << bits) - 1)
+    base = np.arange(dim, dtype=dtype)
+    y = base.copy()
+    prg.add_mask(y, seed, bits)
+    assert np.array_equal(y, base + expected)
+    prg.add_mask(y, seed, bits, subtract=True)
+    assert np.array_equal(y, base)
+    assert np.array_equal(prg.expand_mask(seed, dim, bits), expected)
+
+
+def test_add_mask_refuses_a_target_of_the_wrong_word() -> None:
+    with pytest.raises(ValueError, match="mask target must be a 1-D uint32 vector .* got float64"):
+        prg.add_mask(np.zeros(4), os.urandom(32), 16)

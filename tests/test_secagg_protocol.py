@@ -569,3 +569,20 @@ def test_integer_noise_hook_flows_through_the_round() -> None:
     assert np.all(np.abs(res.total - (true + noise)) <= res.weight * proto.quantizer.step)  # type: ignore[union-attr]
     with pytest.raises(ProtocolError, match="before setup"):
         proto.set_integer_noise(None, 0)
+
+
+def test_a_site_keeps_only_its_input_between_stages() -> None:
+    """Quantised only when masking: between stages a site holds no vector but the caller's input (memory does not
+    grow by a quantised copy per site)."""
+    inputs, proto = make_inputs(N, DIM, seed=40), secagg(N, DIM, seed=41)
+    site = proto.site("site-00", 0, *inputs["site-00"])
+    site.step(ADVERTISE_KEYS, [])
+
+    def arrays(obj: object) -> list[np.ndarray]:
+        return [v for v in vars(obj).values() if isinstance(v, np.ndarray)]
+
+    held = arrays(site)
+    assert len(held) == 1 and held[0] is inputs["site-00"][0]
+    proto = secagg(N, DIM, seed=41)  # a fresh one: the site above drew from this one's generators
+    r = drive(proto, inputs)
+    check_exact(proto, 41, inputs, r)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-__all__ = ["SEED_BYTES", "MAX_MODULUS_BITS", "mask_dtype", "keystream", "expand_mask"]
+__all__ = ["SEED_BYTES", "MAX_MODULUS_BITS", "MASK_BLOCK", "mask_dtype", "keystream", "expand_mask", "add_mask"]
 
 SEED_BYTES = 32
 #: largest modulus 2^k of the masking sums, the one limit for masks (here) and quantised sums
@@ -47,17 +47,47 @@ def expand_mask(seed: bytes, dim: int, modulus_bits: int) -> np.ndarray:
     dtype = mask_dtype(modulus_bits)
     if not isinstance(dim, (int, np.integer)) or dim < 0:
         raise ValueError(f"mask dimension must be an integer >= 0, got {dim!r}")
-    nbytes = int(dim) * dtype.itemsize
+    out = np.zeros(int(dim), dtype=dtype)
+    add_mask(out, seed, modulus_bits)
+    return out
+
+
+#: words of keystream made at a time by :func:`add_mask` (2 MiB of uint64): a mask is never held whole
+MASK_BLOCK = 1 << 18
+
+
+def add_mask(target: np.ndarray, seed: bytes, modulus_bits: int, *, subtract: bool = False) -> None:
+    """``target += expand_mask(seed, len(target), modulus_bits)`` (or ``-=``), in place, block by block.
+
+    The AES-CTR keystream is produced :data:`MASK_BLOCK` words at a time into one reused buffer, so
+    masking a vector of ``d`` words needs ``O(MASK_BLOCK)`` extra memory instead of a second (and, for
+    the keystream's zero input, a third) vector of ``d`` words. Arithmetic wraps modulo the word size;
+    the caller reduces modulo ``2**modulus_bits`` once at the end, as with whole masks.
+    """
+    dtype = mask_dtype(modulus_bits)
+    if not isinstance(target, np.ndarray) or target.ndim != 1 or target.dtype != dtype:
+        got = f"{target.dtype} {target.shape}" if isinstance(target, np.ndarray) else type(target).__name__
+        raise ValueError(f"mask target must be a 1-D {dtype} vector (modulus 2^{modulus_bits}), got {got}")
     _check_seed(seed)
     enc = Cipher(algorithms.AES(bytes(seed)), modes.CTR(b"\x00" * 16)).encryptor()
-    buf = bytearray(nbytes + 16)  # update_into needs room for one extra block
-    enc.update_into(bytes(nbytes), buf)
-    words = np.frombuffer(buf, dtype=dtype.newbyteorder("<"), count=int(dim))
-    if words.dtype.byteorder not in ("=", "|") and words.dtype != dtype:  # big-endian host
-        words = words.astype(dtype)
-    if modulus_bits < dtype.itemsize * 8:
-        words &= dtype.type((1 << modulus_bits) - 1)
-    return words
+    size = dtype.itemsize
+    block = min(MASK_BLOCK, target.shape[0])
+    zeros = bytes(block * size)
+    buf = bytearray(block * size + 16)  # update_into needs room for one extra block
+    low = dtype.type((1 << modulus_bits) - 1) if modulus_bits < size * 8 else None
+    for start in range(0, target.shape[0], MASK_BLOCK):
+        n = min(MASK_BLOCK, target.shape[0] - start)
+        enc.update_into(zeros[: n * size], buf)  # CTR keeps its position across calls: one continuous stream
+        words = np.frombuffer(buf, dtype=dtype.newbyteorder("<"), count=n)
+        if words.dtype.byteorder not in ("=", "|") and words.dtype != dtype:  # big-endian host
+            words = words.astype(dtype)
+        if low is not None:
+            words &= low
+        part = target[start : start + n]
+        if subtract:
+            part -= words
+        else:
+            part += words
 
 
 def _check_seed(seed: bytes) -> None:

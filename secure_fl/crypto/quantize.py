@@ -240,6 +240,19 @@ class Quantizer:
             raise ValueError(f"weight {int(w)} exceeds max_weight = {self.max_weight}")
         return int(w)
 
+    def check(self, values: np.ndarray, weight: float, dim: int | None = None) -> None:
+        """What :meth:`encode` would refuse in ``values`` and ``weight`` (shape, non-finite entries, weight),
+        without encoding: ``ValueError`` naming it. ``dim``: the number of values the run expects."""
+        self.check_weight(weight)
+        shape = np.shape(values)
+        if len(shape) != 1:
+            raise ValueError(f"values must be a 1-D vector, got shape {shape}")
+        if dim is not None and shape[0] != dim:
+            raise ValueError(f"update has {shape[0]} values, the run expects dim = {dim}")
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        if bad:
+            raise ValueError(f"values contain {bad} non-finite entries")
+
     def encode(
         self,
         values: np.ndarray,

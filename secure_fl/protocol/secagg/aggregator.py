@@ -348,18 +348,15 @@ class SecAggAggregator(StagedParty, AggregatorParty):
             raise self._abort("no folded masked sum to release")
         for v in self.u3:
             b = self._reconstruct(v, seeds.get(v, []), seed_commitment, self._keys[v][2], "self-mask seed")
-            total -= prg.expand_mask(self_seed(b, self.round), self.dim, q.modulus_bits)
+            prg.add_mask(total, self_seed(b, self.round), q.modulus_bits, subtract=True)
         for d in sorted(dropped):
             live = sorted(self._peers[d] & u3)
             if not live:
                 continue
             s_sk = self._reconstruct(d, keys.get(d, []), kex.public_bytes, self._keys[d][1], "mask key")
             for v in live:
-                mask = prg.expand_mask(pair_seed(s_sk, self._keys[v][1], self.round, d, v), self.dim, q.modulus_bits)
-                if v < d:  # y_v added the mask it shares with d
-                    total -= mask
-                else:
-                    total += mask
+                seed = pair_seed(s_sk, self._keys[v][1], self.round, d, v)
+                prg.add_mask(total, seed, q.modulus_bits, subtract=v < d)  # v < d: y_v added their shared mask
         total &= q.dtype.type(q.modulus_mask)
         try:
             values, weight = q.decode(total, len(self.u3))

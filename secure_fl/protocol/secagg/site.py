@@ -60,7 +60,6 @@ class SecAggSite(StagedParty, SiteParty):
         self._sequence(proto.stages, "sites", f"{proto.name} site {site_id!r} (round {round})")
         self._t = proto.threshold_value
         self._quantizer = proto._require_setup()
-        self._encoded: np.ndarray | None = None
         self._neighbour_keys: dict[str, tuple[bytes, bytes, bytes]] = {}
         self._peers: list[str] = []
         self._held: dict[str, tuple[bytes, bytes]] = {}  # owner -> (share of b, share of s_sk)
@@ -96,15 +95,10 @@ class SecAggSite(StagedParty, SiteParty):
     def _advertise(self, inbox: Sequence[Message]) -> list[Message]:
         if self._values is None:  # the first stage (StagedParty runs it once): the input is still here
             raise self._reject("the input was already encoded")
-        try:
-            self._encoded = self._quantizer.encode(self._values, self._weight, self._rng, self.proto.integer_noise)
+        try:  # checked now, quantised only when masking: between stages the site keeps nothing but its input
+            self._quantizer.check(self._values, self._weight, self.proto.dim)
         except ValueError as exc:
             raise self._reject(f"input refused by the quantizer: {exc}") from exc
-        self._values = None  # only the quantized vector is kept
-        if self._encoded.shape[0] != self.proto.dim + 1:
-            raise self._reject(
-                f"update has {self._encoded.shape[0] - 1} values, the run expects dim = {self.proto.dim}"
-            )
         self._c, self._s = kex.generate_keypair(), kex.generate_keypair()
         self._b = os.urandom(SECRET)
         commit = seed_commitment(self._b)
@@ -170,7 +164,8 @@ class SecAggSite(StagedParty, SiteParty):
     # 5. masked input
     @handles(MASKED_INPUT)
     def _masked_input(self, inbox: Sequence[Message]) -> list[Message]:
-        assert self._encoded is not None
+        if self._values is None:
+            raise self._reject("the input was already masked and sent")
         msg = self._from_aggregator(inbox, ROUTE_SHARES)
         try:
             peers = wire.decode_ids(msg.payload, "peer list")
@@ -186,18 +181,17 @@ class SecAggSite(StagedParty, SiteParty):
         self._peers = peers
         self._open_shares(inbox, peers)
         q = self._quantizer
-        dim = self.proto.dim + 1
-        y = self._encoded.copy()
-        y += prg.expand_mask(self_seed(self._b, self.round), dim, q.modulus_bits)
+        values, self._values = self._values, None
+        try:
+            y = q.encode(values, self._weight, self._rng, self.proto.integer_noise)  # a fresh vector: masked in place
+        except ValueError as exc:
+            raise self._reject(f"input refused by the quantizer: {exc}") from exc
+        del values
+        prg.add_mask(y, self_seed(self._b, self.round), q.modulus_bits)
         for peer in peers:  # masks depend only on public keys: a refused share does not change them
             seed = pair_seed(self._s.private, self._neighbour_keys[peer][1], self.round, self.site_id, peer)
-            mask = prg.expand_mask(seed, dim, q.modulus_bits)
-            if self.site_id < peer:
-                y += mask
-            else:
-                y -= mask
+            prg.add_mask(y, seed, q.modulus_bits, subtract=self.site_id > peer)
         y &= q.dtype.type(q.modulus_mask)
-        self._encoded = None  # the unmasked vector is no longer needed
         payload = wire.encode_masked(sorted(self.refused.items()), to_wire(y, q.modulus_bits))
         return [self._msg(MASKED_INPUT, payload, ViewKind.MASKED)]
 
