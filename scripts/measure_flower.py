@@ -24,8 +24,14 @@ Prints a Markdown table, per protocol:
   (a site's messages to the aggregator; the aggregator's to it, the broadcast model included);
 - peak MB aggregator / site: the ServerApp process's ``ru_maxrss`` and the largest ClientApp
   process's over every trip of every round (rounds.jsonl ``peak_rss_bytes``); high-water marks of
-  whole processes (Python, torch and the task's data included), MB = 2**20 bytes;
+  whole processes (Python, torch and the task's data included);
+- peak MB SuperLink / largest SuperNode: the Flower processes that carry the messages (the SuperLink
+  holds every message of a trip in memory: see the comment where it starts), ``VmHWM`` of
+  ``/proc/PID/status``, reset before each protocol (``/proc/PID/clear_refs``; Linux);
 - round trips per round (steady rounds) and of the last round (+ the final evaluation).
+
+MB everywhere here is 2**20 bytes. With ``--task`` the patched copy lives in the measurement folder, so
+a task that reads files by relative path (csv, image-folder) needs absolute paths in its experiment.
 """
 
 from __future__ import annotations
@@ -96,7 +102,10 @@ def main() -> None:
     procs = []
     rows: list[dict[str, Any]] = []
     try:
-        procs.append(start_superlink(agg, log=root / "superlink.log", env=ENV))
+        # the SuperLink keeps its state in memory: with its SQLite file, pushing four 11M-parameter replies at once
+        # held the database past SQLite's 5 s busy timeout on a loaded 2-core machine, the ServerApp's heartbeat got
+        # "database is locked" (HTTP 500) and the run died (Flower 1.40); `secure-fl aggregator start --no-database`
+        procs.append(start_superlink(agg, database=False, log=root / "superlink.log", env=ENV))
         wait_for_port("127.0.0.1", port, 90, procs[0])
         time.sleep(1)
         register_sites(agg, env=ENV)
@@ -107,6 +116,8 @@ def main() -> None:
             procs.append(start_supernode(kit, free_port(), log=root / f"{s}.log", env=ENV))
         for exp_name, p in entries:
             env = {**os.environ, **ENV}
+            for proc in procs:
+                _reset_peak(proc.pid)
             common = [exp_name, "--protocol", p, "--rounds", str(args.rounds)]
             subprocess.run(
                 [sys.executable, "-m", "secure_fl.cli", "deploy", "run", *common, "--federation",
@@ -116,6 +127,8 @@ def main() -> None:
             )
             dep = _rounds(root / "deployed", p)
             row = _deployed_row(p, dep)
+            row["superlink_peak_mb"] = _peak(procs[0].pid) / MB
+            row["supernode_peak_mb"] = max(_peak(proc.pid) for proc in procs[1:]) / MB
             if not args.no_local:
                 local_cmd = [sys.executable, "-m", "secure_fl.cli", "run", *common, "--seeds", "0", "--out",
                              str(root / "local"), "--quiet"]
@@ -131,12 +144,14 @@ def main() -> None:
     print(f"\n{exp.name}: task {exp.task_name}{overrides}, {len(sites)} sites, {args.rounds} rounds, seed 0; "
           f"load average {load[0]:.1f} on {os.cpu_count()} CPUs; measurement folder {root}")
     print("| protocol | local engine s/round | local peak MB | Flower s/round | of which site work | MB up/site/round "
-          "| MB down/site/round | peak MB aggregator | peak MB largest site | round trips per round | last round |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| MB down/site/round | peak MB ServerApp | peak MB largest ClientApp | peak MB SuperLink "
+          "| peak MB largest SuperNode | round trips per round | last round |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         lo = f"{r['local_s']:.2f} | {r['local_peak_mb']:.0f}" if "local_s" in r else "– | –"
         print(f"| {r['protocol']} | {lo} | {r['flower_s']:.1f} | {r['site_s']:.1f} | {r['up_mb']:.2f} | "
-              f"{r['down_mb']:.2f} | {r['agg_peak_mb']:.0f} | {r['site_peak_mb']:.0f} | {r['trips']} | {r['last']} |")
+              f"{r['down_mb']:.2f} | {r['agg_peak_mb']:.0f} | {r['site_peak_mb']:.0f} | {r['superlink_peak_mb']:.0f} | "
+              f"{r['supernode_peak_mb']:.0f} | {r['trips']} | {r['last']} |")
     if args.json:
         args.json.write_text(json.dumps({"experiment": exp.name, "sites": len(sites), "rounds": args.rounds,
                                          "task_overrides": args.task, "load": load[0], "rows": rows}, indent=2))
@@ -218,6 +233,26 @@ def _run_peak(cmd: list[str], env: dict[str, str]) -> int:
     if proc.returncode != 0:
         raise subprocess.CalledProcessError(proc.returncode, cmd)
     return int(usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024))
+
+
+def _reset_peak(pid: int) -> None:
+    """Reset a process's peak resident set size (Linux: ``5`` into ``/proc/PID/clear_refs``), so that the next
+    reading is this protocol's alone; where that is not possible the reading stays a peak since the start."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak(pid: int) -> int:
+    """A running process's peak resident set size in bytes (``VmHWM`` of ``/proc/PID/status``; 0 if unknown)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _rounds(root: Path, label: str) -> list[dict[str, Any]]:
