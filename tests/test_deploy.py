@@ -14,7 +14,7 @@ import pytest
 import tomllib
 
 from secure_fl.deploy.kit import KitError, load_kit
-from secure_fl.deploy.provision import provision
+from secure_fl.deploy.provision import federation_toml, parse_federation, provision, site_names
 from secure_fl.engine.flower.codec import decode, encode
 from secure_fl.engine.flower.inprocess import InProcessTransport
 from secure_fl.engine.flower.server import DeployedRun
@@ -28,11 +28,8 @@ SITES = {"alpha": "site1", "beta": "site2", "gamma": "site3"}
 
 
 def _federation_toml(tmp_path: Path, name: str = "test-fed", sites: dict[str, str] = SITES) -> Path:
-    lines = [f'name = "{name}"', 'address = "127.0.0.1:19999"']
-    for s, data in sites.items():
-        lines += [f"[sites.{s}]", f'data = "{data}"']
     path = tmp_path / f"{name}.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(federation_toml(name, "127.0.0.1:19999", sites))
     return path
 
 
@@ -119,6 +116,18 @@ def test_a_wrong_altered_or_misused_kit_is_refused_by_name(kits, tmp_path):
         provision(_federation_toml(tmp_path), kits)
 
 
+def test_a_tasks_sites_become_a_federation_file():
+    sites = site_names(["Cleveland", "VA Long Beach", "site1"])
+    assert sites == {"cleveland": "Cleveland", "va-long-beach": "VA Long Beach", "site1": "site1"}
+    text = federation_toml("m", "127.0.0.1:1", sites, {"budget_epsilon": 10.0, "budget_delta": 1e-5})
+    fed = parse_federation(tomllib.loads(text), "m.toml")
+    assert fed["sites"]["va-long-beach"] == {"data": "VA Long Beach", "budget": {"epsilon": 10.0, "delta": 1e-5}}
+    with pytest.raises(SpecError, match="'Site 1' and 'site-1' make the same site name 'site-1'"):
+        site_names(["Site 1", "site-1"])
+    with pytest.raises(SpecError, match="task site '§§': no site name"):
+        site_names(["§§"])
+
+
 def test_federation_file_errors_name_the_key(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\naddress = "nohost"\n[sites.a]\n[sites.b]\n')
@@ -192,6 +201,11 @@ def test_deployed_run_gives_the_local_engines_model(kits, tiny_experiment_toml, 
     assert [r["applied"] for r in records] == [True, True]
     assert records[0]["participants"] == sorted(SITES)
     assert records[0]["trips"] == trips  # server round trips in a steady round (the last adds the final evaluation)
+    for rec in records:  # peak memory per party: the aggregator's process, and per trip the largest site process
+        peaks = rec["peak_rss_bytes"]
+        site_trips = {k for k in rec["stage_seconds"] if k.startswith("site:")}
+        assert set(peaks) == {"aggregator"} | site_trips | ({"site:final"} if rec is records[-1] else set())
+        assert all(isinstance(v, int) and v > 50 * 2**20 for v in peaks.values())  # bytes: torch alone takes more
     assert np.allclose(run.weights, _local_weights(exp, protocol, 2), atol=tol, rtol=0)
     # every carried message is a view; no single site's message is plain unless the spec says so
     kinds = {v.kind.value for v in views if v.sender in SITES and v.stage != "final_model"}
@@ -333,7 +347,7 @@ def test_a_site_refuses_the_round_that_would_exceed_its_own_budget_and_sends_not
     assert b'"out"' in trip["site1"] and b'"out"' in trip["site3"]
     assert b'"out"' not in trip["site2"] and b"payload" not in trip["site2"]
     reply = decode(trip["site2"])
-    assert set(reply) == {"site", "results", "seconds"}
+    assert set(reply) == {"site", "results", "seconds", "peak_rss_bytes"}  # the metering of the reply, nothing else
     assert reply["results"] == [{"op": "begin", "round": 1, "refused": reply["results"][0]["refused"]}]
     assert not [v for v in views if v.sender == "site2" and v.round == 1]
     # its ledger (in its kit) holds round 0 only; the others paid for both rounds

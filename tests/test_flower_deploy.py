@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 from secure_fl.deploy.kit import load_kit
-from secure_fl.deploy.provision import provision
+from secure_fl.deploy.provision import federation_toml, provision, site_names
 from secure_fl.engine.flower.launch import (
     free_port,
     register_sites,
@@ -50,20 +50,13 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("flwr", reason="the Flower engine needs flwr==1.40.* (pip install secure-fl[flower])")
 
 REPO = Path(__file__).resolve().parents[1]
-HOSPITALS = {
-    "cleveland": "Cleveland",
-    "hungary": "Hungary",
-    "va-long-beach": "VA Long Beach",
-    "switzerland": "Switzerland",
-}
+#: site name -> heart-disease hospital, as scripts/measure_flower.py names a task's sites
+HOSPITALS = site_names(["Cleveland", "Hungary", "VA Long Beach", "Switzerland"])
 ENV = {"PYTHONPATH": str(REPO), "SECURE_FL_THREADS": "1"}
 
 
 def _fed_toml(path: Path, name: str, port: int, sites: dict[str, str]) -> Path:
-    lines = [f'name = "{name}"', f'address = "127.0.0.1:{port}"']
-    for s, data in sites.items():
-        lines += [f"[sites.{s}]", f'data = "{data}"']
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(federation_toml(name, f"127.0.0.1:{port}", sites))
     return path
 
 
@@ -189,6 +182,8 @@ def test_ckks_over_flower_gives_the_local_engines_model(fed):
     (rec,) = _rounds(out)
     assert rec["applied"], lines[-20:]
     assert rec["participants"] == sorted(HOSPITALS)
+    peaks = rec["peak_rss_bytes"]  # the ServerApp's and, per trip, the largest ClientApp process's peak memory
+    assert "site:final" in peaks and min(peaks.values()) > 50 * 2**20 and len(peaks) == 1 + rec["trips"]
     assert summary["trips_per_round"] == [3]  # 2 server round trips per CKKS round (the 2nd with the final evaluation)
     local = _local_federation("ckks-fedavg")
     local.round(0)

@@ -30,6 +30,7 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from ..speccheck import check_keys, get, get_table, in_range
 from .kit import KIT_FORMAT, kit_fingerprint, write_private
 from .pki import identity_public, make_identity_key, make_node_key, make_tls
 
-__all__ = ["parse_federation", "provision"]
+__all__ = ["parse_federation", "provision", "site_names", "federation_toml"]
 
 _SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -89,6 +90,33 @@ def parse_federation(data: dict[str, Any], where: str) -> dict[str, Any]:
             }
         sites[site] = entry
     return {"name": name, "address": address, "host": host, "ckks_preset": preset, "hosts": list(hosts), "sites": sites}
+
+
+def site_names(data: Iterable[str]) -> dict[str, str]:
+    """A site name for each task site in ``data`` (e.g. ``"VA Long Beach"`` -> ``"va-long-beach"``: lowercase,
+    every run of other characters one ``-``), as ``{site name: data}`` for a federation file's ``[sites]``."""
+    out: dict[str, str] = {}
+    for d in data:
+        name = re.sub(r"[^a-z0-9]+", "-", d.lower()).strip("-")
+        if not _SITE_NAME.match(name):
+            raise SpecError(f"task site {d!r}: no site name in [a-z0-9-] (1-63 characters) can be made from it")
+        if name in out:
+            raise SpecError(f"task sites {out[name]!r} and {d!r} make the same site name {name!r}")
+        out[name] = d
+    return out
+
+
+def federation_toml(
+    name: str, address: str, sites: Mapping[str, str], site_keys: Mapping[str, Any] | None = None
+) -> str:
+    """The text of a ``FEDERATION.toml``: one ``[sites.NAME]`` with ``data`` per entry of ``sites``
+    (``{site name: task site}``, e.g. from :func:`site_names`), each with the extra keys ``site_keys``
+    (e.g. ``budget_epsilon``). For tests and measurements on loopback; :func:`parse_federation` checks it."""
+    lines = [f"name = {json.dumps(name)}", f"address = {json.dumps(address)}"]
+    for site, d in sites.items():
+        lines += [f"[sites.{site}]", f"data = {json.dumps(d)}"]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in (site_keys or {}).items()]
+    return "\n".join(lines) + "\n"
 
 
 def _mkdir(path: Path) -> None:

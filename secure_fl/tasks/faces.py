@@ -8,6 +8,10 @@ photographs form a gallery (one per person) and probes (the rest), matched by co
 between encoder embeddings. The other identities are classes: per person, ``test_per_identity``
 photographs go to test, the rest to training, and both pools are split across sites by the same
 class proportions (IID, Dirichlet over classes, or disjoint classes).
+
+Encoders (key ``encoder``): ``"cnn"`` (default), the 3-layer ``FaceEncoder`` (91 thousand parameters at
+56×46); ``"resnet18"``, ``ResNetFaceEncoder``, a ResNet-18 with GroupNorm (13.1 million parameters at
+its default 112×92 with a 320-d embedding), the size of the face encoders dysmorphology studies share.
 """
 
 from __future__ import annotations
@@ -22,14 +26,18 @@ import torch
 from torch import nn
 
 from ..errors import DataError
-from ..speccheck import check_keys, get, in_range
+from ..speccheck import check_keys, get, in_range, one_of
 from .base import SiteData, Task
 from .images import load_image
 from .metrics import gallery_topk
-from .models import FaceEncoder
+from .models import FaceEncoder, ResNetFaceEncoder
 from .partition import SCHEMES, class_proportions, split_by_proportions
 
-__all__ = ["orl_root", "load_orl", "FacesTask", "build_faces", "build_faces_from_arrays"]
+__all__ = ["ENCODER_DEFAULTS", "orl_root", "load_orl", "FacesTask", "build_faces", "build_faces_from_arrays"]
+
+#: per ``encoder``: its default ``image_size`` and ``embedding_dim``. resnet18 at ORL's own 112×92 with a
+#: 320-d embedding has 13,147,294 parameters (30 training identities; ``models.resnet_face_param_count``)
+ENCODER_DEFAULTS: dict[str, tuple[list[int], int]] = {"cnn": ([56, 46], 64), "resnet18": ([112, 92], 320)}
 
 
 def orl_root() -> Path:
@@ -63,6 +71,8 @@ def load_orl(image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
 class FacesTask(Task):
     record: ClassVar[str] = "photograph"  # ORL holds 10 photographs per person: example-level DP protects one
     embedding_dim: int = 64
+    encoder: str = "cnn"
+    image_size: tuple[int, int] = (56, 46)  # the photographs' [height, width] (resnet18's output layer needs it)
     gallery_x: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     gallery_y: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     probe_x: torch.Tensor = field(default_factory=lambda: torch.empty(0))
@@ -70,7 +80,16 @@ class FacesTask(Task):
 
     def make_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
+        if self.encoder == "resnet18":
+            return ResNetFaceEncoder(self.num_classes, self.embedding_dim, self.image_size)
         return FaceEncoder(self.num_classes, self.embedding_dim)
+
+    def model_spec(self) -> tuple[str, dict[str, Any]] | None:
+        if self.encoder == "resnet18":
+            return ("secure_fl.tasks.models:ResNetFaceEncoder", {"num_classes": self.num_classes,
+                    "embedding_dim": self.embedding_dim, "image_size": list(self.image_size)})
+        return ("secure_fl.tasks.models:FaceEncoder", {"num_classes": self.num_classes,
+                                                       "embedding_dim": self.embedding_dim})
 
     @property
     def primary_metric(self) -> str:
@@ -96,6 +115,7 @@ _KEYS = [
     "test_per_identity",
     "embedding_dim",
     "split_seed",
+    "encoder",
 ]
 
 
@@ -103,7 +123,9 @@ def faces_params(
     params: Mapping[str, Any], where: str, n_ids: int, per_id: int, extra: tuple[str, ...] = ()
 ) -> dict[str, Any]:
     check_keys(params, _KEYS + list(extra), where)
-    size = get(params, "image_size", list, where, [56, 46])
+    encoder = get(params, "encoder", str, where, "cnn", one_of(*ENCODER_DEFAULTS))
+    default_size, default_dim = ENCODER_DEFAULTS[encoder]
+    size = get(params, "image_size", list, where, default_size)
     if len(size) != 2 or not all(isinstance(v, int) and v >= 8 for v in size):
         raise DataError(f"{where}.image_size: expected [height, width] with integers >= 8, found {size!r}")
     p = {
@@ -122,8 +144,9 @@ def faces_params(
             params, "heldout_identities", int, where, min(10, n_ids // 4), in_range(0, n_ids - 2)
         ),
         "test_per_identity": get(params, "test_per_identity", int, where, min(3, per_id - 1), in_range(1, per_id - 1)),
-        "embedding_dim": get(params, "embedding_dim", int, where, 64, in_range(2)),
+        "embedding_dim": get(params, "embedding_dim", int, where, default_dim, in_range(2)),
         "split_seed": get(params, "split_seed", int, where, 0),
+        "encoder": encoder,
     }
     return p
 
@@ -173,6 +196,8 @@ def build_faces_from_arrays(name: str, x: np.ndarray, ids: np.ndarray, p: Mappin
         sites,
         {"heldout_identities": [int(h) for h in heldout]},
         embedding_dim=p["embedding_dim"],
+        encoder=p.get("encoder", "cnn"),
+        image_size=(int(x.shape[-2]), int(x.shape[-1])) if x.ndim == 4 else p["image_size"],
     )
     if len(heldout):
         task.gallery_x, task.gallery_y = t(x[g_idx], dtype=torch.float32), t(ids[g_idx])

@@ -36,7 +36,7 @@ def build_synthetic_faces(params: Mapping[str, Any], where: str) -> FacesTask:
     """Identities are random smooth templates; photographs are noisy, shifted copies."""
     extra = ("n_identities", "per_identity", "seed")
     check_keys(params, ["n_sites", "partition", "alpha", "image_size", "heldout_identities", "test_per_identity",
-                        "embedding_dim", "split_seed", *extra], where)
+                        "embedding_dim", "split_seed", "encoder", *extra], where)
     n_ids = get(params, "n_identities", int, where, 12, in_range(4))
     per_id = get(params, "per_identity", int, where, 8, in_range(3))
     base = {k: v for k, v in params.items() if k not in extra}

@@ -57,6 +57,7 @@ from ...protocol.base import AGGREGATOR, Message, SecureSum, ViewKind
 from ...protocol.pipeline import NoPrivacy
 from ...protocol.spec import ProtocolSpec
 from ..local import View
+from ..memory import peak_rss_bytes
 from .codec import decode, encode, message_from_dict, message_to_dict
 from .setup import setup_protocol
 
@@ -100,6 +101,8 @@ class _Round:
     bytes_down: dict[str, int] = field(default_factory=dict)
     train: dict[str, dict[str, float]] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: per trip ("site:<label>"): the largest peak RSS any replying site's ClientApp process reported
+    site_peak_rss: dict[str, int] = field(default_factory=dict)
     trips: int = 0
     contributors: list[str] | None = None
     model_digests: dict[str, str] = field(default_factory=dict)
@@ -443,6 +446,7 @@ class DeployedRun:
                     self.log(f"round {r}: trip {label} done in {time.perf_counter() - t0:.1f} s ({len(ops)} sites)")
                     site_secs = [float(rep.get("seconds", 0.0)) for rep in replies.values() if isinstance(rep, dict)]
                     rd.stage_seconds[f"site:{label}"] = max(site_secs, default=0.0)
+                    _note_site_peak(rd, label, replies)
                     for s, rep in replies.items():
                         if isinstance(rep, str):
                             self._drop(rd, s, rep)
@@ -501,6 +505,7 @@ class DeployedRun:
         replies = self._trip(ops, "final")
         prev.trips += 1
         prev.stage_seconds["trip:final"] = time.perf_counter() - t0
+        _note_site_peak(prev, "final", replies)
         final_eval: dict[str, dict[str, float]] = {}
         digests: dict[str, str] = {}
         for s, rep in replies.items():
@@ -564,6 +569,8 @@ class DeployedRun:
             "bytes_down_per_site": float(np.mean([rd.bytes_down.get(s, 0) + broadcast for s in participants] or [0])),
             "seconds": (rd.t_end or time.perf_counter()) - rd.t0, "stage_seconds": rd.stage_seconds, "trips": rd.trips,
             "engine": "flower", "privacy_spent": dict(rd.spent),
+            # peak RSS in bytes: this aggregator process, and per trip the largest site ClientApp process
+            "peak_rss_bytes": {"aggregator": peak_rss_bytes(), **rd.site_peak_rss},
         }
         record["seconds_sites_parallel"] = record["seconds"]  # a deployment's sites work in parallel
         if self.spec.threat_model.aggregator_sees == "plain":  # as the local engine: otherwise they stay at the site
@@ -586,6 +593,14 @@ class DeployedRun:
 
 def _digest(w: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(w, dtype="<f4").tobytes()).hexdigest()
+
+
+def _note_site_peak(rd: _Round, label: str, replies: Mapping[str, dict[str, Any] | str]) -> None:
+    """Record the largest ``peak_rss_bytes`` the sites reported for trip ``label`` (a site's own ru_maxrss)."""
+    peaks = [int(rep["peak_rss_bytes"]) for rep in replies.values()
+             if isinstance(rep, dict) and isinstance(rep.get("peak_rss_bytes"), int)]
+    if peaks:
+        rd.site_peak_rss[f"site:{label}"] = max(peaks)
 
 
 #: bins of the score histograms sites send for the pooled AUC (see :func:`score_histograms`)

@@ -59,6 +59,7 @@ from ...deploy.kit import Kit, KitError, load_kit, write_private
 from ...errors import ProtocolError, SecureFLError, SiteRejected
 from ...protocol.base import AGGREGATOR, SecureSum, SiteParty
 from ...protocol.spec import ProtocolSpec, parse_protocol
+from ..memory import peak_rss_bytes
 from .codec import message_from_dict, message_to_dict
 from .privacy import LEDGER_FILE, check_site_may_run, deployed_privacy_layer
 from .setup import setup_protocol
@@ -477,6 +478,7 @@ def handle_request(kit_path: str | Path, request: dict[str, Any], node_site: str
     try:
         reply = SiteRuntime(kit_path, node_site).handle(request)
         reply["seconds"] = time.perf_counter() - t0  # the site's own work, for the aggregator's timing record
+        reply["peak_rss_bytes"] = peak_rss_bytes()  # this ClientApp process's peak memory, for the same record
         return reply
     except SecureFLError as exc:
         print(f"secure-fl site: refused: {exc}", file=sys.stderr, flush=True)
