@@ -52,6 +52,8 @@ __all__ = [
     "load_secret_context",
     "load_public_context",
     "load_manifest",
+    "encodable",
+    "encrypt_one",
     "encrypt_chunks",
     "decrypt_chunks",
     "chunk_count",
@@ -332,12 +334,11 @@ def chunk_count(length: int, slots: int) -> int:
     return max(1, -(-length // slots))
 
 
-def encrypt_chunks(ctx: CkksContext, flat: np.ndarray) -> list[bytes]:
-    """Encrypt a flat float vector as slot-sized chunks (no layer is ever too large).
+def encodable(ctx: CkksContext, flat: np.ndarray) -> np.ndarray:
+    """``flat`` as a float64 vector ``ctx`` can encrypt, or the error saying why not.
 
     Every chunk is encoded at the preset's scale, so ``|values|`` must not exceed
-    ``2**(data_bits - 2 - scale_bits)`` (1 for the default scales); returns the
-    serialised ciphertexts.
+    ``2**(data_bits - 2 - scale_bits)`` (1 for the default scales).
     """
     if not ctx.can_decrypt and ctx.preset.encryption == "symmetric":
         raise CkksKeyError("a symmetric preset encrypts with the secret key; this public context cannot encrypt")
@@ -351,12 +352,26 @@ def encrypt_chunks(ctx: CkksContext, flat: np.ndarray) -> list[bytes]:
             f"values up to {peak:g} exceed {limit:g}, the largest magnitude preset {ctx.preset.name!r} encodes "
             f"at scale 2^{ctx.preset.scale}; normalise by a power of two first"
         )
+    return x
+
+
+def encrypt_one(ctx: CkksContext, part: np.ndarray) -> bytes:
+    """One serialised ciphertext of at most ``slots`` values (checked by :func:`encodable`)."""
+    data: bytes = ts.ckks_vector(ctx.context, part.tolist()).serialize()
+    return data
+
+
+def encrypt_chunks(ctx: CkksContext, flat: np.ndarray) -> list[bytes]:
+    """Encrypt a flat float vector as slot-sized chunks (no layer is ever too large), in this process.
+
+    Every chunk is encoded at the preset's scale, so ``|values|`` must not exceed
+    ``2**(data_bits - 2 - scale_bits)`` (1 for the default scales); returns the
+    serialised ciphertexts. :func:`secure_fl.crypto.ckks_frame.encrypt_frame` does the same
+    straight into a frame, on several processes for large vectors.
+    """
+    x = encodable(ctx, flat)
     slots = ctx.preset.slots
-    out = []
-    for i in range(chunk_count(x.size, slots)):
-        part = x[i * slots : (i + 1) * slots]
-        out.append(ts.ckks_vector(ctx.context, part.tolist()).serialize())
-    return out
+    return [encrypt_one(ctx, x[i * slots : (i + 1) * slots]) for i in range(chunk_count(x.size, slots))]
 
 
 def decrypt_chunks(ctx: CkksContext, vectors: list[ts.CKKSVector]) -> np.ndarray:
