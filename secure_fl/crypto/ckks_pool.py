@@ -11,7 +11,9 @@ at most one pool lives per process, so a process never holds more than one set o
 It is keyed by the context's fingerprint and whether it holds the secret key. Workers start
 with ``forkserver`` (``spawn`` where forkserver is unavailable), never plain ``fork``: a
 forked copy of a process running torch's threads can deadlock, and a fresh interpreter shares
-no state (no PRNG state, no locks) with its parent.
+no state (no PRNG state, no locks) with its parent. As with every ``spawn``/``forkserver`` pool, the
+workers import the main script again: a script that encrypts large vectors must start its work
+under ``if __name__ == "__main__":`` (the ``secure-fl`` command and ``python -m`` runs do).
 
 The key. Each worker is initialised once with the party's own serialised context. For a site
 that decrypts this context **holds the secret key**: it goes to the site's own child processes
@@ -65,6 +67,7 @@ __all__ = [
     "worker_context",
     "iter_encrypted",
     "pool_starts",
+    "pool_tasks",
 ]
 
 ENV_WORKERS = "SECURE_FL_CKKS_WORKERS"
@@ -146,11 +149,17 @@ def _encrypt_batch(part: np.ndarray) -> list[bytes]:
 _LOCK = threading.Lock()
 _POOLS: dict[tuple[str, bool], ChunkPool] = {}
 _STARTS = 0
+_TASKS = 0
 
 
 def pool_starts() -> int:
-    """How many pools this process has started (tests check that small vectors start none)."""
+    """How many pools this process has started."""
     return _STARTS
+
+
+def pool_tasks() -> int:
+    """How many tasks this process has handed to pool workers (tests check that small vectors hand none)."""
+    return _TASKS
 
 
 def _mp_context() -> Any:
@@ -190,20 +199,24 @@ class ChunkPool:
         At most ``window`` (default twice the workers) tasks are in flight, so a long vector is never held
         whole. An exception raised by ``fn`` is raised here unchanged (pending tasks are cancelled).
         """
+        global _TASKS
         limit = window or 2 * self.workers
         pending: deque[Future[_R]] = deque()
         try:
             for task in tasks:
                 pending.append(self._executor.submit(fn, task))
+                _TASKS += 1
                 if len(pending) >= limit:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
-        except BrokenProcessPool as exc:
+        except (BrokenProcessPool, BrokenPipeError) as exc:
             _discard(self)
             raise CkksWorkerError(
-                f"a CKKS worker process died ({exc}); nothing of this vector was kept. The pool is rebuilt on the "
-                f"next call; set {ENV_WORKERS}=1 to encrypt and decrypt in this process"
+                f"a CKKS worker process died ({type(exc).__name__}: {exc}); nothing of this vector was kept and the "
+                "pool is rebuilt on the next call. Workers start a fresh interpreter that imports the main script "
+                "again: a script must start its work under `if __name__ == \"__main__\":`; or set "
+                f"{ENV_WORKERS}=1 to encrypt and decrypt in this process"
             ) from exc
         finally:
             for fut in pending:
