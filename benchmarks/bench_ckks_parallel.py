@@ -84,23 +84,10 @@ def test_decrypt_1m(benchmark, workers: int) -> None:  # type: ignore[no-untyped
 # --- the table ---------------------------------------------------------------------------------
 
 
-def _workers_cpu() -> float:
-    """CPU seconds (user + system) of this process's live pool workers so far (Linux ``/proc``)."""
-    total = 0.0
-    for pool in list(ckks_pool._POOLS.values()):
-        for pid in pool.pids():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 def _timed(fn, *args):  # type: ignore[no-untyped-def]
-    c0, w0, t0 = time.process_time(), _workers_cpu(), time.perf_counter()
+    c0, w0, t0 = time.process_time(), ckks_pool.worker_cpu_seconds(), time.perf_counter()
     out = fn(*args)
-    return out, time.perf_counter() - t0, time.process_time() - c0 + _workers_cpu() - w0
+    return out, time.perf_counter() - t0, time.process_time() - c0 + ckks_pool.worker_cpu_seconds() - w0
 
 
 def measure(n_params: int, workers: int, repeats: int) -> dict[str, float]:

@@ -68,6 +68,7 @@ __all__ = [
     "iter_encrypted",
     "pool_starts",
     "pool_tasks",
+    "worker_cpu_seconds",
 ]
 
 ENV_WORKERS = "SECURE_FL_CKKS_WORKERS"
@@ -160,6 +161,22 @@ def pool_starts() -> int:
 def pool_tasks() -> int:
     """How many tasks this process has handed to pool workers (tests check that small vectors hand none)."""
     return _TASKS
+
+
+def worker_cpu_seconds() -> float:
+    """CPU seconds (user + system) the live workers of this process have used so far; 0.0 where ``/proc``
+    is absent. A party's CPU cost is its own ``time.process_time()`` plus the change of this value."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for pool in list(_POOLS.values()):
+        for pid in pool.pids():
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:  # no /proc, or the worker has gone
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def _mp_context() -> Any:
