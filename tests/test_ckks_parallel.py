@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from secure_fl.crypto import ckks_pool
-from secure_fl.crypto.ckks import CkksContext, CkksKeys, encrypt_chunks, generate_keys
+from secure_fl.crypto.ckks import CkksContext, CkksKeys, ScaledParts, encrypt_chunks, generate_keys
 from secure_fl.crypto.ckks_frame import (
     FrameError,
     FrameKind,
@@ -199,3 +199,21 @@ def test_a_dead_worker_is_an_error_and_the_pool_is_rebuilt(pool: CkksContext) ->
     frame = _frame(pool, encrypt_frame(pool, FrameKind.UPDATE, 2, x, workers=2), x.size)
     assert ckks_pool.pool_starts() == starts + 1  # a fresh pool did the work
     assert np.max(np.abs(decrypt_frame(pool, frame, _layout(x.size), workers=2) - x)) < 1e-6
+
+
+def test_scaled_parts_read_like_their_float64_concatenation(keys: CkksKeys) -> None:
+    values = np.random.default_rng(6).uniform(-3, 3, 2 * SLOTS + 11).astype(np.float32)
+    tail = np.array([0.75, 0.5, 0.0])
+    parts = ScaledParts((values, -2), (tail, 0))
+    whole = np.concatenate([np.ldexp(values.astype(np.float64), -2), tail])
+    assert parts.size == whole.size and parts.peak() == np.max(np.abs(whole))
+    for a, b in ((0, SLOTS), (SLOTS, 2 * SLOTS), (2 * SLOTS, whole.size), (5, whole.size - 1), (3, 3)):
+        assert np.array_equal(parts[a:b], whole[a:b]) and parts[a:b].dtype == np.float64
+    ctx = keys.secret()
+    frame = _frame(ctx, encrypt_frame(ctx, FrameKind.UPDATE, 2, parts, workers=1), whole.size)
+    assert np.max(np.abs(decrypt_frame(ctx, frame, _layout(whole.size), workers=1) - whole)) < 1e-6
+    with pytest.raises(ValueError, match=r"values up to 1\.4\d* exceed 1,"):
+        encrypt_frame(ctx, FrameKind.UPDATE, 2, ScaledParts((values, -1), (tail, 0)))
+    values[7] = np.nan
+    with pytest.raises(ValueError, match="values up to nan exceed"):
+        encrypt_frame(ctx, FrameKind.UPDATE, 2, ScaledParts((values, -2), (tail, 0)))

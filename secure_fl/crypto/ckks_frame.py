@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import tenseal as ts
 
-from .ckks import TENSEAL_ERRORS, CkksContext, CkksKeyError, chunk_count, decrypt_chunks, encodable
+from .ckks import TENSEAL_ERRORS, CkksContext, CkksKeyError, ScaledParts, chunk_count, decrypt_chunks, encodable
 from .ckks_pool import BATCH_CHUNKS, get_pool, iter_encrypted, worker_context, workers_for
 
 __all__ = [
@@ -242,11 +242,12 @@ def iter_vectors(ctx: CkksContext, chunks: Sequence[bytes] | Frame, sizes: Seque
 
 
 def encrypt_frame(
-    ctx: CkksContext, kind: FrameKind, round: int, flat: np.ndarray, meta: dict[str, Any] | None = None,
+    ctx: CkksContext, kind: FrameKind, round: int, flat: np.ndarray | ScaledParts, meta: dict[str, Any] | None = None,
     *, workers: int | None = None,
 ) -> bytes:
     """Encrypt ``flat`` in slot-sized chunks straight into a frame (the bytes :func:`pack_frame` would
-    make of :func:`~secure_fl.crypto.ckks.encrypt_chunks`'s chunks, with fresh randomness).
+    make of :func:`~secure_fl.crypto.ckks.encrypt_chunks`'s chunks, with fresh randomness). ``flat`` may be
+    a :class:`~secure_fl.crypto.ckks.ScaledParts`: then no float64 copy of the whole vector is made.
 
     ``workers``: processes to use (default ``SECURE_FL_CKKS_WORKERS`` or the cores this process may run
     on); vectors of fewer than :data:`~secure_fl.crypto.ckks_pool.MIN_PARALLEL_CHUNKS` chunks are encrypted

@@ -51,7 +51,7 @@ import numpy as np
 import tenseal as ts
 
 from ..errors import InvalidParameter, SecureFLError
-from .ckks import CkksContext, ContextKind, encrypt_one
+from .ckks import CkksContext, ContextKind, ScaledParts, encrypt_one
 from .ckks_params import CkksPreset
 
 __all__ = [
@@ -283,7 +283,7 @@ def shutdown_pools() -> None:
 atexit.register(shutdown_pools)
 
 
-def iter_encrypted(ctx: CkksContext, x: np.ndarray, workers: int) -> Iterator[bytes]:
+def iter_encrypted(ctx: CkksContext, x: np.ndarray | ScaledParts, workers: int) -> Iterator[bytes]:
     """The serialised ciphertexts of ``x``'s slot-sized chunks, in order, encrypted by ``workers`` processes
     (``x`` already checked by :func:`~secure_fl.crypto.ckks.encodable`)."""
     slots = ctx.preset.slots

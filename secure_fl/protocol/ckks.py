@@ -97,6 +97,7 @@ from ..crypto.ckks import (
     TENSEAL_ERRORS,
     CkksContext,
     CkksKeys,
+    ScaledParts,
     chunk_count,
     generate_keys,
 )
@@ -339,16 +340,12 @@ class _CkksSite(StagedParty, SiteParty):
                 )
             self._lv, self._lw = self._p._public_exponents
         values, self._values = self._input(), None  # encrypted below; not held for the rest of the round
-        dim = values.size
-        tags = self._tag()
-        flat = np.empty(dim + 1 + tags.size, dtype=np.float64)  # one float64 copy of the update, no temporaries
-        np.ldexp(values, -self._lv, out=flat[:dim], dtype=np.float64)  # computed in float64, as before
-        del values
-        flat[dim] = math.ldexp(self._weight, -self._lw)
-        flat[dim + 1 :] = tags
+        tail = np.concatenate([[math.ldexp(self._weight, -self._lw)], self._tag()])
+        # values * 2**-Lv, then the weight and tags, read chunk by chunk (no float64 copy of the update) and
         # streamed into one buffer as the chunks are encrypted (on worker processes for a large update)
+        flat = ScaledParts((values, -self._lv), (tail, 0))
         payload = encrypt_frame(self._ctx, FrameKind.UPDATE, self.round, flat)
-        del flat
+        del values, flat
         return [self._msg(SUBMIT, payload)]
 
     @handles(DECRYPT)
