@@ -73,11 +73,13 @@ __all__ = [
 
 ENV_WORKERS = "SECURE_FL_CKKS_WORKERS"
 
-#: smallest number of chunks a vector needs before the pool is used. Measured on the 2-core machine
-#: (``python benchmarks/bench_ckks_parallel.py --table``, ``compact``): starting a 2-worker pool costs
-#: ~0.5 s once per process, and 2 warm workers save ~1.0 ms per chunk on encrypt + decrypt, so a pool
-#: pays for its start within one vector of ~500 chunks and within a few rounds of 64; below 64 chunks
-#: (~260k parameters) the saving per round is under ~65 ms and the workers' memory is not worth it.
+#: smallest number of chunks a vector needs before the pool is used. Measured on an idle 2-core machine
+#: (``python benchmarks/bench_ckks_parallel.py --table``, ``compact``, three runs): a 2-worker pool starts in
+#: 0.45 s (once per process) and then saves 1.4 ms per chunk on encrypt + decrypt (1.62-1.67x at 1M
+#: parameters; warm, 2 workers were 1.6x faster already at 16 chunks, the smallest size timed). A cold pool
+#: therefore pays for its start within one vector of ~320 chunks (1.3M parameters) and within ~5 rounds at
+#: 64 chunks (~260k parameters, ~90 ms saved a round); below that the saving is too small for two more
+#: processes of ~47 MB each.
 MIN_PARALLEL_CHUNKS = 64
 
 #: chunks per task sent to a worker (amortises the pipe round trip; ~0.7 MB of ciphertext with ``compact``)
