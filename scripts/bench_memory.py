@@ -17,9 +17,9 @@ returns float32), runs one round through the real parties and the in-process car
   shared machine), ``seconds_sites_parallel`` (the slowest site of each
   site stage plus the aggregator, as in a deployment), ``site_s_per_1M`` (that slowest site's
   seconds per million parameters), ``aggregator_s``; ``site_cpu_s_per_1M`` and ``aggregator_cpu_s``:
-  the same as CPU time of the parties' steps (the portable number on a shared machine); CPU time
-  counts this process and its CKKS worker processes (``SECURE_FL_CKKS_WORKERS``; ``peak_mb`` is this
-  process only, each worker adds about 50 MB);
+  the same as CPU time of the parties' steps (the portable number on a shared machine);
+  ``cpu_seconds`` counts this process and its CKKS worker processes (``SECURE_FL_CKKS_WORKERS``; the
+  per-party CPU counts this process only; ``peak_mb`` is this process only, each worker adds ~50 MB);
 * ``up_B_per_param`` / ``down_B_per_param``: bytes one site sends / receives per parameter.
 
 ``--lazy`` creates each site's update only when the carrier first asks for it (a mapping that
@@ -64,15 +64,15 @@ class LazyInputs(Mapping[str, tuple[np.ndarray, float]]):
         return len(self._names)
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
 def _party_cpu() -> float:
     """CPU seconds of this process plus its CKKS worker processes (chunks run there for large updates)."""
     from secure_fl.crypto.ckks_pool import worker_cpu_seconds
 
     return time.process_time() + worker_cpu_seconds()
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def _cpu_meter(proto: Any) -> dict[str, float]:
@@ -82,11 +82,11 @@ def _cpu_meter(proto: Any) -> dict[str, float]:
 
     def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def run(*args: Any) -> Any:
-            t = _party_cpu()
+            t = time.process_time()
             try:
                 return fn(*args)
             finally:
-                cpu[name] = cpu.get(name, 0.0) + _party_cpu() - t
+                cpu[name] = cpu.get(name, 0.0) + time.process_time() - t
 
         return run
 
