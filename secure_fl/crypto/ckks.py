@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import secrets
 import stat
@@ -52,6 +53,9 @@ __all__ = [
     "load_secret_context",
     "load_public_context",
     "load_manifest",
+    "ScaledParts",
+    "encodable",
+    "encrypt_one",
     "encrypt_chunks",
     "decrypt_chunks",
     "chunk_count",
@@ -332,31 +336,84 @@ def chunk_count(length: int, slots: int) -> int:
     return max(1, -(-length // slots))
 
 
-def encrypt_chunks(ctx: CkksContext, flat: np.ndarray) -> list[bytes]:
-    """Encrypt a flat float vector as slot-sized chunks (no layer is ever too large).
+class ScaledParts:
+    """The vector ``concatenate([ldexp(part, exp) for part, exp in parts])``, built one slice at a time.
+
+    A site's update is encrypted from its own array (any float dtype) and a power-of-two scale, without
+    a float64 copy of the whole vector: ``x[a:b]`` returns that slice as float64 (``ldexp`` computed in
+    float64, exactly as on a float64 copy), ``x.size`` the length.
+    """
+
+    def __init__(self, *parts: tuple[np.ndarray, int]) -> None:
+        self._parts = [(np.asarray(p).ravel(), int(e)) for p, e in parts]
+        for p, _ in self._parts:
+            if not np.issubdtype(p.dtype, np.floating) and not np.issubdtype(p.dtype, np.integer):
+                raise ValueError(f"ScaledParts takes numeric arrays, found dtype {p.dtype}")
+        self._starts = np.cumsum([0] + [p.size for p, _ in self._parts]).tolist()
+        self.size: int = int(self._starts[-1])
+
+    def peak(self) -> float:
+        """``max |x|`` (NaN if any value is NaN), without a temporary copy of a part."""
+        peak = 0.0
+        for p, e in self._parts:
+            if p.size:
+                hi, lo = float(p.max()), float(p.min())
+                if math.isnan(hi) or math.isnan(lo):
+                    return math.nan
+                peak = max(peak, math.ldexp(max(hi, -lo), e))
+        return peak
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        start, stop, step = index.indices(self.size)
+        if step != 1:
+            raise ValueError("ScaledParts slices with step 1 only")
+        out = np.empty(max(0, stop - start), dtype=np.float64)
+        for (p, e), s0, s1 in zip(self._parts, self._starts[:-1], self._starts[1:]):
+            lo, hi = max(start, s0), min(stop, s1)
+            if lo < hi:
+                np.ldexp(p[lo - s0 : hi - s0], e, out=out[lo - start : hi - start], dtype=np.float64)
+        return out
+
+
+def encodable(ctx: CkksContext, flat: np.ndarray | ScaledParts) -> np.ndarray | ScaledParts:
+    """``flat`` as a vector ``ctx`` can encrypt (a float64 array, or the :class:`ScaledParts` as given), or the
+    error saying why not.
 
     Every chunk is encoded at the preset's scale, so ``|values|`` must not exceed
-    ``2**(data_bits - 2 - scale_bits)`` (1 for the default scales); returns the
-    serialised ciphertexts.
+    ``2**(data_bits - 2 - scale_bits)`` (1 for the default scales).
     """
     if not ctx.can_decrypt and ctx.preset.encryption == "symmetric":
         raise CkksKeyError("a symmetric preset encrypts with the secret key; this public context cannot encrypt")
-    x = np.asarray(flat, dtype=np.float64).ravel()
+    x = flat if isinstance(flat, ScaledParts) else np.asarray(flat, dtype=np.float64).ravel()
     if x.size == 0:
         raise ValueError("nothing to encrypt: the vector is empty")
     limit = 2.0 ** (ctx.preset.data_bits - 2 - ctx.preset.scale)
-    peak = float(np.max(np.abs(x), initial=0.0))
+    peak = x.peak() if isinstance(x, ScaledParts) else float(np.max(np.abs(x), initial=0.0))
     if not peak <= limit:  # also catches NaN
         raise ValueError(
             f"values up to {peak:g} exceed {limit:g}, the largest magnitude preset {ctx.preset.name!r} encodes "
             f"at scale 2^{ctx.preset.scale}; normalise by a power of two first"
         )
+    return x
+
+
+def encrypt_one(ctx: CkksContext, part: np.ndarray) -> bytes:
+    """One serialised ciphertext of at most ``slots`` values (checked by :func:`encodable`)."""
+    data: bytes = ts.ckks_vector(ctx.context, part.tolist()).serialize()
+    return data
+
+
+def encrypt_chunks(ctx: CkksContext, flat: np.ndarray | ScaledParts) -> list[bytes]:
+    """Encrypt a flat float vector as slot-sized chunks (no layer is ever too large), in this process.
+
+    Every chunk is encoded at the preset's scale, so ``|values|`` must not exceed
+    ``2**(data_bits - 2 - scale_bits)`` (1 for the default scales); returns the
+    serialised ciphertexts. :func:`secure_fl.crypto.ckks_frame.encrypt_frame` does the same
+    straight into a frame, on several processes for large vectors.
+    """
+    x = encodable(ctx, flat)
     slots = ctx.preset.slots
-    out = []
-    for i in range(chunk_count(x.size, slots)):
-        part = x[i * slots : (i + 1) * slots]
-        out.append(ts.ckks_vector(ctx.context, part.tolist()).serialize())
-    return out
+    return [encrypt_one(ctx, x[i * slots : (i + 1) * slots]) for i in range(chunk_count(x.size, slots))]
 
 
 def decrypt_chunks(ctx: CkksContext, vectors: list[ts.CKKSVector]) -> np.ndarray:

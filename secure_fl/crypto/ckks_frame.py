@@ -18,12 +18,19 @@ Frame layout (little-endian)::
     digest   16   BLAKE2b-128 of meta || chunks
     meta   mlen   UTF-8 JSON (public routing data: contributors, releaser)
     chunks        the serialised TenSEAL CKKS vectors, back to back
+
+:class:`FrameWriter` builds the same bytes as :func:`pack_frame` while the chunks are produced
+(the chunk table and digest are filled in at the end), so a party holds one copy of its
+payload plus one chunk; :func:`encrypt_frame` encrypts straight into it and
+:func:`decrypt_frame` decrypts chunk by chunk, both on worker processes for large vectors
+(:mod:`secure_fl.crypto.ckks_pool`).
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import io
 import json
 import struct
 from collections.abc import Iterator, Sequence
@@ -32,11 +39,12 @@ from typing import Any
 import numpy as np
 import tenseal as ts
 
-from .ckks import TENSEAL_ERRORS, CkksContext, decrypt_chunks
+from .ckks import TENSEAL_ERRORS, CkksContext, CkksKeyError, ScaledParts, chunk_count, decrypt_chunks, encodable
+from .ckks_pool import BATCH_CHUNKS, get_pool, iter_encrypted, worker_context, workers_for
 
 __all__ = [
-    "FrameKind", "FrameError", "Frame", "pack_frame", "unpack_frame", "load_vector", "load_vectors", "iter_vectors",
-    "decrypt_frame",
+    "FrameKind", "FrameError", "Frame", "FrameWriter", "pack_frame", "unpack_frame", "load_vector", "load_vectors",
+    "iter_vectors", "encrypt_frame", "decrypt_frame",
 ]
 
 _MAGIC = b"SFC1"
@@ -109,6 +117,53 @@ def pack_frame(
     head = _FIXED.pack(_MAGIC, int(kind), _fp_bytes(fingerprint), round, len(chunks), len(meta_b))
     lens = struct.pack(f"<{len(chunks)}I", *(len(c) for c in chunks))
     return b"".join([head, lens, digest.digest(), meta_b, *chunks])
+
+
+class FrameWriter:
+    """Build a frame chunk by chunk: :meth:`add` each serialised ciphertext as it is produced, then
+    :meth:`finish`. The bytes equal :func:`pack_frame`'s for the same chunks; the writer holds one
+    growing buffer, whose bytes :meth:`finish` hands over without copying them (``BytesIO.getvalue``
+    shares its buffer when nothing else references it), so the peak is the payload plus one chunk.
+    """
+
+    def __init__(
+        self, kind: FrameKind, fingerprint: str, round: int, n_chunks: int, meta: dict[str, Any] | None = None
+    ) -> None:
+        if not 0 <= n_chunks <= _MAX_CHUNKS:
+            raise FrameError(f"a frame holds 0 to {_MAX_CHUNKS} chunks, asked for {n_chunks}")
+        meta_b = json.dumps(meta or {}, sort_keys=True).encode()
+        self._n = n_chunks
+        self._lens: list[int] = []
+        self._digest = hashlib.blake2b(meta_b, digest_size=16)
+        self._buf: io.BytesIO | None = io.BytesIO()
+        self._buf.write(_FIXED.pack(_MAGIC, int(kind), _fp_bytes(fingerprint), round, n_chunks, len(meta_b)))
+        self._table = self._buf.tell()
+        self._buf.write(bytes(4 * n_chunks + 16))  # chunk lengths and digest, filled in by finish()
+        self._buf.write(meta_b)
+
+    def add(self, chunk: bytes) -> None:
+        if self._buf is None:
+            raise FrameError("this frame is finished; start a new FrameWriter")
+        if len(self._lens) >= self._n:
+            raise FrameError(f"frame declared {self._n} chunk(s); chunk {len(self._lens)} is one too many")
+        self._buf.write(chunk)
+        self._digest.update(chunk)
+        self._lens.append(len(chunk))
+
+    def finish(self) -> bytes:
+        """The frame's bytes; the writer cannot be used afterwards."""
+        buf = self._buf
+        if buf is None:
+            raise FrameError("this frame is already finished")
+        if len(self._lens) != self._n:
+            raise FrameError(f"frame declared {self._n} chunk(s), {len(self._lens)} were added")
+        buf.seek(self._table)
+        buf.write(struct.pack(f"<{self._n}I", *self._lens))
+        buf.write(self._digest.digest())
+        self._buf = None
+        data = buf.getvalue()
+        buf.close()
+        return data
 
 
 def unpack_frame(
@@ -186,12 +241,60 @@ def iter_vectors(ctx: CkksContext, chunks: Sequence[bytes] | Frame, sizes: Seque
         yield load_vector(ctx, blob, size, i)
 
 
-def decrypt_frame(ctx: CkksContext, frame: Frame, sizes: Sequence[int]) -> np.ndarray:
-    """Load and decrypt a frame's chunks one at a time into one flat float64 vector."""
+def encrypt_frame(
+    ctx: CkksContext, kind: FrameKind, round: int, flat: np.ndarray | ScaledParts, meta: dict[str, Any] | None = None,
+    *, workers: int | None = None,
+) -> bytes:
+    """Encrypt ``flat`` in slot-sized chunks straight into a frame (the bytes :func:`pack_frame` would
+    make of :func:`~secure_fl.crypto.ckks.encrypt_chunks`'s chunks, with fresh randomness). ``flat`` may be
+    a :class:`~secure_fl.crypto.ckks.ScaledParts`: then no float64 copy of the whole vector is made.
+
+    ``workers``: processes to use (default ``SECURE_FL_CKKS_WORKERS`` or the cores this process may run
+    on); vectors of fewer than :data:`~secure_fl.crypto.ckks_pool.MIN_PARALLEL_CHUNKS` chunks are encrypted
+    here. Raises what :func:`~secure_fl.crypto.ckks.encrypt_chunks` raises.
+    """
+    x = encodable(ctx, flat)
+    n = chunk_count(x.size, ctx.preset.slots)
+    writer = FrameWriter(kind, ctx.fingerprint, round, n, meta)
+    for chunk in iter_encrypted(ctx, x, workers_for(n, workers)):
+        writer.add(chunk)
+    return writer.finish()
+
+
+def _decrypt_batch(task: tuple[int, list[bytes], list[int]]) -> np.ndarray:
+    """In a worker: load chunks ``first, first + 1, ...`` (each must hold ``sizes[j]`` values) and decrypt."""
+    first, blobs, sizes = task
+    ctx = worker_context()
+    parts = [decrypt_chunks(ctx, [load_vector(ctx, b, s, first + j)]) for j, (b, s) in enumerate(zip(blobs, sizes))]
+    return np.concatenate(parts)
+
+
+def decrypt_frame(
+    ctx: CkksContext, frame: Frame, sizes: Sequence[int], *, workers: int | None = None
+) -> np.ndarray:
+    """Load and decrypt a frame's chunks into one flat float64 vector, a few chunks at a time.
+
+    ``workers`` as in :func:`encrypt_frame`. A chunk that does not load or holds the wrong number of
+    values raises :class:`FrameError` naming its index, on the serial and the parallel path alike.
+    """
+    if len(frame) != len(sizes):
+        raise FrameError(f"{len(frame)} chunks for a layout of {len(sizes)}")
     out = np.empty(int(sum(sizes)), dtype=np.float64)
     pos = 0
-    for vec in iter_vectors(ctx, frame, sizes):
-        part = decrypt_chunks(ctx, [vec])
+    n_workers = workers_for(len(sizes), workers)
+    if n_workers <= 1:
+        for vec in iter_vectors(ctx, frame, sizes):
+            part = decrypt_chunks(ctx, [vec])
+            out[pos : pos + part.size] = part
+            pos += part.size
+        return out
+    if not ctx.can_decrypt:
+        raise CkksKeyError("this context has no secret key: it cannot decrypt (the aggregator never can)")
+    tasks = (
+        (i, [frame.chunk(j) for j in range(i, min(i + BATCH_CHUNKS, len(sizes)))], list(sizes[i : i + BATCH_CHUNKS]))
+        for i in range(0, len(sizes), BATCH_CHUNKS)
+    )
+    for part in get_pool(ctx, n_workers).map_ordered(_decrypt_batch, tasks):
         out[pos : pos + part.size] = part
         pos += part.size
     return out

@@ -97,18 +97,19 @@ from ..crypto.ckks import (
     TENSEAL_ERRORS,
     CkksContext,
     CkksKeys,
+    ScaledParts,
     chunk_count,
-    encrypt_chunks,
     generate_keys,
 )
 from ..crypto.ckks_frame import (
     Frame,
     FrameError,
     FrameKind,
+    FrameWriter,
     decrypt_frame,
+    encrypt_frame,
     iter_vectors,
     load_vector,
-    pack_frame,
     unpack_frame,
 )
 from ..crypto.ckks_params import DEFAULT_PRESET, PRESETS, CkksPreset, flooding_std, get_preset, noise_std
@@ -297,8 +298,8 @@ class _CkksSite(StagedParty, SiteParty):
         unit = 2.0 ** -self._p._h
         hist[ev - MIN_EXP] = unit
         hist[_HIST + ew - MIN_EXP] = unit
-        chunks = encrypt_chunks(self._ctx, np.concatenate([hist, self._tag()]))
-        return [self._msg(BOUNDS, pack_frame(FrameKind.BOUNDS, self._ctx.fingerprint, self.round, chunks))]
+        payload = encrypt_frame(self._ctx, FrameKind.BOUNDS, self.round, np.concatenate([hist, self._tag()]))
+        return [self._msg(BOUNDS, payload)]
 
     def _bounds_from_histogram(self, inbox: Sequence[Message]) -> None:
         layout = bounds_layout(self._ctx.preset.slots, len(self._p.roster))
@@ -339,13 +340,13 @@ class _CkksSite(StagedParty, SiteParty):
                 )
             self._lv, self._lw = self._p._public_exponents
         values, self._values = self._input(), None  # encrypted below; not held for the rest of the round
-        scaled = np.ldexp(values.astype(np.float64), -self._lv)
-        del values
-        flat = np.concatenate([scaled, [math.ldexp(self._weight, -self._lw)], self._tag()])
-        del scaled
-        chunks = encrypt_chunks(self._ctx, flat)
-        del flat
-        return [self._msg(SUBMIT, pack_frame(FrameKind.UPDATE, self._ctx.fingerprint, self.round, chunks))]
+        tail = np.concatenate([[math.ldexp(self._weight, -self._lw)], self._tag()])
+        # values * 2**-Lv, then the weight and tags, read chunk by chunk (no float64 copy of the update) and
+        # streamed into one buffer as the chunks are encrypted (on worker processes for a large update)
+        flat = ScaledParts((values, -self._lv), (tail, 0))
+        payload = encrypt_frame(self._ctx, FrameKind.UPDATE, self.round, flat)
+        del values, flat
+        return [self._msg(SUBMIT, payload)]
 
     @handles(DECRYPT)
     def _decrypt(self, inbox: Sequence[Message]) -> list[Message]:
@@ -530,7 +531,10 @@ class _CkksAggregator(StagedParty, AggregatorParty):
     def _send(
         self, stage: str, kind: FrameKind, total: list[Any], meta: dict[str, Any], to: Sequence[str]
     ) -> list[Message]:
-        payload = pack_frame(kind, self._ctx.fingerprint, self.round, [v.serialize() for v in total], meta)
+        writer = FrameWriter(kind, self._ctx.fingerprint, self.round, len(total), meta)
+        for v in total:  # one chunk serialised at a time, straight into the frame
+            writer.add(v.serialize())
+        payload = writer.finish()
         return [Message(self.round, stage, AGGREGATOR, s, payload, ViewKind.CIPHERTEXT) for s in to]
 
     @handles(BOUNDS_SUM)
