@@ -89,11 +89,11 @@ class _Timed:
         return getattr(self._party, attr)
 
     def _timed(self, fn: Callable[..., Any], *args: Any) -> Any:
-        t = time.process_time()
+        t = _party_cpu()
         try:
             return fn(*args)
         finally:
-            self._cpu[self._name] = self._cpu.get(self._name, 0.0) + time.process_time() - t
+            self._cpu[self._name] = self._cpu.get(self._name, 0.0) + _party_cpu() - t
 
     def step(self, *args: Any) -> Any:
         return self._timed(self._party.step, *args)
