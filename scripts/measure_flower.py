@@ -67,8 +67,10 @@ from secure_fl.errors import SpecError  # noqa: E402
 from secure_fl.run.experiment import load_experiment, parse_experiment  # noqa: E402
 from secure_fl.tasks.registry import build_task  # noqa: E402
 
-# every site of the measurement shares this host: one CKKS worker each (a site on its own machine uses its cores)
-ENV = {"PYTHONPATH": str(REPO), "SECURE_FL_THREADS": "1", "SECURE_FL_CKKS_WORKERS": "1"}
+# every site of the measurement shares this host: one CKKS worker each unless $SECURE_FL_CKKS_WORKERS says otherwise
+# (a site on its own machine uses its cores)
+ENV = {"PYTHONPATH": str(REPO), "SECURE_FL_THREADS": "1",
+       "SECURE_FL_CKKS_WORKERS": os.environ.get("SECURE_FL_CKKS_WORKERS", "1")}
 HEART_DEFAULT = [
     "plain-fedavg", "ckks-fedavg", "secagg-plus-fedavg", "dp-heart:dp-distributed-ckks[target_epsilon=4.0]",
 ]
