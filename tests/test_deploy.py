@@ -179,6 +179,15 @@ def test_codec_round_trip_and_refuses_garbage():
         decode(encode(value)[:-3])
 
 
+def test_codec_sends_a_float32_model_at_4_bytes_per_parameter():
+    """Sites hold float32 models: the weights travel as float32 (not widened to float64), exactly."""
+    w = np.random.default_rng(0).normal(size=1000).astype(np.float32)
+    small, wide = encode({"weights": w}), encode({"weights": w.astype(np.float64)})
+    assert len(wide) - len(small) == 4 * w.size
+    back = decode(small)["weights"]
+    assert back.dtype == np.float32 and np.array_equal(back, w)
+
+
 def _local_weights(exp, protocol: str, rounds: int) -> np.ndarray:
     task = build_task(exp.task_name, exp.task_params)
     fed = Federation(exp, task, exp.variants[0], 0, Path("/nonexistent-unused"))

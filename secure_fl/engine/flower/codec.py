@@ -1,7 +1,8 @@
 """Wire format of the Flower engine's requests and replies (no pickle on the wire).
 
-A value is JSON with every ``bytes`` replaced by ``{"$b": i}`` and every float64 numpy vector
-by ``{"$f8": i}``, followed by the blobs::
+A value is JSON with every ``bytes`` replaced by ``{"$b": i}``, every float32 numpy vector by
+``{"$f4": i}`` (a model's weights: 4 bytes per parameter on the wire, as a site's model holds them)
+and every other numpy vector by ``{"$f8": i}`` (float64), followed by the blobs::
 
     b"SFLW1" | u32 little-endian header length | header (UTF-8 JSON) | for each blob: u64 length | bytes
 
@@ -33,6 +34,9 @@ def encode(value: Any) -> bytes:
             blobs.append(bytes(v))
             return {"$b": len(blobs) - 1}
         if isinstance(v, np.ndarray):
+            if v.dtype == np.float32:
+                blobs.append(np.ascontiguousarray(v, dtype="<f4").ravel().tobytes())
+                return {"$f4": len(blobs) - 1}
             blobs.append(np.ascontiguousarray(v, dtype="<f8").ravel().tobytes())
             return {"$f8": len(blobs) - 1}
         if isinstance(v, dict):
@@ -77,6 +81,8 @@ def decode(data: bytes) -> Any:
                 return blobs[v["$b"]]
             if set(v) == {"$f8"}:
                 return np.frombuffer(blobs[v["$f8"]], dtype="<f8").copy()
+            if set(v) == {"$f4"}:
+                return np.frombuffer(blobs[v["$f4"]], dtype="<f4").astype(np.float32)
             return {k: walk(x) for k, x in v.items()}
         if isinstance(v, list):
             return [walk(x) for x in v]

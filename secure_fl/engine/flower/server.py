@@ -433,7 +433,7 @@ class DeployedRun:
                         ops[s] = list(carry.get(s, [])) if first else []
                         if first:
                             ops[s].append({"op": "begin", "round": r, "roster": self.sites, "dim": self.dim,
-                                           "sizes": self.site_sizes, "weights": None if fuse else self.weights})
+                                           "sizes": self.site_sizes, "weights": None if fuse else _f32(self.weights)})
                         ops[s].append(step_op(s))
                     if first and prev is not None:
                         for s in set(carry) - set(ops):  # a site that left still owes nothing more
@@ -500,7 +500,7 @@ class DeployedRun:
                                         "card": s == designated, "cleanup": True}] for s in live}
         if not fuse:
             for s in ops:
-                ops[s].insert(0, {"op": "evaluate", "weights": self.weights})
+                ops[s].insert(0, {"op": "evaluate", "weights": _f32(self.weights)})
         t0 = time.perf_counter()
         replies = self._trip(ops, "final")
         prev.trips += 1
@@ -589,6 +589,11 @@ class DeployedRun:
                 self._checkpoint(rd.r)
         if progress:
             progress(record)
+
+
+def _f32(w: np.ndarray | None) -> np.ndarray | None:
+    """The model as sites hold it (float32, 4 bytes per parameter on the wire); sites cast to float32 on arrival."""
+    return None if w is None else np.asarray(w, dtype=np.float32)
 
 
 def _digest(w: np.ndarray) -> str:

@@ -456,7 +456,7 @@ class SiteRuntime:
         out["model_sha256"] = _digest(state.weights)
         np.save(self._run_dir() / "model.npy", state.weights)
         if op.get("send_model"):
-            out["weights"] = state.weights.astype(np.float64)
+            out["weights"] = state.weights.astype(np.float32)  # as the site holds it: 4 bytes per parameter
         from ...tasks.export import model_card, save_site_stats
 
         # the site's own preprocessing statistics stay at the site, for its own predictions (secure-fl predict --stats)
