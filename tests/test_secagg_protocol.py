@@ -22,6 +22,7 @@ from secure_fl.protocol.secagg import (
     ADVERTISE_KEYS,
     MASKED_INPUT,
     REQUEST_UNMASK,
+    ROUTE_KEYS,
     ROUTE_SHARES,
     SHARE_KEYS,
     SIGN_SURVIVORS,
@@ -64,7 +65,7 @@ def drive(
     ainbox: list[Message] = []
     views: list[Message] = []
     dropped: dict[str, str] = {}
-    drop_at = drop_at or {}
+    drop_at = {} if drop_at is None else drop_at  # read at every stage: a transit hook may still add to it
 
     def carry(out: Sequence[Message]) -> None:
         for m in out:
@@ -228,13 +229,21 @@ def test_secagg_plus_aborts_when_a_neighbourhood_falls_below_threshold() -> None
     n = 16
     inputs = make_inputs(n, DIM, seed=10)
     proto = secagg_plus(n, DIM, seed=12, threshold=4, degree=4)
-    # learn the graph from an honest run, then drop 2 neighbours of one site before masking:
-    # it keeps 2 peers + itself = 3 < 4 and refuses; the neighbourhoods around it follow
-    honest = drive(proto, inputs)
-    graph = honest.aggregator._graph  # type: ignore[attr-defined]
+    # the graph of a round follows from that round's advertised keys: read the victim's neighbours from the
+    # key list the aggregator routes to it, then drop 3 of them before masking. Their shares are held by their
+    # own neighbourhoods (the victim's, on a Harary graph), which keep fewer than t = 4 survivors
     victim = "site-00"
-    gone = sorted(graph[victim])[:3]
-    r = drive(proto, inputs, round=1, drop_at={s: MASKED_INPUT for s in gone})
+    drop_at: dict[str, str] = {}
+
+    def transit(m: Message) -> Message:
+        if m.stage == ROUTE_KEYS and m.receiver == victim:
+            neighbours = sorted(e[0] for e in wire.decode_keys(m.payload))
+            assert len(neighbours) == 4
+            drop_at.update({s: MASKED_INPUT for s in neighbours[:3]})
+        return m
+
+    r = drive(proto, inputs, round=1, drop_at=drop_at, transit=transit)
+    assert len(drop_at) == 3
     if r.error is None:  # the victim refused to send its input: it is not in the sum
         assert victim not in r.result.contributors
         assert "< threshold t = 4" in r.dropped[victim]
