@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -72,7 +71,9 @@ def _party_cpu() -> float:
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    from secure_fl.engine.memory import peak_rss_bytes
+
+    return peak_rss_bytes() / 2**20
 
 
 class _Timed:

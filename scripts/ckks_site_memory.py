@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +33,7 @@ def _status_kb(pid: int | str, key: str) -> int:
 def point(params: int) -> dict[str, float]:
     import numpy as np
 
+    from secure_fl.engine.memory import peak_rss_bytes
     from secure_fl.protocol.ckks import SUBMIT, CkksSum
 
     proto = CkksSum(preset="compact", bounds="public", value_bound=1.0, weight_bound=100.0)
@@ -44,9 +44,9 @@ def point(params: int) -> dict[str, float]:
     site = proto.site("a", 0, values, 10.0)
     del values
     before = _status_kb("self", "VmRSS") / 1024
-    high_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    high_before = peak_rss_bytes() / 2**20
     out = site.step(SUBMIT, [])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_bytes() / 2**20
     payload = len(out[0].payload) / 2**20
     worker_mb = 0.0
     try:

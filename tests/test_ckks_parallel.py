@@ -7,7 +7,10 @@ few chunks so the vectors stay small.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import struct
 from collections.abc import Iterator
 
 import numpy as np
@@ -97,7 +100,14 @@ def test_the_frame_writer_builds_pack_frames_bytes(keys: CkksKeys) -> None:
     writer = FrameWriter(FrameKind.SUM, ctx.fingerprint, 7, len(chunks), {"contributors": ["a", "b"]})
     for c in chunks:
         writer.add(c)
-    assert writer.finish() == pack_frame(FrameKind.SUM, ctx.fingerprint, 7, chunks, {"contributors": ["a", "b"]})
+    built = writer.finish()
+    assert built == pack_frame(FrameKind.SUM, ctx.fingerprint, 7, chunks, {"contributors": ["a", "b"]})
+    # the layout of the module docstring, spelt out independently of FrameWriter
+    meta = json.dumps({"contributors": ["a", "b"]}, sort_keys=True).encode()
+    digest = hashlib.blake2b(meta + b"".join(chunks), digest_size=16).digest()
+    head = struct.pack("<4sB16sIII", b"SFC1", int(FrameKind.SUM), bytes.fromhex(ctx.fingerprint)[:16], 7, len(chunks),
+                       len(meta))
+    assert built == b"".join([head, struct.pack(f"<{len(chunks)}I", *map(len, chunks)), digest, meta, *chunks])
     short = FrameWriter(FrameKind.SUM, ctx.fingerprint, 7, 2)
     short.add(chunks[0])
     with pytest.raises(FrameError, match="declared 2 chunk.*1 were added"):

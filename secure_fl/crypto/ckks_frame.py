@@ -109,14 +109,11 @@ def _fp_bytes(fingerprint: str) -> bytes:
 def pack_frame(
     kind: FrameKind, fingerprint: str, round: int, chunks: Sequence[bytes], meta: dict[str, Any] | None = None
 ) -> bytes:
-    """The frame around ``chunks`` (layout above), built with one copy of the chunks."""
-    meta_b = json.dumps(meta or {}, sort_keys=True).encode()
-    digest = hashlib.blake2b(meta_b, digest_size=16)
+    """The frame around ``chunks`` (layout above), built by :class:`FrameWriter`."""
+    writer = FrameWriter(kind, fingerprint, round, len(chunks), meta)
     for c in chunks:
-        digest.update(c)
-    head = _FIXED.pack(_MAGIC, int(kind), _fp_bytes(fingerprint), round, len(chunks), len(meta_b))
-    lens = struct.pack(f"<{len(chunks)}I", *(len(c) for c in chunks))
-    return b"".join([head, lens, digest.digest(), meta_b, *chunks])
+        writer.add(c)
+    return writer.finish()
 
 
 class FrameWriter:
